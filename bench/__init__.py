@@ -1,0 +1,1 @@
+"""dlkern's benchmark harness. Every timing is preceded by a correctness check (dlkern.testing)."""

@@ -1,0 +1,48 @@
+// Argument checks shared by the bindings: every failure a user can reach becomes a Python
+// exception whose message starts with "dlkern.<op>:" and names the argument, what was expected
+// and what was given. TORCH_CHECK_TYPE -> TypeError, TORCH_CHECK_INDEX -> IndexError,
+// TORCH_CHECK_VALUE -> ValueError, TORCH_CHECK -> RuntimeError.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include "../core/common.h"
+
+namespace dlkern {
+namespace bind {
+
+inline void check_float32(const char* op, const char* arg, const at::Tensor& t) {
+  TORCH_CHECK(t.defined(), "dlkern.", op, ": argument '", arg, "' must be a tensor, got None");
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat, "dlkern.", op, ": argument '", arg,
+                   "' must be a float32 tensor, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.layout() == at::kStrided, "dlkern.", op, ": argument '", arg,
+                    "' must be a dense (strided) tensor, got layout ", t.layout());
+}
+
+inline void check_same_device(const char* op, const char* a, const at::Tensor& ta, const char* b,
+                              const at::Tensor& tb) {
+  TORCH_CHECK_VALUE(ta.device() == tb.device(), "dlkern.", op, ": arguments '", a, "' and '", b,
+                    "' must be on the same device, got ", ta.device(), " and ", tb.device());
+}
+
+inline void check_same_shape(const char* op, const char* a, const at::Tensor& ta, const char* b,
+                             const at::Tensor& tb) {
+  TORCH_CHECK_VALUE(ta.sizes() == tb.sizes(), "dlkern.", op, ": arguments '", a, "' and '", b,
+                    "' must have the same shape, got ", ta.sizes(), " and ", tb.sizes());
+}
+
+// Wraps a possibly negative dim like torch does; a 0-d tensor accepts dim 0 and -1.
+inline int64_t wrap_dim(const char* op, int64_t dim, int64_t ndim) {
+  const int64_t n = ndim == 0 ? 1 : ndim;
+  TORCH_CHECK_INDEX(dim >= -n && dim < n, "dlkern.", op, ": argument 'dim' out of range: expected ",
+                    "a value in [", -n, ", ", n - 1, "] for a ", ndim, "-d input, got ", dim);
+  return dim < 0 ? dim + n : dim;
+}
+
+inline void check_status(const char* op, Status s) {
+  TORCH_CHECK(s == Status::kOk, "dlkern.", op, ": kernel failed: ", status_string(s));
+}
+
+}  // namespace bind
+}  // namespace dlkern

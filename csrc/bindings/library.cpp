@@ -1,0 +1,64 @@
+// The one place that declares dlkern's operator schemas, plus the Python module stub that makes
+// `import dlkern._C` load this library (which runs the registrations below). Each op's kernels
+// are registered in its own file (softmax.cpp, ...) with TORCH_LIBRARY_IMPL.
+#include <Python.h>
+#include <torch/library.h>
+
+#include <string>
+
+#include "../core/common.h"
+#include "checks.h"
+
+#ifndef DLKERN_TORCH_VERSION
+#error "setup.py defines DLKERN_TORCH_VERSION (the torch this extension is built against)"
+#endif
+
+namespace {
+
+std::string cpu_isa() { return dlkern::cpu_isa_name(dlkern::cpu_isa_active()); }
+std::string cpu_isa_best() { return dlkern::cpu_isa_name(dlkern::cpu_isa_best()); }
+
+void set_cpu_isa(std::string name) {
+  dlkern::CpuIsa isa;
+  const dlkern::Status s = dlkern::cpu_isa_parse(name.c_str(), &isa);
+  TORCH_CHECK_VALUE(s != dlkern::Status::kInvalidArgument, "dlkern.set_cpu_isa: argument 'name' ",
+                    "must be one of 'auto', 'reference', 'avx2', got '", name, "'");
+  TORCH_CHECK_VALUE(s == dlkern::Status::kOk, "dlkern.set_cpu_isa: this CPU does not support '",
+                    name, "' (best available: '", cpu_isa_best(), "')");
+  dlkern::cpu_isa_select(isa);
+}
+
+std::string build_info() {
+  std::string s = "torch=" DLKERN_TORCH_VERSION;
+#ifdef DLKERN_WITH_CUDA
+  s += ";cuda=1";
+#else
+  s += ";cuda=0";
+#endif
+#ifdef _OPENMP
+  s += ";openmp=" + std::to_string(_OPENMP);
+#else
+  s += ";openmp=0";
+#endif
+  return s;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(dlkern, m) {
+  // softmax (csrc/bindings/softmax.cpp)
+  m.def("softmax(Tensor input, int dim) -> Tensor");
+  m.def("softmax_backward(Tensor grad_output, Tensor output, int dim) -> Tensor");
+
+  // introspection, used by dlkern.capabilities() and dlkern.set_cpu_isa()
+  m.def("_cpu_isa() -> str", &cpu_isa);
+  m.def("_cpu_isa_best() -> str", &cpu_isa_best);
+  m.def("_set_cpu_isa(str name) -> ()", &set_cpu_isa);
+  m.def("_build_info() -> str", &build_info);
+}
+
+// A module with no methods: everything is reached through torch.ops.dlkern.
+extern "C" PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&def);
+}

@@ -1,0 +1,90 @@
+// AVX2/FMA helpers shared by the CPU kernels. Include only from translation units compiled for
+// AVX2+FMA (see DLKERN_AVX2_BEGIN below), and only inside an anonymous namespace's reach: these
+// are `static inline`, so no AVX2-encoded copy can leak to a caller on a CPU without AVX2.
+#pragma once
+
+#include <cstdint>
+
+// Standard headers must be included before this point: the target pragma applies to every
+// function defined after it, and an AVX2-encoded inline std:: function would be a SIGILL hazard
+// if the linker picked it for the reference path.
+#if defined(__clang__) && !defined(__AVX2__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#define DLKERN_AVX2_CLANG_PUSHED 1
+#elif defined(__GNUC__) && !defined(__AVX2__)
+#pragma GCC target("avx2,fma")
+#endif
+#include <immintrin.h>
+
+namespace dlkern {
+namespace avx2 {
+
+constexpr int kLanes = 8;
+
+// exp(x) for float32 lanes, Cephes-style: x = n*ln2 + r with |r| <= ln2/2 (ln2 split in two so
+// n*ln2 is exact), exp(r) by Cephes' degree-7 minimax polynomial evaluated in full Horner form so
+// the last step, fma(q, r, 1), rounds once (about 0.5 ulp, against 1.2 ulp for the textbook
+// 1 + r + r^2 * P(r)), times 2^n built in the exponent field.
+// n = round(x / ln2) uses the 1.5 * 2^23 trick: adding it leaves n in the low mantissa bits, so
+// shifting those bits by 23 gives n's exponent field directly (no round or convert instruction).
+// Domain: results below FLT_MIN flush to 0 (x < -87.3365, where n would drop below -126).
+// kUpper = false skips overflow handling and is valid only for x <= 0 (softmax evaluates
+// x - max <= 0); kUpper = true returns +inf for x > 88.0 (true overflow is at 88.72; keeping
+// n <= 127 avoids a second scaling step). NaN propagates: vmaxps/vminps return their second
+// operand when either is NaN, so the clamps are written with x second and the blends compare
+// ordered.
+template <bool kUpper>
+static inline __m256 exp_ps_impl(__m256 x) {
+  const __m256 lo = _mm256_set1_ps(-87.3365478515625f);  // ln(FLT_MIN): n >= -126
+  const __m256 hi = _mm256_set1_ps(88.0f);               // n <= 127
+  const __m256 magic = _mm256_set1_ps(12582912.0f);      // 1.5 * 2^23
+  __m256 xc = _mm256_max_ps(lo, x);
+  if (kUpper) xc = _mm256_min_ps(hi, xc);
+  const __m256 t = _mm256_fmadd_ps(xc, _mm256_set1_ps(1.44269504088896341f), magic);
+  const __m256 n = _mm256_sub_ps(t, magic);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), xc);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 q = _mm256_set1_ps(1.9875691500E-4f);
+  q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(1.3981999507E-3f));
+  q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(8.3334519073E-3f));
+  q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(4.1665795894E-2f));
+  q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(1.6666665459E-1f));
+  q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(5.0000001201E-1f));
+  q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(1.0f));
+  q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(1.0f));
+  const __m256i e = _mm256_add_epi32(_mm256_slli_epi32(_mm256_castps_si256(t), 23),
+                                     _mm256_set1_epi32(127 << 23));
+  __m256 out = _mm256_mul_ps(q, _mm256_castsi256_ps(e));
+  out = _mm256_blendv_ps(out, _mm256_setzero_ps(), _mm256_cmp_ps(x, lo, _CMP_LT_OQ));
+  if (kUpper)
+    out = _mm256_blendv_ps(out, _mm256_set1_ps(__builtin_inff()), _mm256_cmp_ps(x, hi, _CMP_GT_OQ));
+  return out;
+}
+
+// exp(x) on the whole float range (see exp_ps_impl).
+static inline __m256 exp_ps(__m256 x) { return exp_ps_impl<true>(x); }
+// exp(x) for x <= 0 or NaN only (see exp_ps_impl).
+static inline __m256 exp_nonpos_ps(__m256 x) { return exp_ps_impl<false>(x); }
+
+static inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+static inline float hmax(__m256 v) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// Lane mask with the first `n` lanes set, 0 <= n <= 8.
+static inline __m256i first_lanes(int64_t n) {
+  static const int32_t kBits[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kBits + 8 - n));
+}
+
+}  // namespace avx2
+}  // namespace dlkern

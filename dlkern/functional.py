@@ -1,0 +1,4 @@
+"""Functional ops mirroring torch.nn.functional. Each lives in its op module (dlkern/ops/)."""
+from .ops.softmax import softmax
+
+__all__ = ["softmax"]

@@ -1,0 +1,15 @@
+"""Modules that are drop-ins for their torch.nn namesakes: same constructor, parameters,
+state_dict keys and repr; forward runs dlkern's kernels. Each subclasses the torch module, so
+isinstance checks and loading torch checkpoints keep working."""
+import torch
+
+from . import functional as F
+
+__all__ = ["Softmax"]
+
+
+class Softmax(torch.nn.Softmax):
+    """torch.nn.Softmax computed by dlkern.functional.softmax."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.softmax(input, self.dim, _stacklevel=5)

@@ -1,0 +1,92 @@
+"""The op registry: one entry per op, read by tests/ and bench/ alike.
+
+An entry says how to call dlkern's op and torch's reference, how to make inputs for a case
+(edge cases for tests, workload cases for benchmarks), which inputs get gradients, how close
+the results must be, and how many FLOPs and bytes one call moves (for roofline figures).
+Adding an op = one `register(OpSpec(...))` in its module under dlkern/ops/.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, ContextManager, Mapping
+
+import torch
+
+
+@dataclass(frozen=True)
+class Case:
+    """One problem instance: a display name and the parameters the op's generator reads."""
+    name: str
+    params: Mapping[str, Any]
+    suites: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """flash-attention's rule: the kernel's max error against a float64 reference may be at most
+    `k` times torch's own float32 max error on the same inputs, plus `floor` times the largest
+    reference magnitude (torch can be exact on easy inputs, which would make k * 0 = 0)."""
+    k: float = 3.0
+    floor: float = 1e-6
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What a generator returns: keyword arguments for fn/ref (tensors and plain values), and
+    the names of the tensor arguments that get gradients."""
+    kwargs: dict
+    grad: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    name: str
+    fn: Callable[..., torch.Tensor]            # dlkern functional
+    ref: Callable[..., torch.Tensor]           # torch reference, same keyword arguments
+    make_inputs: Callable[[Mapping[str, Any], str, int], Inputs]  # (params, device, seed)
+    edge_cases: tuple[Case, ...]
+    bench_cases: tuple[Case, ...]
+    # FLOPs and minimal bytes (read + written) of one call: {"forward": n, "backward": n}
+    flops: Callable[[Mapping[str, Any]], dict]
+    bytes: Callable[[Mapping[str, Any]], dict]
+    tol_forward: Tolerance = Tolerance()
+    tol_backward: Tolerance = Tolerance()
+    devices: tuple[str, ...] = ("cpu",)           # devices with dlkern kernels
+    # Kernel variants selectable by `--impl custom:<name>`: a name -> context manager factory.
+    variants: Mapping[str, Callable[[], ContextManager]] = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, OpSpec] = {}
+
+
+def register(spec: OpSpec) -> OpSpec:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"dlkern.registry: op {spec.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def get(name: str) -> OpSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"dlkern.registry: no op named {name!r}; registered: "
+                       f"{', '.join(sorted(_REGISTRY))}") from None
+
+
+def ops() -> list[OpSpec]:
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+
+
+def cpu_variants() -> dict[str, Callable[[], ContextManager]]:
+    """The CPU ISA paths as kernel variants (shared by every CPU op)."""
+    from ._capabilities import cpu_isa
+    out = {"reference": lambda: cpu_isa("reference")}
+    if torch.ops.dlkern._cpu_isa_best() == "avx2":
+        out["avx2"] = lambda: cpu_isa("avx2")
+    return out
+
+
+def no_variant() -> ContextManager:
+    return contextlib.nullcontext()
