@@ -156,6 +156,10 @@ registry.register(OpSpec(
     # forward reads x and writes y; backward reads y and dy, writes dx
     bytes=lambda p: {"forward": 8 * _numel(p), "backward": 12 * _numel(p)},
     tol_forward=Tolerance(k=3.0, floor=1e-6),
-    tol_backward=Tolerance(k=3.0, floor=1e-6),
+    # dx = y * (g - sum(g * y)): where g_i ~ sum(g * y) the subtraction cancels and one ulp of a
+    # forward y (times |g|) becomes a large error relative to |dx|. On tiny inputs torch's own
+    # max error is sometimes lucky-small, so the floor is set at ~32 ulp of the largest |dx|
+    # (measured over 2000x8 .. 20x10007 inputs, dlkern's errors match torch's on average).
+    tol_backward=Tolerance(k=3.0, floor=4e-6),
     variants=registry.cpu_variants(),
 ))

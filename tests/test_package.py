@@ -1,0 +1,84 @@
+"""The package around the kernels: loading, capabilities, CPU path selection, thread control."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import dlkern
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _python(code, env=None):
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, env=e, cwd=ROOT, timeout=120)
+
+
+def test_capabilities():
+    caps = dlkern.capabilities()
+    assert set(caps) >= {"cpu_isa", "cpu_isa_best", "openmp", "openmp_threads", "cuda_built",
+                         "gpu_visible", "torch"}
+    assert caps["cpu_isa"] in ("reference", "avx2")
+    assert caps["torch"] == torch.__version__
+    assert caps["openmp"], "dlkern was built without OpenMP"
+    assert caps["gpu_visible"] == torch.cuda.is_available()
+
+
+def test_threads_follow_torch(threads):
+    torch.set_num_threads(1)
+    assert dlkern.capabilities()["openmp_threads"] == 1
+    torch.set_num_threads(2)
+    assert dlkern.capabilities()["openmp_threads"] == 2
+
+
+def test_set_cpu_isa_and_context_manager():
+    best = dlkern.capabilities()["cpu_isa_best"]
+    with dlkern.cpu_isa("reference"):
+        assert dlkern.capabilities()["cpu_isa"] == "reference"
+    assert dlkern.capabilities()["cpu_isa"] == best
+    with pytest.raises(ValueError, match=r"must be one of 'auto', 'reference', 'avx2', got 'sse9'"):
+        dlkern.set_cpu_isa("sse9")
+
+
+def test_env_var_forces_reference_path():
+    r = _python("import dlkern; print(dlkern.capabilities()['cpu_isa'])",
+                {"DLKERN_CPU_ISA": "reference"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "reference"
+
+
+def test_env_var_invalid_value_is_an_import_error_naming_it():
+    r = _python("import dlkern", {"DLKERN_CPU_ISA": "sse9"})
+    assert r.returncode != 0
+    assert "DLKERN_CPU_ISA='sse9'" in r.stderr, r.stderr
+
+
+def test_missing_extension_says_how_to_build():
+    # Make `dlkern._C` unimportable, as in a checkout that was never built.
+    r = _python("""
+        import sys, importlib.abc
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name == "dlkern._C":
+                    raise ImportError("No module named 'dlkern._C'")
+        sys.meta_path.insert(0, Block())
+        import dlkern
+    """)
+    assert r.returncode != 0
+    assert "pip install --no-build-isolation -e ." in r.stderr, r.stderr
+    assert "dlkern._C" in r.stderr
+
+
+def test_extension_built_for_other_torch_is_refused():
+    r = _python("""
+        import torch
+        torch.__version__ = "0.0.1-other"
+        import dlkern
+    """)
+    assert r.returncode != 0
+    assert "built against torch" in r.stderr and "0.0.1-other" in r.stderr, r.stderr
