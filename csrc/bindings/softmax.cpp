@@ -7,10 +7,18 @@
 // (dlkern/ops/softmax.py). The backward op has its own autograd, so double backward works.
 #include <ATen/Parallel.h>
 #include <ATen/TensorOperators.h>
+
+#include <memory>
+#include <mutex>
+#include <type_traits>
+#include <utility>
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty.h>
 #include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/autograd/saved_variable.h>
 #include <torch/library.h>
 
 #ifdef DLKERN_WITH_CUDA
@@ -137,20 +145,46 @@ at::Tensor call_softmax_backward(const at::Tensor& g, const at::Tensor& y, int64
   return op.call(g, y, dim);
 }
 
-class SoftmaxFunction : public torch::autograd::Function<SoftmaxFunction> {
- public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t dim) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    at::Tensor y = call_softmax(x, dim);
-    ctx->save_for_backward({y});
-    ctx->saved_data["dim"] = dim;
-    return y;
+// torch 2.13 holds autograd nodes in c10::intrusive_ptr, older releases in std::shared_ptr; the
+// pointer type is read off Edge::function and the two spellings are chosen at compile time (the
+// untaken branch is never instantiated, so each torch sees only its own API).
+using NodePtr = decltype(std::declval<torch::autograd::Edge>().function);
+constexpr bool kIntrusiveNodes = !std::is_same_v<NodePtr, std::shared_ptr<torch::autograd::Node>>;
+
+template <typename T>
+auto make_node() {
+  if constexpr (kIntrusiveNodes && sizeof(T) > 0)
+    return c10::make_intrusive<T>();
+  else
+    return std::make_shared<T>();
+}
+
+template <typename T>
+NodePtr node_ptr(T* self) {
+  if constexpr (kIntrusiveNodes && sizeof(T) > 0)
+    return c10::intrusive_ptr<torch::autograd::Node>::unsafe_reclaim_from_nonowning(self);
+  else
+    return self->shared_from_this();
+}
+
+// First-order backward node, written like torch's generated SoftmaxBackward0 (a Node holding the
+// saved output and dim as members) rather than a torch::autograd::Function, whose per-call
+// bookkeeping (a string-keyed saved_data map, CppNode wrapping) is a visible share of a small
+// softmax's forward+backward. Its backward calls dlkern::softmax_backward through the
+// dispatcher, so create_graph=True reaches that op's own autograd below.
+struct SoftmaxBackwardNode final : public torch::autograd::Node {
+  torch::autograd::SavedVariable result_;
+  int64_t dim_ = 0;
+
+  std::string name() const override { return "DlkernSoftmaxBackward"; }
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    result_.reset_data();
   }
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const at::Tensor y = ctx->get_saved_variables()[0];
-    const int64_t dim = ctx->saved_data["dim"].toInt();
-    if (!grads[0].defined()) return {at::Tensor(), at::Tensor()};
-    return {call_softmax_backward(grads[0], y, dim), at::Tensor()};
+  variable_list apply(variable_list&& grads) override {
+    const at::Tensor& g = grads[0];
+    if (!g.defined() || !should_compute_output(0)) return {at::Tensor()};
+    return {call_softmax_backward(g, result_.unpack(node_ptr(this)), dim_)};
   }
 };
 
@@ -184,11 +218,19 @@ class SoftmaxBackwardFunction : public torch::autograd::Function<SoftmaxBackward
 bool needs_graph(const at::Tensor& a) { return at::GradMode::is_enabled() && a.requires_grad(); }
 
 at::Tensor softmax_autograd(const at::Tensor& x, int64_t dim) {
-  if (!needs_graph(x)) {
+  at::Tensor y;
+  {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return call_softmax(x, dim);
+    y = call_softmax(x, dim);
   }
-  return SoftmaxFunction::apply(x, dim);
+  if (needs_graph(x)) {
+    auto node = make_node<SoftmaxBackwardNode>();
+    node->set_next_edges(torch::autograd::collect_next_edges(x));
+    node->dim_ = dim;
+    torch::autograd::set_history(y, node);
+    node->result_ = torch::autograd::SavedVariable(y, /*is_output=*/true);
+  }
+  return y;
 }
 
 at::Tensor softmax_backward_autograd(const at::Tensor& g, const at::Tensor& y, int64_t dim) {
