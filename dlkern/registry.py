@@ -7,7 +7,6 @@ Adding an op = one `register(OpSpec(...))` in its module under dlkern/ops/.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, Mapping
 
@@ -87,6 +86,3 @@ def cpu_variants() -> dict[str, Callable[[], ContextManager]]:
         out["avx2"] = lambda: cpu_isa("avx2")
     return out
 
-
-def no_variant() -> ContextManager:
-    return contextlib.nullcontext()
