@@ -19,7 +19,7 @@ dlkern builds its kernels against the torch that is already installed, and this 
 environment has no torch: plain `pip install -e .` builds in an isolated environment, and letting
 pip install torch there would download a different (multi-GB CUDA) torch. Run instead:
 
-    pip install torch==2.13.0          # if torch is not installed yet (any torch >= 2.4 works)
+    pip install torch==2.13.0          # if torch is not installed yet
     pip install --no-build-isolation -e .
 """
 
