@@ -4,11 +4,9 @@ import os
 
 import torch
 
+from ._loader import build_info
+
 ENV_ISA = "DLKERN_CPU_ISA"
-
-
-def _build_info():
-    return dict(kv.split("=", 1) for kv in torch.ops.dlkern._build_info().split(";"))
 
 
 def capabilities() -> dict:
@@ -22,7 +20,7 @@ def capabilities() -> dict:
     gpu_visible     whether torch sees a GPU
     torch           installed torch version (== the one dlkern._C was built against)
     """
-    info = _build_info()
+    info = build_info()
     return {
         "cpu_isa": torch.ops.dlkern._cpu_isa(),
         "cpu_isa_best": torch.ops.dlkern._cpu_isa_best(),

@@ -4,6 +4,12 @@ import importlib
 BUILD_CMD = "pip install --no-build-isolation -e .   (in the dlkern checkout, torch installed)"
 
 
+def build_info() -> dict:
+    """What dlkern._C was built with: torch version, cuda (0/1), openmp (its version or 0)."""
+    import torch
+    return dict(kv.split("=", 1) for kv in torch.ops.dlkern._build_info().split(";"))
+
+
 def load_extension():
     try:
         import torch
@@ -19,7 +25,7 @@ def load_extension():
             "dlkern's compiled extension dlkern._C is missing or could not be loaded "
             f"({e}). It is built against the installed torch ({torch.__version__}); build or "
             "rebuild it with: " + BUILD_CMD) from None
-    info = dict(kv.split("=", 1) for kv in torch.ops.dlkern._build_info().split(";"))
+    info = build_info()
     if info.get("torch") != torch.__version__:
         raise ImportError(
             f"dlkern._C was built against torch {info.get('torch')} but torch "
