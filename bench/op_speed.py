@@ -26,10 +26,7 @@ from .timing import time_interleaved
 
 def _prepared(spec, case, seed=0):
     inputs = spec.make_inputs(case.params, "cpu", seed)
-    kw = dict(inputs.kwargs)
-    kwg = {k: (v.detach().clone().requires_grad_(True) if k in inputs.grad else v)
-           for k, v in kw.items()}
-    return inputs, kw, kwg
+    return inputs, dict(inputs.kwargs), testing.leaf_kwargs(inputs)
 
 
 def _fwd_bwd(fn, kwg, names, grad_out):

@@ -27,6 +27,13 @@ class Verdict:
                 f"(torch {self.torch_rel_l2:.3g}){' ' + self.detail if self.detail else ''}")
 
 
+def leaf_kwargs(inputs: Inputs) -> dict:
+    """The generator's arguments as fresh autograd leaves: tensors detached (layout and strides
+    kept, storage shared), those named in `inputs.grad` requiring grad."""
+    return {k: (v.detach().requires_grad_(k in inputs.grad) if isinstance(v, torch.Tensor) else v)
+            for k, v in inputs.kwargs.items()}
+
+
 def _to(inputs: Inputs, dtype) -> dict:
     out = {}
     for k, v in inputs.kwargs.items():
@@ -99,12 +106,7 @@ def check(spec: OpSpec, case: Case, device: str = "cpu", seed: int = 0,
     snapshot = {k: v.clone() for k, v in inputs.kwargs.items() if isinstance(v, torch.Tensor)}
     kw32 = _to(inputs, torch.float32)
     # dlkern gets the generator's tensors themselves (layout and strides as made), with grads.
-    kw = {}
-    for k, v in inputs.kwargs.items():
-        if isinstance(v, torch.Tensor) and k in inputs.grad:
-            v = v.detach().requires_grad_(True)
-        kw[k] = v
-    out, grads = _run(fn, kw, inputs.grad, seed + 1000)
+    out, grads = _run(fn, leaf_kwargs(inputs), inputs.grad, seed + 1000)
     out32, grads32 = _run(spec.ref, kw32, inputs.grad, seed + 1000)
     out64, grads64 = _run(spec.ref, _to(inputs, torch.float64), inputs.grad, seed + 1000)
     verdicts = [_judge("forward", out, out32, out64, spec.tol_forward)]

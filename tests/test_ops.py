@@ -21,8 +21,7 @@ def test_parity(spec, case, isa):
 
 def _outputs(spec, case, seed=0):
     inputs = spec.make_inputs(case.params, "cpu", seed)
-    kw = {k: (v.detach().requires_grad_(k in inputs.grad) if isinstance(v, torch.Tensor) else v)
-          for k, v in inputs.kwargs.items()}
+    kw = testing.leaf_kwargs(inputs)
     out = spec.fn(**kw)
     grads = []
     if inputs.grad and out.numel():
@@ -59,8 +58,7 @@ OPCHECK = [pytest.param(spec, case, id=f"{spec.name}[{case.name}]")
 def test_opcheck(spec, case):
     """torch.library.opcheck: schema, autograd registration, fake kernel, AOT dispatch."""
     inputs = spec.make_inputs(case.params, "cpu", 0)
-    kw = {k: (v.detach().requires_grad_(k in inputs.grad) if isinstance(v, torch.Tensor) else v)
-          for k, v in inputs.kwargs.items()}
+    kw = testing.leaf_kwargs(inputs)
     op = getattr(torch.ops.dlkern, spec.name).default
     # The op's schema is positional in the order the generator lists the arguments.
     torch.library.opcheck(op, tuple(kw.values()))
