@@ -1,27 +1,38 @@
 """Interleaved timing of several implementations of one workload.
 
-Method (why): the machine is shared and noisy, so absolute times drift; a ratio is only
-meaningful when both sides see the same drift. Implementations are therefore timed in
-alternating blocks (A B A B ..., the order flipped every round so neither always goes first),
-each sample is the mean over enough back-to-back calls to last >= `min_sample_s` (so the timer's
-resolution and call jitter do not dominate microsecond kernels), and we report the median and
-p20/p80 of the samples. Warm-up is sized by time, not count: each implementation runs until
-`warmup_s` has passed (and at least 3 calls), which also faults in any fresh allocations.
-Sampling stops when every implementation has `min_samples` and the spread (p80-p20)/median is
-under `target_spread`, or when the time budget is spent; rows that end noisier than
-`noisy_spread` are flagged (torch.utils.benchmark warns at IQR/median > 10%).
+Method (why; the README's "Timing method" says the same for users):
+- The machine is shared and noisy, so absolute times drift; a ratio is only meaningful when both
+  sides see the same drift. Implementations are timed in alternating blocks (A B A B ..., the
+  order flipped every round so neither always goes first).
+- Each sample is the mean over enough back-to-back calls to last >= `min_sample_s`, so the timer's
+  resolution and per-call jitter do not dominate microsecond kernels.
+- Warm-up is sized by time, not count: each implementation runs for `warmup_s` and at least 3
+  calls (and at least as long as one sample), which also faults in fresh allocations and lets
+  caches, clocks and torch's lazy initialisations settle.
+- nvbench's stopping rule: sampling stops when every implementation has `min_samples` samples and
+  a relative spread (p80-p20)/median under `target_spread`, or when `budget_s` is spent, or at
+  `max_samples`. Rows that end noisier than `noisy_spread` are flagged (torch.utils.benchmark
+  warns at IQR/median > 10%).
+- CUDA: each sample is bracketed by CUDA events on the current stream (no host timer inside the
+  measurement); with `flush` (a callable that overwrites an L2-sized buffer) every sample is one
+  call preceded by a flush outside the events, so each call starts with a cold L2.
+- Per-implementation context managers (a CPU ISA switch, no_grad) are entered around each block,
+  outside the timed region.
 """
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ContextManager, Mapping
+
+NOISY_SPREAD = 0.10
 
 
 @dataclass
 class Stats:
-    median: float
+    median: float          # seconds per call
     p20: float
     p80: float
     samples: int
@@ -29,54 +40,130 @@ class Stats:
 
     @property
     def spread(self) -> float:
+        """(p80 - p20) / median: the relative noise of the samples."""
         return (self.p80 - self.p20) / self.median if self.median > 0 else 0.0
 
+    @property
+    def noisy(self) -> bool:
+        return self.spread > NOISY_SPREAD
 
-def _quantile(xs, q):
+
+def quantile(xs, q: float) -> float:
+    """Linear-interpolated quantile (numpy's default method) of a non-empty sequence."""
     xs = sorted(xs)
+    if not xs:
+        raise ValueError("quantile of an empty sequence")
     i = q * (len(xs) - 1)
     lo = int(i)
     hi = min(lo + 1, len(xs) - 1)
     return xs[lo] + (xs[hi] - xs[lo]) * (i - lo)
 
 
-def _stats(xs, n):
-    return Stats(statistics.median(xs), _quantile(xs, 0.2), _quantile(xs, 0.8), len(xs), n)
+def summarize(xs, calls_per_sample: int = 1) -> Stats:
+    return Stats(statistics.median(xs), quantile(xs, 0.2), quantile(xs, 0.8), len(xs),
+                 calls_per_sample)
 
 
-def time_interleaved(fns: dict[str, Callable[[], object]], *, sync: Callable[[], None] = lambda: None,
-                     warmup_s: float = 0.05, min_sample_s: float = 2e-3, min_samples: int = 15,
-                     max_samples: int = 400, target_spread: float = 0.05,
-                     budget_s: float = 3.0, noisy_spread: float = 0.10) -> dict[str, Stats]:
-    """Times each callable; returns name -> Stats of seconds per call."""
-    per_call = {}
-    for name, fn in fns.items():
-        calls, t0 = 0, time.perf_counter()
-        while calls < 3 or time.perf_counter() - t0 < warmup_s:
+@dataclass
+class Budget:
+    """How long to measure. `quick` is for smoke runs: numbers are indicative only."""
+    warmup_s: float = 0.05
+    min_sample_s: float = 2e-3
+    min_samples: int = 15
+    max_samples: int = 400
+    target_spread: float = 0.03
+    budget_s: float = 2.0
+
+    @classmethod
+    def quick(cls) -> "Budget":
+        return cls(warmup_s=0.01, min_sample_s=5e-4, min_samples=5, max_samples=40,
+                   target_spread=0.10, budget_s=0.15)
+
+
+class _HostTimer:
+    def __init__(self, clock):
+        self.clock = clock
+
+    def block(self, fn, n: int, flush) -> float:
+        t0 = self.clock()
+        for _ in range(n):
             fn()
-            calls += 1
-        sync()
-        per_call[name] = (time.perf_counter() - t0) / calls
-    reps = {k: max(1, int(min_sample_s / max(v, 1e-9))) for k, v in per_call.items()}
-    samples = {k: [] for k in fns}
+        return (self.clock() - t0) / n
+
+
+class _CudaTimer:
+    def __init__(self):
+        import torch
+        self.torch = torch
+        self.start = torch.cuda.Event(enable_timing=True)
+        self.end = torch.cuda.Event(enable_timing=True)
+
+    def block(self, fn, n: int, flush) -> float:
+        if flush is not None:
+            flush()
+        self.start.record()
+        for _ in range(n):
+            fn()
+        self.end.record()
+        self.end.synchronize()
+        return self.start.elapsed_time(self.end) * 1e-3 / n
+
+
+def time_interleaved(fns: Mapping[str, Callable[[], object]], *, device: str = "cpu",
+                     budget: Budget | None = None,
+                     contexts: Mapping[str, Callable[[], ContextManager]] | None = None,
+                     flush: Callable[[], None] | None = None,
+                     clock: Callable[[], float] = time.perf_counter) -> dict[str, Stats]:
+    """Times each callable (interleaved, see the module doc); returns name -> Stats of seconds
+    per call. `clock` is injectable for tests of the stopping rule."""
+    b = budget or Budget()
+    contexts = contexts or {}
+    cuda = device.startswith("cuda")
+    if cuda:
+        import torch
+        sync = torch.cuda.synchronize
+        timer = _CudaTimer()
+    else:
+        sync = lambda: None  # noqa: E731
+        timer = _HostTimer(clock)
+        flush = None  # an L2 flush is a GPU option; CPU caches are left as the workload leaves them
     names = list(fns)
-    start = time.perf_counter()
+
+    def ctx(name):
+        return contexts[name]() if name in contexts else contextlib.nullcontext()
+
+    per_call = {}
+    for name in names:
+        fn = fns[name]
+        with ctx(name):
+            calls, t0 = 0, clock()
+            while calls < 3 or clock() - t0 < b.warmup_s:
+                fn()
+                calls += 1
+            sync()
+            per_call[name] = (clock() - t0) / calls
+            # a second warm-up as long as one sample when a sample is longer than the warm-up
+            if per_call[name] < b.min_sample_s and b.min_sample_s > b.warmup_s:
+                for _ in range(int(b.min_sample_s / max(per_call[name], 1e-9))):
+                    fn()
+                sync()
+    reps = {k: 1 if (cuda and flush is not None) else max(1, int(b.min_sample_s / max(v, 1e-9)))
+            for k, v in per_call.items()}
+    samples: dict[str, list[float]] = {k: [] for k in names}
+    start = clock()
     rnd = 0
     while True:
         order = names if rnd % 2 == 0 else names[::-1]
         for name in order:
-            fn, n = fns[name], reps[name]
-            sync()
-            t0 = time.perf_counter()
-            for _ in range(n):
-                fn()
-            sync()
-            samples[name].append((time.perf_counter() - t0) / n)
+            with ctx(name):
+                sync()
+                samples[name].append(timer.block(fns[name], reps[name], flush))
+                sync()
         rnd += 1
-        if rnd >= max_samples:
+        if rnd >= b.max_samples:
             break
-        if rnd >= min_samples:
-            done = all(_stats(s, 1).spread <= target_spread for s in samples.values())
-            if done or time.perf_counter() - start > budget_s:
+        if rnd >= b.min_samples:
+            quiet = all(summarize(s).spread <= b.target_spread for s in samples.values())
+            if quiet or clock() - start > b.budget_s:
                 break
-    return {k: _stats(v, reps[k]) for k, v in samples.items()}
+    return {k: summarize(v, reps[k]) for k, v in samples.items()}

@@ -15,10 +15,16 @@ import torch
 
 @dataclass(frozen=True)
 class Case:
-    """One problem instance: a display name and the parameters the op's generator reads."""
+    """One problem instance: a display name and the parameters the op's generator reads.
+
+    `suites` names the benchmark suites the case belongs to (bench.layers --suite). Sweeps (the
+    dense sweep) set `group`, the label shared by the cases of one curve ("Dense 784 => 1024 with
+    bias"), and `sweep`, the swept parameter's label and value (("Batch Size", 64))."""
     name: str
     params: Mapping[str, Any]
     suites: tuple[str, ...] = ()
+    group: str = ""
+    sweep: tuple[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,26 @@ class OpSpec:
     devices: tuple[str, ...] = ("cpu",)           # devices with dlkern kernels
     # Kernel variants selectable by `--impl custom:<name>`: a name -> context manager factory.
     variants: Mapping[str, Callable[[], ContextManager]] = field(default_factory=dict)
+    # The parameters make_inputs reads, name -> one-line description; `required` of them must be
+    # given. Shape files for bench.layers are validated against these. By convention "shape" is
+    # the shape of the op's main input.
+    params_doc: Mapping[str, str] = field(default_factory=dict)
+    required: tuple[str, ...] = ("shape",)
+    # Report title ("nn.Softmax"), and the keyword changes that put the op in eval mode for the
+    # Inference pass (batchnorm: training=False); None when forward is the same in both modes.
+    title: str = ""
+    eval_kwargs: Callable[[dict], dict] | None = None
+
+    def check_params(self, params: Mapping[str, Any]) -> None:
+        """Raises ValueError naming the op and the parameter when `params` does not fit."""
+        missing = [k for k in self.required if k not in params]
+        unknown = [k for k in params if self.params_doc and k not in self.params_doc]
+        if missing or unknown:
+            what = (f"missing {', '.join(missing)}" if missing else "") + \
+                   ("; " if missing and unknown else "") + \
+                   (f"unknown {', '.join(unknown)}" if unknown else "")
+            known = "; ".join(f"{k}: {v}" for k, v in self.params_doc.items())
+            raise ValueError(f"dlkern.{self.name}: parameters {what} (expected {known})")
 
 
 _REGISTRY: dict[str, OpSpec] = {}

@@ -20,11 +20,15 @@ class Verdict:
     rel_l2: float          # ||dlkern - float64|| / ||float64||
     torch_rel_l2: float
     detail: str = ""
+    max_rel: float = 0.0   # max |dlkern - float64| / |float64| over nonzero references
+    where: tuple = ()      # index of the largest absolute error (in the full tensor)
 
     def __str__(self):
         return (f"{self.what}: {'ok' if self.ok else 'FAILED'} err {self.err:.3g} "
-                f"(torch {self.torch_err:.3g}, bound {self.bound:.3g}), rel-L2 {self.rel_l2:.3g} "
-                f"(torch {self.torch_rel_l2:.3g}){' ' + self.detail if self.detail else ''}")
+                f"(torch {self.torch_err:.3g}, bound {self.bound:.3g}), max rel {self.max_rel:.3g}, "
+                f"rel-L2 {self.rel_l2:.3g} (torch {self.torch_rel_l2:.3g})"
+                f"{' at ' + str(list(self.where)) if self.where else ''}"
+                f"{' ' + self.detail if self.detail else ''}")
 
 
 def leaf_kwargs(inputs: Inputs) -> dict:
@@ -38,7 +42,9 @@ def _to(inputs: Inputs, dtype) -> dict:
     out = {}
     for k, v in inputs.kwargs.items():
         if isinstance(v, torch.Tensor) and v.is_floating_point():
-            t = v.detach().to(dtype)
+            # a copy even when the dtype already matches: a kernel that writes its inputs must
+            # not be able to change what the references see
+            t = v.detach().to(dtype, copy=True)
             if k in inputs.grad:
                 t.requires_grad_(True)
             out[k] = t
@@ -47,54 +53,97 @@ def _to(inputs: Inputs, dtype) -> dict:
     return out
 
 
-def _run(fn, kwargs: dict, grad_names, grad_out_seed: int):
+def _run(fn, kwargs: dict, grad_names, grad_out):
     out = fn(**kwargs)
     grads = {}
     if grad_names:
-        g = torch.Generator(device="cpu").manual_seed(grad_out_seed)
-        go = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out.device, out.dtype)
+        go = grad_out(out.shape).to(out.device, out.dtype)
         wrt = [kwargs[n] for n in grad_names]
         gs = torch.autograd.grad(out, wrt, go, allow_unused=True)
         grads = {n: gr for n, gr in zip(grad_names, gs)}
     return out.detach(), grads
 
 
+def _grad_out(seed: int):
+    """A seeded float64 upstream gradient per output shape, made once and shared by the three
+    runs (making 16M-element randn tensors three times was a third of a large check's time)."""
+    cache = {}
+
+    def make(shape):
+        key = tuple(shape)
+        if key not in cache:
+            g = torch.Generator(device="cpu").manual_seed(seed)
+            cache[key] = torch.randn(key, generator=g, dtype=torch.float64)
+        return cache[key]
+    return make
+
+
 def _judge(what: str, got, f32, f64, tol: Tolerance) -> Verdict:
-    got, f32, f64 = got.double().cpu(), f32.double().cpu(), f64.double().cpu()
+    got, f32, f64 = got.detach().cpu(), f32.detach().cpu(), f64.detach().cpu()
     if got.shape != f64.shape:
         return Verdict(what, False, float("inf"), 0.0, 0.0, float("inf"), 0.0,
                        f"shape {tuple(got.shape)} != {tuple(f64.shape)}")
+    if got.dtype != f32.dtype:
+        return Verdict(what, False, float("inf"), 0.0, 0.0, float("inf"), 0.0,
+                       f"dtype {got.dtype} != torch's {f32.dtype}")
+    shape = tuple(f64.shape)
+    got, f32, f64 = got.reshape(-1).double(), f32.reshape(-1).double(), f64.reshape(-1)
+
+    def at(i):
+        return tuple(int(x) for x in torch.unravel_index(torch.tensor(i), shape)) if shape else ()
     # NaN must appear exactly where torch puts it (in float32 and float64 alike).
     nan_got, nan_ref = torch.isnan(got), torch.isnan(f32) | torch.isnan(f64)
     if not torch.equal(nan_got, nan_ref):
-        idx = (nan_got != nan_ref).nonzero()[0].tolist()
+        i = int((nan_got != nan_ref).nonzero()[0])
         return Verdict(what, False, float("nan"), 0.0, 0.0, float("nan"), 0.0,
-                       f"NaN mismatch at {idx}: dlkern {got[tuple(idx)].item()}, "
-                       f"torch {f32[tuple(idx)].item()}")
-    keep = ~nan_ref
-    # Infinities must match exactly too; compare errors on the finite rest.
-    inf_ref = torch.isinf(f64) & keep
-    if not torch.equal(got[inf_ref], f64[inf_ref]):
-        return Verdict(what, False, float("inf"), 0.0, 0.0, float("inf"), 0.0, "inf mismatch")
-    keep &= ~inf_ref
-    g, t, r = got[keep], f32[keep], f64[keep]
+                       f"NaN mismatch: dlkern {got[i].item()}, torch {f32[i].item()}",
+                       where=at(i))
+    inf_ref = torch.isinf(f64)
+    special = nan_ref | inf_ref
+    index = None
+    if bool(special.any()):
+        # Infinities must match exactly too; errors are measured on the finite rest.
+        if not torch.equal(got[inf_ref], f64[inf_ref]):
+            i = int((inf_ref & (got != f64)).nonzero()[0])
+            return Verdict(what, False, float("inf"), 0.0, 0.0, float("inf"), 0.0,
+                           f"inf mismatch: dlkern {got[i].item()}, float64 {f64[i].item()}",
+                           where=at(i))
+        index = (~special).nonzero().reshape(-1)
+        g, t, r = got[index], f32[index], f64[index]
+    else:
+        g, t, r = got, f32, f64
     if r.numel() == 0:
         return Verdict(what, True, 0.0, 0.0, 0.0, 0.0, 0.0)
-    err = (g - r).abs()
-    terr = (t - r).abs()
+    # Elementwise: |dlkern - float64| <= k * max|torch - float64| + floor * max|float64|, an
+    # atol test whose atol is torch's own float32 error on these inputs.
+    err = (g - r).abs_()
+    terr_max = (t - r).abs_().max().item()
     scale = r.abs().max().item()
-    bound = tol.k * terr.max().item() + tol.floor * scale
+    bound = tol.k * terr_max + tol.floor * scale
+    # Norm-wise: relative L2 error within k times torch's (benchdnn judges batchnorm backward so).
     rnorm = r.norm().item() or 1.0
-    rel, trel = (g - r).norm().item() / rnorm, (t - r).norm().item() / rnorm
+    rel, trel = err.norm().item() / rnorm, (t - r).norm().item() / rnorm
     rel_bound = tol.k * trel + tol.floor
-    ok = err.max().item() <= bound and rel <= rel_bound
+    i = int(err.argmax())
+    err_max = err[i].item()
+    where = at(int(index[i]) if index is not None else i)
+    max_rel = (err / r.abs()).nan_to_num_(0.0, 0.0, 0.0).max().item()
+    # Mostly zeros where torch's float32 result is not (KernelBench issue 165: an all-zeros
+    # softmax of long rows is within a loose atol of the real one). Refused whatever the bounds
+    # say. Counted where torch's float32 value is a normal number: underflow to 0 (float64 tiny
+    # values) and flushing float32 denormals to 0 are both legitimate.
+    nz32 = t.abs() >= torch.finfo(torch.float32).tiny
+    n_nz32 = int(nz32.sum().item())
+    zeros = int(((g == 0) & nz32).sum().item())
+    mostly_zero = zeros > 0 and zeros > 0.5 * n_nz32
+    ok = err_max <= bound and rel <= rel_bound and not mostly_zero
     detail = ""
-    if not ok:
-        i = int(err.argmax())
-        flat = keep.nonzero()[i].tolist()
-        detail = (f"worst at {flat}: dlkern {g[i].item():.9g}, float64 {r[i].item():.9g}, "
-                  f"torch {t[i].item():.9g}")
-    return Verdict(what, ok, err.max().item(), terr.max().item(), bound, rel, trel, detail)
+    if mostly_zero:
+        detail = f"mostly zeros: {zeros} of {n_nz32} outputs are 0 where torch's are not"
+    elif not ok:
+        detail = (f"dlkern {g[i].item():.9g}, float64 {r[i].item():.9g}, "
+                  f"torch {t[i].item():.9g} there")
+    return Verdict(what, ok, err_max, terr_max, bound, rel, trel, detail, max_rel, where)
 
 
 def check(spec: OpSpec, case: Case, device: str = "cpu", seed: int = 0,
@@ -106,9 +155,10 @@ def check(spec: OpSpec, case: Case, device: str = "cpu", seed: int = 0,
     snapshot = {k: v.clone() for k, v in inputs.kwargs.items() if isinstance(v, torch.Tensor)}
     kw32 = _to(inputs, torch.float32)
     # dlkern gets the generator's tensors themselves (layout and strides as made), with grads.
-    out, grads = _run(fn, leaf_kwargs(inputs), inputs.grad, seed + 1000)
-    out32, grads32 = _run(spec.ref, kw32, inputs.grad, seed + 1000)
-    out64, grads64 = _run(spec.ref, _to(inputs, torch.float64), inputs.grad, seed + 1000)
+    go = _grad_out(seed + 1000)
+    out, grads = _run(fn, leaf_kwargs(inputs), inputs.grad, go)
+    out32, grads32 = _run(spec.ref, kw32, inputs.grad, go)
+    out64, grads64 = _run(spec.ref, _to(inputs, torch.float64), inputs.grad, go)
     verdicts = [_judge("forward", out, out32, out64, spec.tol_forward)]
     for n in inputs.grad:
         verdicts.append(_judge(f"grad[{n}]", grads[n], grads32[n], grads64[n], spec.tol_backward))

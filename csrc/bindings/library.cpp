@@ -7,6 +7,7 @@
 #include <string>
 
 #include "../core/common.h"
+#include "../core/machine.h"
 #include "checks.h"
 
 #ifndef DLKERN_TORCH_VERSION
@@ -43,6 +44,27 @@ std::string build_info() {
   return s;
 }
 
+// Machine probes for the benchmark reports' roofline columns. 0 means "this CPU lacks the ISA".
+double cpu_fma_peak(int64_t width, int64_t threads, double seconds) {
+  double g = 0;
+  const dlkern::Status s = dlkern::cpu_fma_peak(static_cast<int>(width), static_cast<int>(threads),
+                                                seconds, &g);
+  TORCH_CHECK_VALUE(s != dlkern::Status::kInvalidArgument, "dlkern._cpu_fma_peak: expected width ",
+                    "256 or 512, threads >= 1 and seconds > 0, got ", width, ", ", threads, ", ",
+                    seconds);
+  return s == dlkern::Status::kOk ? g : 0.0;
+}
+
+double cpu_stream_bandwidth(int64_t bytes, int64_t threads, double seconds) {
+  double g = 0;
+  const dlkern::Status s = dlkern::cpu_stream_copy_bandwidth(bytes, static_cast<int>(threads),
+                                                             seconds, &g);
+  TORCH_CHECK_VALUE(s == dlkern::Status::kOk, "dlkern._cpu_stream_bandwidth: expected bytes >= ",
+                    "4096 (and that much free memory, twice), threads >= 1 and seconds > 0, got ",
+                    bytes, ", ", threads, ", ", seconds);
+  return g;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(dlkern, m) {
@@ -55,6 +77,10 @@ TORCH_LIBRARY(dlkern, m) {
   m.def("_cpu_isa_best() -> str", &cpu_isa_best);
   m.def("_set_cpu_isa(str name) -> ()", &set_cpu_isa);
   m.def("_build_info() -> str", &build_info);
+  // machine probes, used by bench/ for peak FLOP/s and bandwidth (csrc/core/machine.h)
+  m.def("_cpu_fma_peak(int width, int threads, float seconds) -> float", &cpu_fma_peak);
+  m.def("_cpu_stream_bandwidth(int bytes, int threads, float seconds) -> float",
+        &cpu_stream_bandwidth);
 }
 
 // A module with no methods: everything is reached through torch.ops.dlkern.

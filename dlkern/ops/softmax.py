@@ -162,4 +162,10 @@ registry.register(OpSpec(
     # (measured over 2000x8 .. 20x10007 inputs, dlkern's errors match torch's on average).
     tol_backward=Tolerance(k=3.0, floor=4e-6),
     variants=registry.cpu_variants(),
+    params_doc={"shape": "input shape, e.g. 128x64",
+                "dim": "the softmax dimension (negative counts from the end)",
+                "kind": "input values: normal | hard | nan | posinf | equal (default normal)",
+                "layout": "contiguous | transposed | strided (default contiguous)"},
+    required=("shape", "dim"),
+    title="nn.Softmax",
 ))

@@ -1,0 +1,134 @@
+"""Implementations a run can time: `--impl torch,custom,custom:<variant>,torch-compile`.
+
+An implementation turns an op's registry entry into a callable with the torch reference's keyword
+arguments, for one device. `torch` is the baseline every ratio is taken against and is not gated
+(it defines the float32 error the others are allowed); every other implementation is checked
+before it is timed. More can be registered with `register` (tests use this to prove the gate
+refuses wrong kernels; a CuPy peer will register here too).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable, ContextManager
+
+import torch
+
+import dlkern
+from dlkern.registry import OpSpec
+
+TORCH = "torch"
+
+
+class Unavailable(Exception):
+    """This implementation cannot run this op on this device; the message says why."""
+
+
+@dataclass
+class Impl:
+    name: str                                   # as given to --impl
+    label: str                                  # as shown in report tables
+    fn: Callable[..., torch.Tensor]             # same keyword arguments as spec.ref
+    context: Callable[[], ContextManager] = contextlib.nullcontext
+    is_baseline: bool = False                   # torch itself: not gated
+    notes: dict = field(default_factory=dict)
+
+
+# name (or "prefix:" for parameterised names) -> factory(spec, device, argument) -> Impl
+_FACTORIES: dict[str, Callable[[OpSpec, str, str | None], Impl]] = {}
+
+
+def register(name: str, factory: Callable[[OpSpec, str, str | None], Impl]) -> None:
+    """Adds an implementation. `name` ending in ':' takes an argument (custom:<variant>)."""
+    _FACTORIES[name] = factory
+
+
+def unregister(name: str) -> None:
+    _FACTORIES.pop(name, None)
+
+
+def names() -> list[str]:
+    return [n + "<variant>" if n.endswith(":") else n for n in _FACTORIES]
+
+
+def validate(impl_names: list[str]) -> None:
+    """Raises ValueError for a name no factory knows (before anything runs)."""
+    for n in impl_names:
+        base, _, arg = n.partition(":")
+        if (n not in _FACTORIES) and not (arg and base + ":" in _FACTORIES):
+            raise ValueError(f"bench.layers: --impl: unknown implementation {n!r}; known: "
+                             f"{', '.join(names())}")
+    if len(set(impl_names)) != len(impl_names):
+        raise ValueError(f"bench.layers: --impl: an implementation is listed twice: "
+                         f"{','.join(impl_names)}")
+
+
+def resolve(name: str, spec: OpSpec, device: str) -> Impl:
+    """The Impl for `name`; raises Unavailable with a reason when it cannot run here."""
+    if name in _FACTORIES:
+        return _FACTORIES[name](spec, device, None)
+    base, _, arg = name.partition(":")
+    return _FACTORIES[base + ":"](spec, device, arg)
+
+
+def is_baseline(name: str) -> bool:
+    return name == TORCH
+
+
+# ---- the built-in implementations ---------------------------------------------------------
+
+def _torch(spec: OpSpec, device: str, arg) -> Impl:
+    return Impl(TORCH, f"PyTorch {torch.__version__.split('+')[0]}", spec.ref, is_baseline=True)
+
+
+def _custom_label(device: str, variant: str | None) -> str:
+    if device == "cpu":
+        return f"dlkern {variant or dlkern.capabilities()['cpu_isa']}"
+    return "dlkern"
+
+
+def _custom(spec: OpSpec, device: str, arg) -> Impl:
+    dev = torch.device(device).type
+    if dev not in spec.devices:
+        raise Unavailable(f"dlkern has no {dev.upper()} kernel for {spec.name} "
+                          f"(has: {', '.join(spec.devices)})")
+    return Impl("custom", _custom_label(dev, None), spec.fn)
+
+
+def _custom_variant(spec: OpSpec, device: str, variant) -> Impl:
+    dev = torch.device(device).type
+    if dev not in spec.devices:
+        raise Unavailable(f"dlkern has no {dev.upper()} kernel for {spec.name}")
+    if variant not in spec.variants:
+        raise Unavailable(f"{spec.name} has no kernel variant {variant!r} here "
+                          f"(has: {', '.join(spec.variants) or 'none'})")
+    if dev != "cpu":
+        raise Unavailable(f"variant {variant!r} is a CPU path")
+    return Impl(f"custom:{variant}", _custom_label(dev, variant), spec.fn,
+                context=spec.variants[variant])
+
+
+_compiled: dict[tuple[str, str], Callable] = {}
+
+
+def _torch_compile(spec: OpSpec, device: str, arg) -> Impl:
+    key = (spec.name, torch.device(device).type)
+    if key not in _compiled:
+        # every case of an op is a new static shape of the same function: allow the recompiles
+        # (the default limit of 8 would silently fall back to eager on the 9th shape)
+        try:
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
+        except AttributeError:
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+        ref = spec.ref
+
+        def layer(**kw):
+            return ref(**kw)
+        _compiled[key] = torch.compile(layer, dynamic=False)
+    return Impl("torch-compile", "torch.compile", _compiled[key])
+
+
+register(TORCH, _torch)
+register("custom", _custom)
+register("custom:", _custom_variant)
+register("torch-compile", _torch_compile)

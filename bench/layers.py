@@ -1,0 +1,240 @@
+"""Layer benchmarks: check every implementation against torch, then time it, then report.
+
+    python -m bench.layers --impl custom,torch                     # layers + tensorgrad suites
+    python -m bench.layers --suite all --impl custom:reference,custom,torch --out results/
+    python -m bench.layers --shapes my_shapes.toml --pass forward,inference --threads 1
+    python -m bench.layers --list                                  # suites, ops, parameters
+
+Every (workload, implementation, device) is first checked on several seeded inputs (forward and
+every gradient against torch float32 and float64); one that fails is reported FAILED and not
+timed, and the exit code is 1 (also with --keep-going, which only carries on past it). Timing is
+interleaved (see bench/timing.py and the README); the first non-torch implementation listed in
+--impl is the one the ratio tables compare with torch.
+
+Exit codes: 0 all checked and timed, 1 a row FAILED, 2 bad arguments or unavailable device.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+import dlkern  # noqa: F401  (loads the ops and their registry entries)
+from dlkern import registry
+
+from . import impls as impls_mod
+from . import machine, plot, report, runner, workloads
+from .progress import Progress
+from .timing import Budget
+
+
+class UsageError(Exception):
+    pass
+
+
+def _csv(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="python -m bench.layers", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--impl", default="custom,torch",
+                    help="implementations, comma-separated: torch, custom (the best path), "
+                         "custom:<variant> (e.g. custom:reference), torch-compile "
+                         "(default: custom,torch)")
+    ap.add_argument("--suite", default=None,
+                    help=f"suites, comma-separated: {', '.join(workloads.STANDARD_SUITES)}, ..., "
+                         f"all (default: {','.join(workloads.DEFAULT_SUITES)}; none when "
+                         "--shapes is given)")
+    ap.add_argument("--ops", default="", help="only these ops, comma-separated")
+    ap.add_argument("--shapes", default=None, help="a CSV or TOML file of extra rows")
+    ap.add_argument("--device", default=None,
+                    help="cpu, cuda or both (default: cpu, and cuda when a GPU is visible)")
+    ap.add_argument("--pass", dest="passes", default=",".join(runner.DEFAULT_PASSES),
+                    help="forward, backward, total, inference (default: forward,backward,total)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads for torch (intra-op, OpenMP, MKL) and dlkern alike "
+                         "(default: torch's default)")
+    ap.add_argument("--dtype", default="float32", help="float32 (the only one supported so far)")
+    ap.add_argument("--quick", action="store_true",
+                    help="small repetition budget for smoke runs (numbers are indicative only)")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="seconds of sampling per timing (default 2, 0.15 with --quick)")
+    ap.add_argument("--seeds", type=int, default=3, help="inputs checked before timing (>= 3)")
+    ap.add_argument("--flush-l2", action="store_true",
+                    help="CUDA: flush the L2 cache before every timed call")
+    ap.add_argument("--out", default=None, help="directory for report files")
+    ap.add_argument("--format", default="md,csv,json",
+                    help="files written to --out: md, csv, json (default: all)")
+    ap.add_argument("--plot", action="store_true", help="also write PNG plots to --out")
+    ap.add_argument("--keep-going", action="store_true",
+                    help="carry on past a FAILED row (the exit code is still 1)")
+    ap.add_argument("--no-peaks", action="store_true", help="skip measuring the machine's peaks")
+    ap.add_argument("--list", action="store_true", help="list suites, ops and their parameters")
+    return ap.parse_args(argv)
+
+
+def _devices(arg: str | None) -> list[str]:
+    gpu = torch.cuda.is_available()
+    if arg is None:
+        return ["cpu"] + (["cuda"] if gpu else [])
+    devs = _csv(arg)
+    for d in devs:
+        if d not in ("cpu", "cuda"):
+            raise UsageError(f"bench.layers: --device: expected cpu and/or cuda, got {d!r}")
+    if "cuda" in devs and not gpu:
+        raise UsageError("bench.layers: --device cuda: no CUDA GPU is visible "
+                         f"(torch {torch.__version__}, torch.cuda.is_available() is False)")
+    return devs
+
+
+def _list() -> str:
+    lines = ["suites: " + ", ".join(workloads.known_suites()) + ", all",
+             "implementations: " + ", ".join(impls_mod.names()), "", "ops:"]
+    for spec in registry.ops():
+        lines.append(f"  {spec.name} (devices: {', '.join(spec.devices)}; variants: "
+                     f"{', '.join(spec.variants) or '-'})")
+        for k, v in spec.params_doc.items():
+            lines.append(f"    {k}{' (required)' if k in spec.required else ''}: {v}")
+        for c in spec.bench_cases:
+            lines.append(f"    case {c.name!r}: suites {', '.join(c.suites)}")
+    return "\n".join(lines)
+
+
+def build(args) -> tuple[list[workloads.Row], list[str], runner.Config]:
+    if args.dtype != "float32":
+        raise UsageError(f"bench.layers: --dtype {args.dtype}: not supported yet; dlkern's "
+                         "kernels are float32 only")
+    if args.seeds < 3:
+        raise UsageError(f"bench.layers: --seeds must be >= 3, got {args.seeds}")
+    passes = _csv(args.passes)
+    bad = [p for p in passes if p not in runner.PASSES]
+    if bad or not passes:
+        raise UsageError(f"bench.layers: --pass: expected some of {', '.join(runner.PASSES)}, "
+                         f"got {args.passes!r}")
+    impl_names = _csv(args.impl)
+    if not impl_names:
+        raise UsageError("bench.layers: --impl: no implementation given")
+    try:
+        impls_mod.validate(impl_names)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    fmts = _csv(args.format)
+    if any(f not in ("md", "csv", "json") for f in fmts):
+        raise UsageError(f"bench.layers: --format: expected md, csv and/or json, got {args.format!r}")
+    if args.plot:
+        if not args.out:
+            raise UsageError("bench.layers: --plot writes PNG files: give --out DIR")
+        why = plot.available()
+        if why:
+            raise UsageError(why)
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"bench.layers: --threads must be >= 1, got {args.threads}")
+    devices = _devices(args.device)
+    ops = _csv(args.ops)
+    try:
+        rows: list[workloads.Row] = []
+        suite_arg = args.suite if args.suite is not None else (
+            "" if args.shapes else ",".join(workloads.DEFAULT_SUITES))
+        suites = _csv(suite_arg)
+        if "all" in suites:
+            suites = workloads.known_suites()
+        if suites:
+            rows += workloads.select(suites, ops)
+        if args.shapes:
+            rows += [r for r in workloads.load_shapes(args.shapes) if not ops or r.op in ops]
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if not rows:
+        raise UsageError(f"bench.layers: no rows to run: suites {suite_arg or '-'} have no cases "
+                         f"for ops {', '.join(ops) or 'any'} (registered ops: "
+                         f"{', '.join(s.name for s in registry.ops())}; see --list)")
+    budget = Budget.quick() if args.quick else Budget()
+    if args.budget is not None:
+        budget.budget_s = args.budget
+    cfg = runner.Config(impls=impl_names, passes=passes, budget=budget,
+                        seeds=tuple(range(args.seeds)), flush_l2=args.flush_l2,
+                        keep_going=args.keep_going)
+    return rows, devices, cfg
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    if args.list:
+        print(_list())
+        return 0
+    try:
+        if args.threads is not None:
+            if args.threads < 1:
+                raise UsageError(f"bench.layers: --threads must be >= 1, got {args.threads}")
+            torch.set_num_threads(args.threads)   # intra-op, OpenMP and MKL together
+        rows, devices, cfg = build(args)
+    except UsageError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+
+    threads = machine.threads_info()
+    est = runner.estimate_s(rows, devices, cfg)
+    print(f"bench.layers: {len(rows)} rows x {len(devices)} device(s) x {len(cfg.passes)} passes, "
+          f"impls {','.join(cfg.impls)}, {threads['torch_intraop']} threads; about {est:.0f} s",
+          file=sys.stderr)
+    dev_info = {}
+    seconds = 0.1 if args.quick else 0.3
+    for d in devices:
+        if d == "cpu":
+            dev_info[d] = machine.cpu_info(threads["torch_intraop"], not args.no_peaks, seconds)
+        else:
+            dev_info[d] = machine.gpu_info(not args.no_peaks, seconds)
+    steps = len(rows) * len(devices) * (1 + len(cfg.passes))
+    prog = Progress(steps, est)
+    try:
+        results, stopped = runner.run(rows, devices, cfg, prog)
+    finally:
+        prog.close()
+    meta = report.make_meta(argv, dev_info, threads, cfg.budget, cfg.impls, cfg.passes,
+                            {"dtype": args.dtype, "quick": args.quick})
+    md = report.markdown(results, meta, cfg.passes)
+    print(md)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        fmts = _csv(args.format)
+        written = []
+        if "md" in fmts:
+            written.append(_write(args.out, "report.md", md))
+        if "csv" in fmts:
+            written.append(_write(args.out, "results.csv", report.to_csv(results, meta)))
+        if "json" in fmts:
+            doc = report.to_json(results, meta)
+            written.append(_write(args.out, "results.json", json.dumps(doc, indent=1)))
+        if args.plot:
+            sweep = {r.row.key: r.row.case.sweep for r in results if r.row.case.sweep}
+            written += plot.plot(report.records(results, meta), args.out, sweep)
+        print("bench.layers: wrote " + ", ".join(written), file=sys.stderr)
+    failed = sorted({(r.device, r.row.op, r.row.case.name, r.impl) for r in results
+                     if r.status == "failed"})
+    if failed:
+        print(f"bench.layers: {len(failed)} (row, implementation) pair(s) FAILED the correctness "
+              "check and were not timed:", file=sys.stderr)
+        for d, op, case, impl in failed:
+            print(f"  {d} {op} {case} [{impl}]", file=sys.stderr)
+        if stopped:
+            print("bench.layers: stopped at the first FAILED row (--keep-going carries on)",
+                  file=sys.stderr)
+        return 1
+    return 0
+
+
+def _write(d: str, name: str, text: str) -> str:
+    path = os.path.join(d, name)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,446 @@
+"""Reports: markdown in the seeds' shapes, plus CSV and JSON records with full metadata.
+
+Markdown, per device:
+- a header "CPU USED --- <model>, N threads" / "GPU USED --- <name>" and the measured peaks;
+- the `layers` suite (and user shape files, and op suites) as the flux-vs-pytorch layer tables:
+  one line per framework, Forward Pass / Backward Pass / Total Time (/ Inference), the faster
+  entry in bold;
+- the `tensorgrad` suite as tensorgrad-vs-torch's tables: per op and pass, reference time, custom
+  time, "slower by", and an "overall" row with the medians over the inputs;
+- the `dense-sweep` suite as the raw lines of lux-vs-flux-dense;
+- a ratio table (the first non-torch implementation against torch) and a roofline table (every
+  implementation: GFLOP/s and GB/s from the registry's model, and their share of the peaks);
+- the FAILED rows with their errors.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections import OrderedDict
+from typing import Any
+
+import torch
+
+from .impls import TORCH
+from .runner import PASS_TITLES, PASSES, Result
+from .workloads import STANDARD_SUITES, USER_SUITE
+
+SCHEMA = "dlkern.bench/1"
+NOISY_MARK = "†"
+
+
+# ---- metadata ------------------------------------------------------------------------------
+
+def git_commit() -> str:
+    try:
+        here = __file__.rsplit("/", 2)[0]
+        sha = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
+    except Exception:
+        return "unknown"
+
+
+def make_meta(argv: list[str], devices: dict[str, dict], threads: dict, budget, impls,
+              passes, extra: dict | None = None) -> dict:
+    import dlkern
+    return {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "git_commit": git_commit(),
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "dlkern": dlkern.capabilities(),
+        "command": " ".join(["python -m bench.layers"] + list(argv)),
+        "threads": threads,
+        "devices": devices,
+        "impls": list(impls),
+        "passes": list(passes),
+        "budget": dict(vars(budget)),
+        **(extra or {}),
+    }
+
+
+# ---- records -------------------------------------------------------------------------------
+
+def _baseline(results: list[Result]) -> dict:
+    return {(r.device, r.row.key, r.pass_): r.median for r in results
+            if r.impl == TORCH and r.status == "ok"}
+
+
+def _jsonable(v):
+    if isinstance(v, tuple):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (int, float, str, bool)) or v is None:
+        return v
+    return str(v)
+
+
+def records(results: list[Result], meta: dict) -> list[dict]:
+    base = _baseline(results)
+    out = []
+    for r in results:
+        peaks = meta["devices"].get(r.device, {}).get("peaks", {}) or {}
+        s = r.stats
+        rec = OrderedDict(
+            suites=list(r.row.suites), op=r.row.op, case=r.row.case.name,
+            params=_jsonable(dict(r.row.case.params)), device=r.device, impl=r.impl,
+            label=r.label, **{"pass": r.pass_}, status=r.status,
+            median_s=s.median if s else None, p20_s=s.p20 if s else None,
+            p80_s=s.p80 if s else None, samples=s.samples if s else 0,
+            calls_per_sample=s.calls_per_sample if s else 0,
+            spread=s.spread if s else None, noisy=bool(s and s.noisy),
+            flops=r.flops, bytes=r.bytes, gflops=None, gbps=None, pct_peak_flops=None,
+            pct_peak_bw=None, ratio_vs_torch=None, detail=r.detail)
+        if s and s.median > 0:
+            rec["gflops"] = r.flops / s.median * 1e-9
+            rec["gbps"] = r.bytes / s.median * 1e-9
+            if peaks.get("peak_gflops"):
+                rec["pct_peak_flops"] = 100 * rec["gflops"] / peaks["peak_gflops"]
+            if peaks.get("peak_gbps"):
+                rec["pct_peak_bw"] = 100 * rec["gbps"] / peaks["peak_gbps"]
+            b = base.get((r.device, r.row.key, r.pass_))
+            if b and r.impl != TORCH:
+                rec["ratio_vs_torch"] = s.median / b
+        out.append(rec)
+    return out
+
+
+RECORD_TYPES = {
+    "suites": list, "op": str, "case": str, "params": dict, "device": str, "impl": str,
+    "label": str, "pass": str, "status": str, "median_s": (float, type(None)),
+    "p20_s": (float, type(None)), "p80_s": (float, type(None)), "samples": int,
+    "calls_per_sample": int, "spread": (float, type(None)), "noisy": bool,
+    "flops": (int, float), "bytes": (int, float), "gflops": (float, type(None)),
+    "gbps": (float, type(None)), "pct_peak_flops": (float, type(None)),
+    "pct_peak_bw": (float, type(None)), "ratio_vs_torch": (float, type(None)), "detail": str,
+}
+META_KEYS = ("date", "git_commit", "torch", "python", "dlkern", "command", "threads", "devices",
+             "impls", "passes", "budget")
+
+
+def to_json(results: list[Result], meta: dict) -> dict:
+    return {"schema": SCHEMA, "meta": meta, "results": records(results, meta)}
+
+
+def validate(doc: Any) -> list[str]:
+    """Problems with a bench JSON document (empty when it matches the schema)."""
+    errs = []
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+        return [f"not a {SCHEMA} document (schema: "
+                f"{doc.get('schema') if isinstance(doc, dict) else type(doc).__name__})"]
+    meta = doc.get("meta")
+    if not isinstance(meta, dict):
+        errs.append("meta: missing")
+    else:
+        errs += [f"meta: missing {k!r}" for k in META_KEYS if k not in meta]
+    res = doc.get("results")
+    if not isinstance(res, list):
+        return errs + ["results: not a list"]
+    for i, rec in enumerate(res):
+        for k, t in RECORD_TYPES.items():
+            if k not in rec:
+                errs.append(f"results[{i}]: missing {k!r}")
+            elif not isinstance(rec[k], t) or (t is int and isinstance(rec[k], bool)):
+                errs.append(f"results[{i}].{k}: {type(rec[k]).__name__} is not "
+                            f"{getattr(t, '__name__', t)}")
+        if rec.get("status") not in ("ok", "failed", "skipped"):
+            errs.append(f"results[{i}].status: {rec.get('status')!r}")
+        if rec.get("pass") not in PASSES:
+            errs.append(f"results[{i}].pass: {rec.get('pass')!r}")
+        if rec.get("status") == "ok" and not rec.get("median_s"):
+            errs.append(f"results[{i}]: ok without a median")
+    return errs
+
+
+def to_csv(results: list[Result], meta: dict) -> str:
+    recs = records(results, meta)
+    meta_cols = OrderedDict(
+        date=meta["date"], git_commit=meta["git_commit"], torch=meta["torch"],
+        dlkern_cpu_isa=meta["dlkern"].get("cpu_isa"), threads=meta["threads"].get("torch_intraop"),
+        command=meta["command"])
+    buf = io.StringIO()
+    cols = list(RECORD_TYPES) + ["device_name"] + list(meta_cols)
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    for rec in recs:
+        row = {k: (";".join(v) if k == "suites" else json.dumps(v) if k == "params" else v)
+               for k, v in rec.items()}
+        row["device_name"] = meta["devices"].get(rec["device"], {}).get("name", "")
+        row.update(meta_cols)
+        w.writerow(row)
+    return buf.getvalue()
+
+
+# ---- markdown ------------------------------------------------------------------------------
+
+def fmt_time(s: float | None) -> str:
+    if s is None:
+        return "-"
+    return f"{s:.4g} s" if s >= 1 else f"{s * 1e3:.4g} ms"
+
+
+def _cell(r: Result | None, bold: bool, fmt=fmt_time) -> str:
+    if r is None or r.status == "skipped":
+        return "-"
+    if r.status == "failed":
+        return "FAILED"
+    t = fmt(r.median) + (NOISY_MARK if r.stats.noisy else "")
+    return f"__{t}__" if bold else t
+
+
+def _index(results: list[Result]) -> dict:
+    return {(r.device, r.row.key, r.impl, r.pass_): r for r in results}
+
+
+def _rows_of(results: list[Result], device: str, suite: str) -> list:
+    seen = OrderedDict()
+    for r in results:
+        if r.device == device and suite in r.row.suites:
+            seen.setdefault(r.row.key, r.row)
+    return list(seen.values())
+
+
+def _impls_in(results: list[Result]) -> list[tuple[str, str]]:
+    seen = OrderedDict()
+    for r in results:
+        if r.impl not in seen or r.status == "ok":
+            seen[r.impl] = r.label if r.status != "skipped" else seen.get(r.impl, r.label)
+    return list(seen.items())
+
+
+def layers_table(results, device, suite, impls, passes) -> str:
+    idx = _index(results)
+    head = "|Layer|Framework|" + "|".join(PASS_TITLES[p] for p in passes) + "|"
+    lines = [head, "|" + ":---:|" * (2 + len(passes))]
+    for row in _rows_of(results, device, suite):
+        best = {}
+        for p in passes:
+            ok = [idx[k].median for k in ((device, row.key, n, p) for n, _ in impls)
+                  if k in idx and idx[k].status == "ok"]
+            best[p] = min(ok) if len(ok) > 1 else None
+        for i, (n, label) in enumerate(impls):
+            cells = []
+            for p in passes:
+                r = idx.get((device, row.key, n, p))
+                cells.append(_cell(r, r is not None and r.status == "ok" and r.median == best[p]))
+            name = row.case.name if i == 0 else ""
+            lines.append(f"|{name}|{label}|" + "|".join(cells) + "|")
+    return "\n".join(lines)
+
+
+def tensorgrad_tables(results, device, suite, impls, passes) -> str:
+    """tensorgrad-vs-torch's shape: per op and pass, inputs | torch | custom | slower by."""
+    idx = _index(results)
+    rows = _rows_of(results, device, suite)
+    base = [x for x in impls if x[0] == TORCH]
+    others = [x for x in impls if x[0] != TORCH]
+    cols = base + others
+    dev = "cpu" if device == "cpu" else "cuda"
+    out = []
+    for op in OrderedDict((r.op, r.spec) for r in rows).items():
+        name, spec = op
+        out.append(f"#### {spec.title or name}")
+        for p in passes:
+            out.append(f"##### {PASS_TITLES[p].replace(' Pass', '').replace(' Time', '')}")
+            heads = [f"torch {dev}, s." if n == TORCH else f"{label}, s." for n, label in cols]
+            ratio_col = others[0][1] if base and others else None
+            if ratio_col:
+                heads.append(f"{ratio_col} is slower by")
+            out.append("| inputs | " + " | ".join(heads) + " |")
+            out.append("|---|" + "---:|" * len(heads))
+            per_col = [[] for _ in heads]
+            for row in (r for r in rows if r.op == name):
+                vals = []
+                for n, _ in cols:
+                    r = idx.get((device, row.key, n, p))
+                    vals.append(r.median if r is not None and r.status == "ok" else None)
+                if ratio_col:
+                    t, c = vals[0], vals[len(base)]
+                    vals.append(c / t if t and c else None)
+                cells = []
+                for j, v in enumerate(vals):
+                    if v is None:
+                        r = idx.get((device, row.key, cols[j][0], p)) if j < len(cols) else None
+                        cells.append("FAILED" if r is not None and r.status == "failed" else "-")
+                    else:
+                        per_col[j].append(v)
+                        cells.append(f"{v:.5g}")
+                out.append(f"| {row.case.name} | " + " | ".join(cells) + " |")
+            overall = [f"{statistics.median(v):.5g}" if v else "-" for v in per_col]
+            out.append("| overall | " + " | ".join(overall) + " |")
+            out.append("")
+    return "\n".join(out).rstrip()
+
+
+def dense_raw_lines(results, device, suite, impls, passes) -> str:
+    """lux-vs-flux-dense's raw lines, one block per implementation and sweep group."""
+    names = {"forward": "Forward Pass", "total": "Forward Pass + Backward Pass",
+             "backward": "Backward Pass", "inference": "Inference"}
+    idx = _index(results)
+    rows = _rows_of(results, device, suite)
+    dev = "CPU" if device == "cpu" else "GPU"
+    out = ["```text"]
+    for n, label in impls:
+        for group in OrderedDict((r.case.group or r.op, None) for r in rows):
+            out.append(f"{label} {group}")
+            for row in (r for r in rows if (r.case.group or r.op) == group):
+                sweep = (f"{row.case.sweep[0]} = {row.case.sweep[1]}" if row.case.sweep
+                         else row.case.name)
+                for p in passes:
+                    r = idx.get((device, row.key, n, p))
+                    if r is None or r.status == "skipped":
+                        continue
+                    val = "FAILED" if r.status == "failed" else f"{r.median:.9g}s"
+                    out.append(f"    {names[p]} {dev} | {sweep}: {val}")
+            out.append("")
+    out.append("```")
+    return "\n".join(out)
+
+
+def _fmt_num(v, spec="{:.3g}"):
+    return "-" if v is None else spec.format(v)
+
+
+def ratio_table(recs: list[dict], device: str, first: str | None, label: str = "") -> str:
+    if not first:
+        return ""
+    label = label or first
+    lines = [f"| row | pass | torch | {label} | ratio | spread (torch / {label}) |",
+             "|---|---|---:|---:|---:|---|"]
+    base = {(r["op"], r["case"], r["pass"]): r for r in recs
+            if r["device"] == device and r["impl"] == TORCH}
+    n = 0
+    for r in recs:
+        if r["device"] != device or r["impl"] != first:
+            continue
+        b = base.get((r["op"], r["case"], r["pass"]))
+        if b is None:
+            continue
+        ratio = r["ratio_vs_torch"]
+        cell = "FAILED" if r["status"] == "failed" else (f"**{ratio:.3f}**" if ratio else "-")
+        noisy = " (noisy)" if r["noisy"] or b["noisy"] else ""
+        lines.append(f"| {r['op']} {r['case']} | {r['pass']} | {fmt_time(b['median_s'])} | "
+                     f"{fmt_time(r['median_s'])} | {cell} | "
+                     f"{_fmt_num(b['spread'], '{:.0%}')} / {_fmt_num(r['spread'], '{:.0%}')}"
+                     f"{noisy} |")
+        n += 1
+    return "\n".join(lines) if n else ""
+
+
+def roofline_table(recs: list[dict], device: str) -> str:
+    lines = ["| row | pass | impl | median | p20 - p80 | samples | GFLOP/s | % peak | GB/s | "
+             "% peak |", "|---|---|---|---:|---|---:|---:|---:|---:|---:|"]
+    for r in recs:
+        if r["device"] != device or r["status"] != "ok":
+            continue
+        lines.append(
+            f"| {r['op']} {r['case']} | {r['pass']} | {r['label']} | {fmt_time(r['median_s'])}"
+            f"{NOISY_MARK if r['noisy'] else ''} | {fmt_time(r['p20_s'])} - {fmt_time(r['p80_s'])}"
+            f" | {r['samples']} | {_fmt_num(r['gflops'], '{:.1f}')} | "
+            f"{_fmt_num(r['pct_peak_flops'], '{:.1f}')} | {_fmt_num(r['gbps'], '{:.1f}')} | "
+            f"{_fmt_num(r['pct_peak_bw'], '{:.1f}')} |")
+    return "\n".join(lines)
+
+
+def device_header(info: dict) -> str:
+    if info.get("device") == "cpu":
+        head = f"## CPU USED --- {info['name']}, {info['threads']} threads"
+        pk = info.get("peaks") or {}
+        parts = []
+        if pk.get("fma_gflops_avx2"):
+            parts.append(f"FMA {pk['fma_gflops_avx2']:.0f} GFLOP/s with AVX2")
+        if pk.get("fma_gflops_avx512"):
+            parts.append(f"{pk['fma_gflops_avx512']:.0f} GFLOP/s with AVX-512")
+        if pk.get("copy_gbps"):
+            parts.append(f"copy bandwidth {pk['copy_gbps']:.1f} GB/s")
+    else:
+        head = f"## GPU USED --- {info['name']}"
+        pk = info.get("peaks") or {}
+        parts = []
+        if pk.get("matmul_fp32_gflops"):
+            parts.append(f"fp32 matmul {pk['matmul_fp32_gflops'] / 1e3:.1f} TFLOP/s (TF32 off)")
+        if pk.get("copy_gbps"):
+            parts.append(f"device copy {pk['copy_gbps']:.0f} GB/s")
+        if info.get("clocks"):
+            c = info["clocks"]
+            parts.append(f"clocks SM {c.get('sm_mhz')} / max {c.get('sm_max_mhz')} MHz, "
+                         f"memory {c.get('mem_mhz')} MHz")
+    if not parts:
+        return head
+    return head + "\n\nPeaks measured this run (the % peak columns): " + "; ".join(parts) + "."
+
+
+def suite_order(results: list[Result]) -> list[str]:
+    present = OrderedDict()
+    for r in results:
+        for s in r.row.suites:
+            present[s] = None
+    std = [s for s in STANDARD_SUITES if s in present]
+    rest = sorted(s for s in present if s not in STANDARD_SUITES and s != USER_SUITE)
+    return std + rest + ([USER_SUITE] if USER_SUITE in present else [])
+
+
+def markdown(results: list[Result], meta: dict, passes: list[str]) -> str:
+    recs = records(results, meta)
+    impls = _impls_in(results)
+    first_impl, first_label = next(((n, lb) for n, lb in impls if n != TORCH), (None, None))
+    out = ["# dlkern layer benchmarks", ""]
+    out.append(f"{meta['date'][:10]} · torch {meta['torch']} · dlkern CPU path "
+               f"{meta['dlkern'].get('cpu_isa')} · git {meta['git_commit'][:12]}  ")
+    out.append(f"command: `{meta['command']}`  ")
+    out.append("Times are medians over interleaved samples (bench/timing.py); "
+               f"{NOISY_MARK} marks a spread (p80-p20)/median above 10%.")
+    th = meta.get("threads") or {}
+    if th and not th.get("consistent", True):
+        out.append(f"\n**Warning**: thread counts disagree (torch {th.get('torch_intraop')}, "
+                   f"OpenMP {th.get('omp')}, MKL {th.get('mkl')}): CPU ratios are skewed.")
+    devices = OrderedDict((r.device, None) for r in results)
+    for device in devices:
+        info = meta["devices"].get(device, {"device": device, "name": device})
+        out += ["", device_header(info)]
+        dev_results = [r for r in results if r.device == device]
+        for suite in suite_order(dev_results):
+            out += ["", f"### Suite `{suite}`", ""]
+            if suite == "tensorgrad":
+                out.append(tensorgrad_tables(dev_results, device, suite, impls, passes))
+            elif suite == "dense-sweep":
+                out.append(dense_raw_lines(dev_results, device, suite, impls, passes))
+            else:
+                out.append(layers_table(dev_results, device, suite, impls, passes))
+        rt = ratio_table(recs, device, first_impl, first_label) if first_impl else ""
+        if rt:
+            out += ["", f"### Ratio {first_label} / torch (< 1: {first_label} is faster)", "", rt]
+        out += ["", "### Roofline", "",
+                "FLOPs and bytes from the registry's model of each op (minimum traffic: inputs "
+                "read once, outputs written once). Problems that fit in cache can exceed the "
+                "streaming-bandwidth peak, which is measured on buffers far larger than the "
+                "last-level cache.", "", roofline_table(recs, device)]
+        seen = set()
+        fails = []
+        for r in recs:
+            if r["device"] == device and r["status"] == "failed":
+                k = (r["op"], r["case"], r["impl"], r["detail"])
+                if k not in seen:
+                    seen.add(k)
+                    fails.append(f"- **FAILED** {r['op']} {r['case']} [{r['label']}]: {r['detail']}")
+        if fails:
+            out += ["", "### FAILED (not timed)", ""] + fails
+        skips = OrderedDict()
+        for r in recs:
+            if r["device"] == device and r["status"] == "skipped":
+                skips.setdefault((r["impl"], r["detail"]), []).append(f"{r['op']} {r['case']}")
+        if skips:
+            out += ["", "### Skipped", ""]
+            for (impl, why), rows in skips.items():
+                rows = list(OrderedDict.fromkeys(rows))
+                out.append(f"- {impl}: {why} ({len(rows)} rows)")
+    return "\n".join(out) + "\n"

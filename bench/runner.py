@@ -1,0 +1,264 @@
+"""The run: for every (device, row), check every implementation, then time the passes, then check
+again. No kernel knowledge: everything op-specific comes from the registry entry.
+
+The gate (before any timing, per workload, implementation and device):
+- forward and every gradient on `seeds` (>= 3) seeded inputs against torch float32 and float64,
+  by the registry's tolerance rule (dlkern.testing: elementwise bound k x torch's own error,
+  relative-L2 bound, NaN/inf positions exact, outputs that are mostly zeros where torch's are not
+  refused, inputs left unchanged);
+- an implementation that fails is not timed; its rows are FAILED with the error, where it
+  occurred, and the seed;
+- each implementation is timed on its own copy of the inputs; after the timing loops the inputs
+  must be unchanged and the check is run again (a kernel right once and wrong later fails then).
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from dlkern import testing
+from dlkern.registry import OpSpec
+
+from . import impls as impls_mod
+from .timing import Budget, Stats, time_interleaved
+from .workloads import Row
+
+PASSES = ("forward", "backward", "total", "inference")
+DEFAULT_PASSES = ("forward", "backward", "total")
+PASS_TITLES = {"forward": "Forward Pass", "backward": "Backward Pass", "total": "Total Time",
+               "inference": "Inference"}
+
+
+@dataclass
+class Result:
+    """One (row, device, implementation, pass)."""
+    row: Row
+    device: str
+    impl: str
+    label: str
+    pass_: str
+    status: str                    # "ok" | "failed" | "skipped"
+    stats: Stats | None = None
+    flops: float = 0.0
+    bytes: float = 0.0
+    detail: str = ""
+
+    @property
+    def median(self) -> float | None:
+        return self.stats.median if self.stats else None
+
+
+@dataclass
+class Config:
+    impls: list[str]
+    passes: list[str] = field(default_factory=lambda: list(DEFAULT_PASSES))
+    budget: Budget = field(default_factory=Budget)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    flush_l2: bool = False
+    keep_going: bool = False
+
+
+def work(spec: OpSpec, params, pass_: str) -> tuple[float, float]:
+    """(FLOPs, bytes) of one call of `pass_`, from the registry's model."""
+    f, b = spec.flops(params), spec.bytes(params)
+    if pass_ == "backward":
+        return f.get("backward", 0), b.get("backward", 0)
+    if pass_ == "total":
+        return f.get("forward", 0) + f.get("backward", 0), b.get("forward", 0) + b.get("backward", 0)
+    return f.get("forward", 0), b.get("forward", 0)
+
+
+# ---- the gate ------------------------------------------------------------------------------
+
+def gate(spec: OpSpec, case, device: str, impl: impls_mod.Impl,
+         seeds=(0, 1, 2), when: str = "") -> str | None:
+    """None when `impl` passes on every seed, else what failed (seed, check, error, where)."""
+    for seed in seeds:
+        try:
+            with impl.context():
+                verdicts = testing.check(spec, case, device, seed, fn=impl.fn)
+        except Exception as e:  # a kernel that raises is a failed check, not a harness crash
+            return f"{when}seed {seed}: raised {type(e).__name__}: {e}"
+        bad = [v for v in verdicts if not v.ok]
+        if bad:
+            return f"{when}seed {seed}: " + "; ".join(map(str, bad))
+    return None
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return a.shape == b.shape and torch.equal(torch.nan_to_num(a.detach()),
+                                                  torch.nan_to_num(b.detach()))
+    return a == b
+
+
+# ---- timed callables -----------------------------------------------------------------------
+
+def _callable(spec: OpSpec, impl: impls_mod.Impl, inputs, pass_: str, device: str
+              ) -> tuple[Callable[[], object], Callable[[], contextlib.AbstractContextManager]]:
+    """The function one timed call runs for `pass_`, and the context its blocks run in."""
+    fn = impl.fn
+    names = list(inputs.grad)
+    if pass_ == "inference":
+        kw = dict(inputs.kwargs)
+        if spec.eval_kwargs:
+            kw = spec.eval_kwargs(kw)
+
+        def ctx():
+            stack = contextlib.ExitStack()
+            stack.enter_context(impl.context())
+            stack.enter_context(torch.no_grad())
+            return stack
+        return (lambda: fn(**kw)), ctx
+    kwg = testing.leaf_kwargs(inputs)
+    wrt = [kwg[n] for n in names]
+    if pass_ == "forward":
+        return (lambda: fn(**kwg)), impl.context
+    g = torch.Generator().manual_seed(1234)
+    with impl.context():
+        probe = fn(**kwg)
+    go = torch.randn(probe.shape, generator=g).to(device)
+    if pass_ == "backward":
+        # the forward ran once, outside the timed region; backward reruns over the kept graph
+        out = probe
+        return (lambda: torch.autograd.grad(out, wrt, go, retain_graph=True)), impl.context
+    del probe
+    return (lambda: torch.autograd.grad(fn(**kwg), wrt, go)), impl.context
+
+
+# ---- the run -------------------------------------------------------------------------------
+
+class Stop(Exception):
+    """A FAILED row without --keep-going: the run stops after reporting what it has."""
+
+
+def run_row(row: Row, device: str, cfg: Config, tick: Callable[[str], None] = lambda s: None
+            ) -> list[Result]:
+    spec, case = row.spec, row.case
+    results: list[Result] = []
+
+    def add(impl, label, pass_, status, stats=None, detail=""):
+        f, b = work(spec, case.params, pass_)
+        results.append(Result(row, device, impl, label, pass_, status, stats, f, b, detail))
+
+    probe = spec.make_inputs(case.params, device, 0)
+    passes = [p for p in cfg.passes if p in ("forward", "inference") or probe.grad]
+    no_grad_passes = [p for p in cfg.passes if p not in passes]
+
+    ready: dict[str, impls_mod.Impl] = {}
+    for name in cfg.impls:
+        try:
+            impl = impls_mod.resolve(name, spec, device)
+        except impls_mod.Unavailable as e:
+            for p in cfg.passes:
+                add(name, name, p, "skipped", detail=str(e))
+            continue
+        for p in no_grad_passes:
+            add(name, impl.label, p, "skipped", detail=f"{spec.name} has no differentiable inputs")
+        if impl.is_baseline:
+            ready[name] = impl
+            continue
+        bad = gate(spec, case, device, impl, cfg.seeds)
+        if bad:
+            for p in passes:
+                add(name, impl.label, p, "failed", detail=bad)
+            continue
+        ready[name] = impl
+    tick("check")
+
+    if not ready:
+        for p in passes:
+            tick(p)
+        return results
+    # every implementation gets its own inputs (same values and layout, own storage)
+    own = {n: spec.make_inputs(case.params, device, 0) for n in ready}
+    timed: dict[tuple[str, str], Stats] = {}
+    failed: dict[str, str] = {}
+    flush = None
+    if cfg.flush_l2 and device.startswith("cuda"):
+        from .machine import l2_flusher
+        flush = l2_flusher()
+    for p in passes:
+        fns, ctxs = {}, {}
+        for n, impl in ready.items():
+            if n in failed:
+                continue
+            try:
+                fns[n], ctxs[n] = _callable(spec, impl, own[n], p, device)
+            except Exception as e:
+                failed[n] = f"{p}: raised {type(e).__name__}: {e}"
+        try:
+            stats = time_interleaved(fns, device=device, budget=cfg.budget, contexts=ctxs,
+                                     flush=flush)
+            for n, s in stats.items():
+                timed[(n, p)] = s
+        except Exception as e:
+            # which implementation raised: time them one by one to attribute the error
+            for n in fns:
+                try:
+                    timed[(n, p)] = time_interleaved({n: fns[n]}, device=device,
+                                                     budget=cfg.budget, contexts=ctxs, flush=flush)[n]
+                except Exception as e1:
+                    failed[n] = (f"{p}: raised during timing: {type(e1).__name__}: {e1}\n"
+                                 + traceback.format_exc(limit=3))
+            if not failed:
+                raise e
+        tick(p)
+
+    # after timing: inputs unchanged, and right again
+    fresh = spec.make_inputs(case.params, device, 0)
+    for n, impl in ready.items():
+        if n in failed:
+            continue
+        for k, v in fresh.kwargs.items():
+            if not _same(v, own[n].kwargs[k]):
+                failed[n] = f"after timing: the implementation wrote its input {k!r}"
+                break
+        if n not in failed and not impl.is_baseline:
+            bad = gate(spec, case, device, impl, cfg.seeds[:1], when="after timing: ")
+            if bad:
+                failed[n] = bad
+    for n, impl in ready.items():
+        for p in passes:
+            if n in failed:
+                add(n, impl.label, p, "failed", detail=failed[n])
+            elif (n, p) in timed:
+                add(n, impl.label, p, "ok", timed[(n, p)])
+    order = {n: i for i, n in enumerate(cfg.impls)}
+    pidx = {p: i for i, p in enumerate(PASSES)}
+    results.sort(key=lambda r: (order.get(r.impl, 99), pidx[r.pass_]))
+    return results
+
+
+def estimate_s(rows: list[Row], devices: list[str], cfg: Config) -> float:
+    """Upper-bound-ish estimate of the run's duration (the stopping rule often ends earlier)."""
+    per_timing = cfg.budget.budget_s + len(cfg.impls) * (cfg.budget.warmup_s + 0.05) + 0.1
+    per_gate = 0.15 * len(cfg.seeds)
+    n = len(rows) * len(devices)
+    extra = 4.0 if "torch-compile" in cfg.impls else 0.0
+    return n * (len(cfg.passes) * per_timing + (len(cfg.impls) - 1) * per_gate + extra)
+
+
+def run(rows: list[Row], devices: list[str], cfg: Config, progress=None) -> tuple[list[Result], bool]:
+    """All rows on all devices. Returns (results, stopped_early)."""
+    out: list[Result] = []
+    for device in devices:
+        for row in rows:
+            label = f"{device} {row.op} {row.case.name}"
+
+            def tick(step, label=label):
+                if progress:
+                    progress.advance(f"{label}: {step}")
+            t0 = time.perf_counter()
+            res = run_row(row, device, cfg, tick)
+            out.extend(res)
+            if progress:
+                progress.note_row(label, res, time.perf_counter() - t0)
+            if not cfg.keep_going and any(r.status == "failed" for r in res):
+                return out, True
+    return out, False
