@@ -22,6 +22,7 @@ Method (why; the README's "Timing method" says the same for users):
 from __future__ import annotations
 
 import contextlib
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -147,7 +148,9 @@ def time_interleaved(fns: Mapping[str, Callable[[], object]], *, device: str = "
                 for _ in range(int(b.min_sample_s / max(per_call[name], 1e-9))):
                     fn()
                 sync()
-    reps = {k: 1 if (cuda and flush is not None) else max(1, int(b.min_sample_s / max(v, 1e-9)))
+    # enough calls per sample to last min_sample_s (the 1e-6 absorbs rounding of the estimate)
+    reps = {k: 1 if (cuda and flush is not None)
+            else max(1, math.ceil(b.min_sample_s / max(v, 1e-9) - 1e-6))
             for k, v in per_call.items()}
     samples: dict[str, list[float]] = {k: [] for k in names}
     start = clock()

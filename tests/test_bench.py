@@ -1,0 +1,544 @@
+"""The benchmark harness: statistics, stopping rule, table rendering (golden text), JSON schema,
+the correctness gate against deliberately wrong implementations, the CLI and bench.compare."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import dlkern  # noqa: F401
+from bench import compare, impls, layers, machine, report, runner, timing, workloads
+from bench.progress import Progress
+from bench.runner import Result
+from bench.timing import Budget, Stats
+from dlkern import registry
+from dlkern.registry import Case
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICK = Budget(warmup_s=0.002, min_sample_s=2e-4, min_samples=3, max_samples=6,
+               target_spread=0.5, budget_s=0.02)
+
+
+# ---- statistics and the stopping rule ----------------------------------------------------
+
+@pytest.mark.parametrize("n", [1, 2, 5, 10, 101])
+def test_quantile_matches_numpy(n):
+    xs = list(np.random.default_rng(n).random(n))
+    for q in (0.0, 0.2, 0.5, 0.8, 1.0):
+        assert timing.quantile(xs, q) == pytest.approx(float(np.quantile(xs, q)))
+
+
+def test_stats_spread_and_noisy():
+    s = timing.summarize([1.0, 1.0, 1.0, 1.0, 2.0], 7)
+    assert (s.median, s.samples, s.calls_per_sample) == (1.0, 5, 7)
+    assert s.p80 == pytest.approx(1.2) and s.spread == pytest.approx(0.2) and s.noisy
+    assert not timing.summarize([1.0, 1.01, 1.02]).noisy
+    with pytest.raises(ValueError):
+        timing.quantile([], 0.5)
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_stopping_rule_quiet_stops_at_min_samples():
+    clock = FakeClock()
+    calls = []
+
+    def make(name, dt):
+        def fn():
+            calls.append(name)
+            clock.t += dt
+        return fn
+    b = Budget(warmup_s=0.01, min_sample_s=0.004, min_samples=7, max_samples=100,
+               target_spread=0.01, budget_s=100)
+    st = timing.time_interleaved({"a": make("a", 1e-3), "b": make("b", 2e-3)}, budget=b,
+                                 clock=clock)
+    assert st["a"].samples == st["b"].samples == 7          # quiet: stops at min_samples
+    assert st["a"].median == pytest.approx(1e-3) and st["b"].median == pytest.approx(2e-3)
+    assert st["a"].calls_per_sample == 4 and st["b"].calls_per_sample == 2
+    # interleaved, order flipped every round: after warm-up, a-block b-block b-block a-block ...
+    timed = "".join(calls)[-(7 * 4 + 7 * 2):]
+    assert timed[:12] == "aaaabb" + "bbaaaa" and timed[12:18] == "aaaabb"
+
+
+def test_stopping_rule_noisy_stops_at_budget():
+    clock = FakeClock()
+    n = [0]
+
+    def noisy():
+        n[0] += 1
+        clock.t += 1e-3 if n[0] % 3 else 5e-3    # a third of the calls are 5x slower
+    b = Budget(warmup_s=0.0, min_sample_s=0.0, min_samples=5, max_samples=1000,
+               target_spread=0.01, budget_s=0.5)
+    st = timing.time_interleaved({"x": noisy}, budget=b, clock=clock)
+    assert 5 < st["x"].samples < 1000 and st["x"].noisy
+    # the budget bounds the sampling time: samples x mean(2.33 ms) ~ 0.5 s
+    assert st["x"].samples == pytest.approx(0.5 / (7e-3 / 3), rel=0.05)
+
+
+def test_contexts_wrap_each_block_outside_the_timed_call():
+    entered = []
+
+    @contextlib.contextmanager
+    def ctx():
+        entered.append("in")
+        yield
+        entered.append("out")
+    seen = []
+    st = timing.time_interleaved({"a": lambda: seen.append(len(entered) % 2)},
+                                 budget=QUICK, contexts={"a": ctx})
+    assert all(x == 1 for x in seen)          # every call ran inside the context
+    assert entered.count("in") >= st["a"].samples + 1
+
+
+# ---- report rendering (golden text) ------------------------------------------------------
+
+SOFTMAX = registry.get("softmax")
+
+
+def _row(name, suites, shape=(4, 8), group="", sweep=None):
+    return workloads.Row(SOFTMAX, Case(name, {"shape": shape, "dim": -1}, suites, group, sweep),
+                         suites)
+
+
+def _res(row, impl, label, pass_, median, status="ok", detail="", p20=None, p80=None):
+    st = Stats(median, p20 or median, p80 or median, 10, 3) if status == "ok" else None
+    f, b = runner.work(SOFTMAX, row.case.params, pass_)
+    return Result(row, "cpu", impl, label, pass_, status, st, f, b, detail)
+
+
+IMPLS2 = [("custom", "dlkern avx2"), ("torch", "PyTorch 2.13.0")]
+
+
+def _sample_results():
+    a, b = _row("Conv3x3/1", ("layers",)), _row("Dense", ("layers",), shape=(1, 1024))
+    out = []
+    for row, times in ((a, {"custom": (2e-4, 5e-4), "torch": (2.5e-4, 4e-4)}),
+                       (b, {"custom": (1.5, 3.0), "torch": (2.0, 2.5)})):
+        for impl, label in IMPLS2:
+            fwd, bwd = times[impl]
+            out += [_res(row, impl, label, "forward", fwd), _res(row, impl, label, "backward", bwd),
+                    _res(row, impl, label, "total", fwd + bwd,
+                         p20=(fwd + bwd) * (0.9 if impl == "torch" else 0.99),
+                         p80=(fwd + bwd) * (1.1 if impl == "torch" else 1.01))]
+    return out
+
+
+def test_layers_table_golden():
+    text = report.layers_table(_sample_results(), "cpu", "layers", IMPLS2,
+                               ["forward", "backward", "total"])
+    assert text == (
+        "|Layer|Framework|Forward Pass|Backward Pass|Total Time|\n"
+        "|:---:|:---:|:---:|:---:|:---:|\n"
+        "|Conv3x3/1|dlkern avx2|__0.2 ms__|0.5 ms|0.7 ms|\n"
+        "||PyTorch 2.13.0|0.25 ms|__0.4 ms__|__0.65 ms†__|\n"
+        "|Dense|dlkern avx2|__1.5 s__|3 s|__4.5 s__|\n"
+        "||PyTorch 2.13.0|2 s|__2.5 s__|__4.5 s†__|")
+
+
+def test_layers_table_failed_and_skipped_cells():
+    row = _row("r", ("layers",))
+    res = [_res(row, "custom", "dlkern avx2", "forward", 0, status="failed", detail="bad"),
+           _res(row, "torch", "PyTorch", "forward", 1e-3),
+           _res(row, "torch-compile", "torch.compile", "forward", 0, status="skipped")]
+    text = report.layers_table(res, "cpu", "layers",
+                               IMPLS2 + [("torch-compile", "torch.compile")], ["forward"])
+    assert text.splitlines()[2:] == ["|r|dlkern avx2|FAILED|", "||PyTorch 2.13.0|1 ms|",
+                                     "||torch.compile|-|"]
+
+
+def test_tensorgrad_tables_golden():
+    rows = [_row(f"{n}x64", ("tensorgrad",), shape=(n, 64)) for n in (128, 512, 1024)]
+    res = []
+    for row, (t, c) in zip(rows, ((1e-5, 2e-5), (4e-5, 3e-5), (1e-4, 1.5e-4))):
+        res += [_res(row, "custom", "dlkern avx2", "forward", c),
+                _res(row, "torch", "PyTorch", "forward", t)]
+    text = report.tensorgrad_tables(res, "cpu", "tensorgrad", IMPLS2, ["forward"])
+    assert text == (
+        "#### nn.Softmax\n"
+        "##### Forward\n"
+        "| inputs | torch cpu, s. | dlkern avx2, s. | dlkern avx2 is slower by |\n"
+        "|---|---:|---:|---:|\n"
+        "| 128x64 | 1e-05 | 2e-05 | 2 |\n"
+        "| 512x64 | 4e-05 | 3e-05 | 0.75 |\n"
+        "| 1024x64 | 0.0001 | 0.00015 | 1.5 |\n"
+        "| overall | 4e-05 | 3e-05 | 1.5 |")
+
+
+def test_dense_raw_lines_golden():
+    rows = [_row(f"bias b{b}", ("dense-sweep",), shape=(b, 784), group="Dense 784 => 1024 with bias",
+                 sweep=("Batch Size", b)) for b in (1, 4)]
+    res = []
+    for row, t in zip(rows, (1.25e-4, 2.5e-4)):
+        res += [_res(row, "custom", "dlkern avx2", "forward", t),
+                _res(row, "custom", "dlkern avx2", "total", 3 * t)]
+    text = report.dense_raw_lines(res, "cpu", "dense-sweep", [("custom", "dlkern avx2")],
+                                  ["forward", "total"])
+    assert text == (
+        "```text\n"
+        "dlkern avx2 Dense 784 => 1024 with bias\n"
+        "    Forward Pass CPU | Batch Size = 1: 0.000125s\n"
+        "    Forward Pass + Backward Pass CPU | Batch Size = 1: 0.000375s\n"
+        "    Forward Pass CPU | Batch Size = 4: 0.00025s\n"
+        "    Forward Pass + Backward Pass CPU | Batch Size = 4: 0.00075s\n"
+        "\n"
+        "```")
+
+
+def _meta(peaks=None):
+    devices = {"cpu": {"device": "cpu", "name": "Test CPU", "threads": 2,
+                       "peaks": peaks or {"peak_gflops": 100.0, "peak_gbps": 10.0,
+                                          "fma_gflops_avx2": 100.0, "copy_gbps": 10.0}}}
+    return report.make_meta(["--quick"], devices, {"torch_intraop": 2, "consistent": True},
+                            Budget(), ["custom", "torch"], ["forward", "backward", "total"])
+
+
+def test_records_roofline_and_ratio():
+    recs = report.records(_sample_results(), _meta())
+    r = next(x for x in recs if x["impl"] == "custom" and x["case"] == "Dense"
+             and x["pass"] == "forward")
+    flops, nbytes = SOFTMAX.flops({"shape": (1, 1024)})["forward"], 8 * 1024
+    assert r["flops"] == flops and r["bytes"] == nbytes
+    assert r["gflops"] == pytest.approx(flops / 1.5e9)
+    assert r["pct_peak_flops"] == pytest.approx(100 * flops / 1.5e9 / 100.0)
+    assert r["pct_peak_bw"] == pytest.approx(100 * nbytes / 1.5e9 / 10.0)
+    assert r["ratio_vs_torch"] == pytest.approx(1.5 / 2.0)
+    assert next(x for x in recs if x["impl"] == "torch")["ratio_vs_torch"] is None
+
+
+def test_json_schema_roundtrip_and_rejects_broken_documents():
+    doc = json.loads(json.dumps(report.to_json(_sample_results(), _meta())))
+    assert report.validate(doc) == []
+    assert {"date", "git_commit", "torch", "dlkern", "command", "threads", "devices"} <= set(doc["meta"])
+    bad = json.loads(json.dumps(doc))
+    del bad["results"][0]["median_s"]
+    bad["results"][1]["status"] = "great"
+    bad["results"][2]["samples"] = "ten"
+    errs = report.validate(bad)
+    assert any("missing 'median_s'" in e for e in errs)
+    assert any("status" in e for e in errs) and any("samples" in e for e in errs)
+    assert report.validate({"schema": "other"})
+    csv_text = report.to_csv(_sample_results(), _meta())
+    head, first = csv_text.splitlines()[:2]
+    assert head.startswith("suites,op,case,params,device,impl,label,pass,status,median_s")
+    assert "date" in head and "git_commit" in head and "command" in head
+    assert "python -m bench.layers --quick" in first
+
+
+def test_markdown_has_device_header_peaks_and_failures():
+    res = _sample_results()
+    row = _row("broken", ("layers",))
+    res += [_res(row, "custom", "dlkern avx2", p, 0, status="failed",
+                 detail="seed 1: forward: FAILED err 0.01 at [2, 3]") for p in ("forward", "total")]
+    md = report.markdown(res, _meta(), ["forward", "backward", "total"])
+    assert "## CPU USED --- Test CPU, 2 threads" in md
+    assert "FMA 100 GFLOP/s with AVX2" in md and "copy bandwidth 10.0 GB/s" in md
+    assert "### Suite `layers`" in md and "### Ratio dlkern avx2 / torch" in md
+    assert md.count("**FAILED** softmax broken [dlkern avx2]: seed 1: forward: FAILED err 0.01 "
+                    "at [2, 3]") == 1
+
+
+# ---- the gate refuses wrong implementations ----------------------------------------------
+
+def _factory(fn):
+    return lambda spec, device, arg: impls.Impl("wrong", "wrong", fn)
+
+
+def _off_by_1pct(input, dim):
+    return F.softmax(input, dim) * 1.01
+
+
+def _zeros(input, dim):
+    return torch.zeros_like(input) + 0 * input
+
+
+def _mutates(input, dim):
+    out = F.softmax(input, dim)
+    input.detach().mul_(0.5)
+    return out
+
+
+def _wrong_backward(input, dim):
+    # exact forward value, gradient off by 1% of the upstream gradient
+    return F.softmax(input, dim) + (input - input.detach()) * 0.01
+
+
+def _raises(input, dim):
+    raise RuntimeError("kernel exploded")
+
+
+def _right_then_wrong():
+    n = [0]
+
+    def fn(input, dim):
+        n[0] += 1
+        out = F.softmax(input, dim)
+        return out if n[0] <= 3 else out * 1.01   # right for the gate's 3 seeds, then wrong
+    return fn
+
+
+WRONG = {"off-by-1pct": (_off_by_1pct, "forward: FAILED"),
+         "all-zeros": (_zeros, "mostly zeros"),
+         "mutates-input": (_mutates, "the op wrote its input"),
+         "wrong-backward": (_wrong_backward, "grad[input]: FAILED"),
+         "raises": (_raises, "kernel exploded")}
+
+
+@pytest.fixture
+def wrong_impls():
+    names = []
+    for name, (fn, _) in WRONG.items():
+        impls.register(f"test-{name}", _factory(fn))
+        names.append(f"test-{name}")
+    impls.register("test-right-then-wrong", lambda s, d, a: impls.Impl(
+        "test-right-then-wrong", "later", _right_then_wrong()))
+    yield
+    for n in names + ["test-right-then-wrong"]:
+        impls.unregister(n)
+
+
+# long rows: where an all-zeros softmax sits within 1e-3 of the truth (KernelBench issue 165)
+GATE_ROW = workloads.Row(SOFTMAX, Case("3x2000", {"shape": (3, 2000), "dim": -1}), ("user",))
+
+
+@pytest.mark.parametrize("name", list(WRONG))
+def test_gate_refuses_wrong_implementation(wrong_impls, name):
+    cfg = runner.Config(impls=[f"test-{name}", "torch"], budget=QUICK)
+    res = runner.run_row(GATE_ROW, "cpu", cfg)
+    mine = [r for r in res if r.impl == f"test-{name}"]
+    assert mine and all(r.status == "failed" and r.stats is None for r in mine)
+    assert WRONG[name][1] in mine[0].detail
+    assert "seed" in mine[0].detail
+    # torch is still timed, and the failing implementation was never timed
+    assert all(r.status == "ok" for r in res if r.impl == "torch")
+
+
+def test_gate_reports_error_location(wrong_impls):
+    res = runner.run_row(GATE_ROW, "cpu", runner.Config(impls=["test-off-by-1pct"], budget=QUICK))
+    assert " at [" in res[0].detail and "max rel" in res[0].detail
+
+
+def test_gate_catches_right_once_wrong_later(wrong_impls):
+    cfg = runner.Config(impls=["test-right-then-wrong", "torch"], passes=["forward"], budget=QUICK)
+    res = runner.run_row(GATE_ROW, "cpu", cfg)
+    mine = next(r for r in res if r.impl == "test-right-then-wrong")
+    assert mine.status == "failed" and mine.detail.startswith("after timing: ")
+
+
+def test_gate_passes_the_real_kernel():
+    cfg = runner.Config(impls=["custom", "custom:reference", "torch"], budget=QUICK,
+                        passes=list(runner.PASSES))
+    res = runner.run_row(GATE_ROW, "cpu", cfg)
+    assert len(res) == 3 * 4 and all(r.status == "ok" for r in res), [r.detail for r in res]
+    # every pass of every implementation timed, with positive medians
+    assert all(r.stats.median > 0 for r in res)
+
+
+def test_cli_exit_code_on_failure_and_keep_going(wrong_impls, tmp_path, capsys):
+    shapes = tmp_path / "s.csv"
+    shapes.write_text("op,name,shape,params\nsoftmax,a,3x2000,dim=-1\nsoftmax,b,5x7,dim=0\n")
+    rc = layers.main(["--shapes", str(shapes), "--impl", "test-off-by-1pct,torch", "--quick",
+                      "--no-peaks", "--pass", "forward"])
+    out, err = capsys.readouterr()
+    assert rc == 1 and "FAILED the correctness check" in err
+    assert "stopped at the first FAILED row" in err and "|b|" not in out   # stopped after row a
+    rc = layers.main(["--shapes", str(shapes), "--impl", "test-off-by-1pct,torch", "--quick",
+                      "--no-peaks", "--pass", "forward", "--keep-going"])
+    out, err = capsys.readouterr()
+    assert rc == 1 and "|b|" in out and "**FAILED** softmax a" in out
+    assert "**FAILED** softmax b" in out
+
+
+# ---- CLI ---------------------------------------------------------------------------------
+
+def test_cli_run_writes_every_format(tmp_path, capsys):
+    shapes = tmp_path / "s.toml"
+    shapes.write_text('[[row]]\nop = "softmax"\nname = "tiny"\nshape = [4, 9]\ndim = -1\n\n'
+                      '[[row]]\nop = "softmax"\nshape = "6x5"\ndim = 0\nkind = "hard"\n')
+    out_dir = tmp_path / "out"
+    argv = ["--shapes", str(shapes), "--impl", "custom,custom:reference,torch", "--quick",
+            "--pass", "forward,backward,total,inference", "--threads", "1", "--out", str(out_dir)]
+    try:
+        rc = layers.main(argv)
+    finally:
+        torch.set_num_threads(os.cpu_count() or 1)
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "## CPU USED ---" in out and f"|tiny|dlkern {dlkern.capabilities()['cpu_isa']}|" in out
+    assert "|6x5 dim=0 kind=hard|" in out
+    doc = json.loads((out_dir / "results.json").read_text())
+    assert report.validate(doc) == []
+    assert doc["meta"]["threads"]["torch_intraop"] == 1 and doc["meta"]["threads"]["consistent"]
+    assert len(doc["results"]) == 2 * 3 * 4
+    assert all(r["status"] == "ok" and r["samples"] >= 3 for r in doc["results"])
+    assert doc["meta"]["devices"]["cpu"]["peaks"]["peak_gflops"] > 0
+    assert (out_dir / "results.csv").read_text().count("\n") == 1 + 24
+    assert (out_dir / "report.md").read_text().strip() == out.strip()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dtype", "float16"], "--dtype float16: not supported yet"),
+    (["--impl", "bogus,torch"], "unknown implementation 'bogus'"),
+    (["--suite", "nosuch"], "unknown suite nosuch"),
+    (["--ops", "nosuch"], "no op named 'nosuch'"),
+    (["--pass", "sideways"], "--pass: expected some of forward"),
+    (["--device", "tpu"], "--device: expected cpu and/or cuda"),
+    (["--seeds", "1"], "--seeds must be >= 3"),
+    (["--threads", "0"], "--threads must be >= 1"),
+    (["--format", "xml"], "--format"),
+    (["--plot"], "--plot writes PNG files: give --out DIR"),
+    (["--shapes", "/nonexistent.csv"], "no such file"),
+])
+def test_cli_refuses_bad_arguments(argv, message, capsys):
+    assert layers.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_cli_cuda_without_gpu_is_one_line(capsys):
+    assert layers.main(["--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no CUDA GPU is visible" in err and len(err.splitlines()) == 1
+
+
+def test_shape_files_validate_against_the_registry(tmp_path):
+    bad = tmp_path / "b.csv"
+    bad.write_text("op,name,shape,params\nsoftmax,x,4x4,dim=1;colour=red\n")
+    with pytest.raises(ValueError, match=r"b.csv: line 2: dlkern.softmax: parameters unknown colour"):
+        workloads.load_shapes(str(bad))
+    bad.write_text("op,name,shape,params\nsoftmax,x,4x4,\n")
+    with pytest.raises(ValueError, match="missing dim"):
+        workloads.load_shapes(str(bad))
+    bad.write_text("op,name,shape,params\nnosuch,x,4x4,dim=1\n")
+    with pytest.raises(ValueError, match="no op named 'nosuch'"):
+        workloads.load_shapes(str(bad))
+    bad.write_text("op,name,shape,params\nsoftmax,x,4xq,dim=1\n")
+    with pytest.raises(ValueError, match="shape must be like"):
+        workloads.load_shapes(str(bad))
+    toml = tmp_path / "b.toml"
+    toml.write_text("[[row]]\nshape = [1]\n")
+    with pytest.raises(ValueError, match="row 1: missing 'op'"):
+        workloads.load_shapes(str(toml))
+    assert workloads.parse_value("3x3") == (3, 3) and workloads.parse_value("true") is True
+    assert workloads.parse_value("-1") == -1 and workloads.parse_value("1e-5") == 1e-5
+
+
+def test_suites_come_from_the_registry():
+    rows = workloads.select(["tensorgrad"])
+    assert [r.case.name for r in rows if r.op == "softmax"] == [
+        "128x64 dim=-1", "512x256 dim=-1", "1024x512 dim=-1"]
+    both = workloads.select(["tensorgrad", "softmax"], ["softmax"])
+    assert len({r.key for r in both}) == len(both)               # each case once
+    assert next(r for r in both if r.case.name == "128x64 dim=-1").suites == ("tensorgrad", "softmax")
+    assert "softmax" in workloads.known_suites() and "layers" in workloads.known_suites()
+
+
+def test_torch_compile_impl_is_checked_and_timed(tmp_path):
+    row = workloads.Row(SOFTMAX, Case("5x7", {"shape": (5, 7), "dim": -1}), ("user",))
+    res = runner.run_row(row, "cpu", runner.Config(impls=["torch-compile", "torch"],
+                                                   passes=["forward", "total"], budget=QUICK))
+    assert all(r.status == "ok" for r in res), [r.detail for r in res]
+    assert {r.label for r in res} == {"torch.compile", f"PyTorch {torch.__version__.split('+')[0]}"}
+
+
+def test_custom_variant_unavailable_on_unknown_variant():
+    with pytest.raises(impls.Unavailable, match="no kernel variant 'avx9'"):
+        impls.resolve("custom:avx9", SOFTMAX, "cpu")
+    res = runner.run_row(GATE_ROW, "cpu", runner.Config(impls=["custom:avx9", "torch"],
+                                                        passes=["forward"], budget=QUICK))
+    assert next(r for r in res if r.impl == "custom:avx9").status == "skipped"
+
+
+def test_plot_writes_png(tmp_path):
+    pytest.importorskip("matplotlib", reason="--plot needs matplotlib (the [plot] extra)")
+    from bench import plot
+    paths = plot.plot(report.records(_sample_results(), _meta()), str(tmp_path))
+    assert paths and all(os.path.getsize(p) > 10_000 for p in paths)
+
+
+def test_progress_plain_lines_and_terminal_bar():
+    buf = io.StringIO()
+    p = Progress(4, 10.0, stream=buf)
+    row = _row("r", ("layers",))
+    for _ in range(2):
+        p.advance("x")
+    p.note_row("cpu softmax r", [_res(row, "custom", "c", "forward", 1e-3)], 0.5)
+    assert buf.getvalue() == "[2/4] cpu softmax r: ok in 0.5s, ~" + buf.getvalue().split("~")[1]
+    assert "left\n" in buf.getvalue()
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+    t = Tty()
+    p = Progress(4, 10.0, stream=t)
+    p.advance("cpu softmax r: forward")
+    assert t.getvalue().startswith("\r[######..................] 1/4 ~")
+    p.close()
+
+
+def test_machine_probes_and_thread_info():
+    pk = machine.cpu_peaks(1, seconds=0.02)
+    assert pk["peak_gflops"] > 1 and pk["copy_gbps"] > 0.1
+    th = machine.threads_info()
+    assert th["torch_intraop"] == torch.get_num_threads() and "consistent" in th
+
+
+# ---- bench.compare -------------------------------------------------------------------------
+
+def _doc(scale_custom=1.0, fail=False):
+    res = _sample_results()
+    for r in res:
+        if r.impl == "custom" and r.stats:
+            r.stats = Stats(r.stats.median * scale_custom, r.stats.p20, r.stats.p80, 10, 3)
+    if fail:
+        r = res[0]
+        res[0] = Result(r.row, r.device, r.impl, r.label, r.pass_, "failed", None, r.flops,
+                        r.bytes, "broken")
+    return report.to_json(res, _meta())
+
+
+def test_compare_flags_regressions(tmp_path, capsys):
+    old, same, slow, broken = (tmp_path / f"{n}.json" for n in ("old", "same", "slow", "broken"))
+    old.write_text(json.dumps(_doc()))
+    same.write_text(json.dumps(_doc(1.05)))
+    slow.write_text(json.dumps(_doc(1.25)))
+    broken.write_text(json.dumps(_doc(fail=True)))
+    assert compare.main([str(old), str(same)]) == 0
+    assert "0 regression(s) beyond 10%" in capsys.readouterr().out
+    assert compare.main([str(old), str(slow)]) == 1
+    out = capsys.readouterr().out
+    assert out.count("**REGRESSION**") == 6 and "| 1.250 |" in out
+    assert compare.main([str(old), str(slow), "--threshold", "0.3"]) == 0
+    capsys.readouterr()
+    assert compare.main([str(old), str(broken)]) == 1
+    assert "now FAILED" in capsys.readouterr().out
+    junk = tmp_path / "junk.json"
+    junk.write_text("{}")
+    assert compare.main([str(old), str(junk)]) == 2
+    assert "is not a dlkern.bench/1 result" in capsys.readouterr().err
+
+
+def test_cli_smoke_subprocess(tmp_path):
+    """The README's command, as a user runs it, on the default suites with --quick."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, "-m", "bench.layers", "--impl", "custom,torch",
+                           "--quick", "--out", str(tmp_path)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "CPU USED ---" in proc.stdout and "nn.Softmax" in proc.stdout
+    assert "about" in proc.stderr and "left" in proc.stderr      # estimate and progress lines
+    assert report.validate(json.loads((tmp_path / "results.json").read_text())) == []
