@@ -351,29 +351,28 @@ def roofline_table(recs: list[dict], device: str) -> str:
     return "\n".join(lines)
 
 
+# How each measured peak is printed in a device header: (key in info["peaks"], format).
+_PEAK_TEXT = {
+    "cpu": (("fma_gflops_avx2", "FMA {:.0f} GFLOP/s with AVX2"),
+            ("fma_gflops_avx512", "{:.0f} GFLOP/s with AVX-512"),
+            ("copy_gbps", "copy bandwidth {:.1f} GB/s")),
+    "cuda": (("matmul_fp32_tflops", "fp32 matmul {:.1f} TFLOP/s (TF32 off)"),
+             ("copy_gbps", "device copy {:.0f} GB/s")),
+}
+
+
 def device_header(info: dict) -> str:
-    if info.get("device") == "cpu":
-        head = f"## CPU USED --- {info['name']}, {info['threads']} threads"
-        pk = info.get("peaks") or {}
-        parts = []
-        if pk.get("fma_gflops_avx2"):
-            parts.append(f"FMA {pk['fma_gflops_avx2']:.0f} GFLOP/s with AVX2")
-        if pk.get("fma_gflops_avx512"):
-            parts.append(f"{pk['fma_gflops_avx512']:.0f} GFLOP/s with AVX-512")
-        if pk.get("copy_gbps"):
-            parts.append(f"copy bandwidth {pk['copy_gbps']:.1f} GB/s")
-    else:
-        head = f"## GPU USED --- {info['name']}"
-        pk = info.get("peaks") or {}
-        parts = []
-        if pk.get("matmul_fp32_gflops"):
-            parts.append(f"fp32 matmul {pk['matmul_fp32_gflops'] / 1e3:.1f} TFLOP/s (TF32 off)")
-        if pk.get("copy_gbps"):
-            parts.append(f"device copy {pk['copy_gbps']:.0f} GB/s")
-        if info.get("clocks"):
-            c = info["clocks"]
-            parts.append(f"clocks SM {c.get('sm_mhz')} / max {c.get('sm_max_mhz')} MHz, "
-                         f"memory {c.get('mem_mhz')} MHz")
+    cpu = info.get("device") == "cpu"
+    head = (f"## CPU USED --- {info['name']}, {info['threads']} threads" if cpu
+            else f"## GPU USED --- {info['name']}")
+    pk = dict(info.get("peaks") or {})
+    if pk.get("matmul_fp32_gflops"):
+        pk["matmul_fp32_tflops"] = pk["matmul_fp32_gflops"] / 1e3
+    parts = [fmt.format(pk[k]) for k, fmt in _PEAK_TEXT["cpu" if cpu else "cuda"] if pk.get(k)]
+    if info.get("clocks"):
+        c = info["clocks"]
+        parts.append(f"clocks SM {c.get('sm_mhz')} / max {c.get('sm_max_mhz')} MHz, "
+                     f"memory {c.get('mem_mhz')} MHz")
     if not parts:
         return head
     return head + "\n\nPeaks measured this run (the % peak columns): " + "; ".join(parts) + "."

@@ -542,3 +542,12 @@ def test_cli_smoke_subprocess(tmp_path):
     assert "CPU USED ---" in proc.stdout and "nn.Softmax" in proc.stdout
     assert "about" in proc.stderr and "left" in proc.stderr      # estimate and progress lines
     assert report.validate(json.loads((tmp_path / "results.json").read_text())) == []
+
+
+def test_gpu_device_header_renders_peaks_and_clocks():
+    text = report.device_header({"device": "cuda", "name": "NVIDIA H100", "peaks": {
+        "matmul_fp32_gflops": 51000.0, "copy_gbps": 3000.0},
+        "clocks": {"sm_mhz": 1980, "sm_max_mhz": 1980, "mem_mhz": 2619}})
+    assert text == ("## GPU USED --- NVIDIA H100\n\nPeaks measured this run (the % peak columns): "
+                    "fp32 matmul 51.0 TFLOP/s (TF32 off); device copy 3000 GB/s; clocks SM 1980 "
+                    "/ max 1980 MHz, memory 2619 MHz.")
