@@ -1,4 +1,5 @@
 """Functional ops mirroring torch.nn.functional. Each lives in its op module (dlkern/ops/)."""
+from .ops.linear import linear
 from .ops.softmax import softmax
 
-__all__ = ["softmax"]
+__all__ = ["linear", "softmax"]

@@ -5,7 +5,7 @@ import torch
 
 from . import functional as F
 
-__all__ = ["Softmax"]
+__all__ = ["Linear", "Softmax"]
 
 
 class Softmax(torch.nn.Softmax):
@@ -13,3 +13,11 @@ class Softmax(torch.nn.Softmax):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.softmax(input, self.dim, _stacklevel=5)
+
+
+class Linear(torch.nn.Linear):
+    """torch.nn.Linear computed by dlkern.functional.linear: same constructor (in_features,
+    out_features, bias=True, device, dtype), initialisation, parameters and state_dict keys."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.linear(input, self.weight, self.bias)

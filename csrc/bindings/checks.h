@@ -44,5 +44,13 @@ inline void check_status(const char* op, Status s) {
   TORCH_CHECK(s == Status::kOk, "dlkern.", op, ": kernel failed: ", status_string(s));
 }
 
+// A CUDA tensor reaching a build without CUDA kernels (DLKERN_FORCE_CPU=1, or torch's CUDA
+// appeared after the build) gets this message instead of the dispatcher's generic one.
+[[noreturn]] inline void no_cuda_kernels(const char* op) {
+  TORCH_CHECK_NOT_IMPLEMENTED(false, "dlkern.", op, ": got a CUDA tensor, but this build of ",
+                              "dlkern has no CUDA kernels (it was built without CUDA); rebuild ",
+                              "with a CUDA torch and nvcc: pip install --no-build-isolation -e .");
+}
+
 }  // namespace bind
 }  // namespace dlkern

@@ -72,6 +72,11 @@ TORCH_LIBRARY(dlkern, m) {
   m.def("softmax(Tensor input, int dim) -> Tensor");
   m.def("softmax_backward(Tensor grad_output, Tensor output, int dim) -> Tensor");
 
+  // linear (csrc/bindings/linear.cpp)
+  m.def("linear(Tensor input, Tensor weight, Tensor? bias=None) -> Tensor");
+  m.def("linear_backward(Tensor grad_output, Tensor input, Tensor weight, bool[3] output_mask) "
+        "-> (Tensor, Tensor, Tensor)");
+
   // introspection, used by dlkern.capabilities() and dlkern.set_cpu_isa()
   m.def("_cpu_isa() -> str", &cpu_isa);
   m.def("_cpu_isa_best() -> str", &cpu_isa_best);

@@ -28,6 +28,7 @@
 #endif
 
 #include "../core/softmax.h"
+#include "autograd_node.h"
 #include "checks.h"
 
 namespace {
@@ -114,16 +115,9 @@ at::Tensor softmax_backward_cuda(const at::Tensor& grad_output, const at::Tensor
   return dx;
 }
 #else
-// A CUDA tensor reaching a build without CUDA kernels (DLKERN_FORCE_CPU=1, or torch's CUDA
-// appeared after the build) gets this message instead of the dispatcher's generic one.
-[[noreturn]] void no_cuda_kernels(const char* op) {
-  TORCH_CHECK_NOT_IMPLEMENTED(false, "dlkern.", op, ": got a CUDA tensor, but this build of ",
-                              "dlkern has no CUDA kernels (it was built without CUDA); rebuild ",
-                              "with a CUDA torch and nvcc: pip install --no-build-isolation -e .");
-}
-at::Tensor softmax_no_cuda(const at::Tensor&, int64_t) { no_cuda_kernels("softmax"); }
+at::Tensor softmax_no_cuda(const at::Tensor&, int64_t) { bind::no_cuda_kernels("softmax"); }
 at::Tensor softmax_backward_no_cuda(const at::Tensor&, const at::Tensor&, int64_t) {
-  no_cuda_kernels("softmax_backward");
+  bind::no_cuda_kernels("softmax_backward");
 }
 #endif
 
@@ -146,28 +140,6 @@ at::Tensor call_softmax_backward(const at::Tensor& g, const at::Tensor& y, int64
   return op.call(g, y, dim);
 }
 
-// torch 2.13 holds autograd nodes in c10::intrusive_ptr, older releases in std::shared_ptr; the
-// pointer type is read off Edge::function and the two spellings are chosen at compile time (the
-// untaken branch is never instantiated, so each torch sees only its own API).
-using NodePtr = decltype(std::declval<torch::autograd::Edge>().function);
-constexpr bool kIntrusiveNodes = !std::is_same_v<NodePtr, std::shared_ptr<torch::autograd::Node>>;
-
-template <typename T>
-auto make_node() {
-  if constexpr (kIntrusiveNodes && sizeof(T) > 0)
-    return c10::make_intrusive<T>();
-  else
-    return std::make_shared<T>();
-}
-
-template <typename T>
-NodePtr node_ptr(T* self) {
-  if constexpr (kIntrusiveNodes && sizeof(T) > 0)
-    return c10::intrusive_ptr<torch::autograd::Node>::unsafe_reclaim_from_nonowning(self);
-  else
-    return self->shared_from_this();
-}
-
 // First-order backward node, written like torch's generated SoftmaxBackward0 (a Node holding the
 // saved output and dim as members) rather than a torch::autograd::Function, whose per-call
 // bookkeeping (a string-keyed saved_data map, CppNode wrapping) is a visible share of a small
@@ -185,7 +157,7 @@ struct SoftmaxBackwardNode final : public torch::autograd::Node {
   variable_list apply(variable_list&& grads) override {
     const at::Tensor& g = grads[0];
     if (!g.defined() || !should_compute_output(0)) return {at::Tensor()};
-    return {call_softmax_backward(g, result_.unpack(node_ptr(this)), dim_)};
+    return {call_softmax_backward(g, result_.unpack(bind::node_ptr(this)), dim_)};
   }
 };
 
@@ -214,18 +186,14 @@ class SoftmaxBackwardFunction : public torch::autograd::Function<SoftmaxBackward
   }
 };
 
-// Without a gradient to record, skip building an autograd node: that is a measurable share of a
-// small softmax's runtime.
-bool needs_graph(const at::Tensor& a) { return at::GradMode::is_enabled() && a.requires_grad(); }
-
 at::Tensor softmax_autograd(const at::Tensor& x, int64_t dim) {
   at::Tensor y;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
     y = call_softmax(x, dim);
   }
-  if (needs_graph(x)) {
-    auto node = make_node<SoftmaxBackwardNode>();
+  if (bind::needs_graph(x)) {
+    auto node = bind::make_node<SoftmaxBackwardNode>();
     node->set_next_edges(torch::autograd::collect_next_edges(x));
     node->dim_ = dim;
     torch::autograd::set_history(y, node);
@@ -235,7 +203,7 @@ at::Tensor softmax_autograd(const at::Tensor& x, int64_t dim) {
 }
 
 at::Tensor softmax_backward_autograd(const at::Tensor& g, const at::Tensor& y, int64_t dim) {
-  if (!needs_graph(g) && !needs_graph(y)) {
+  if (!bind::needs_graph(g) && !bind::needs_graph(y)) {
     at::AutoDispatchBelowADInplaceOrView guard;
     return call_softmax_backward(g, y, dim);
   }

@@ -1,0 +1,471 @@
+// AVX2/FMA GEMM, built the way BLIS builds one, plus two no-packing paths for the skinny
+// products of small-batch dense layers.
+//
+// Versions, chosen per call in gemm_avx2():
+//   1. packed:  panels of A (MR rows) and B (NR columns) packed into contiguous, aligned
+//      buffers, a 6x16 register-blocked micro-kernel (12 ymm accumulators = 96 floats of C,
+//      2 ymm of B and 1 broadcast of A per k step), and BLIS's three cache-blocking loops:
+//        NC = 3072 columns of B per packed block (KC x NC x 4 B = 3 MiB, in the 32 MiB L3),
+//        KC = 256  (one B micro-panel, KC x NR x 4 B = 16 KiB, stays in the 48 KiB L1d while
+//                   the A block streams past it),
+//        MC = 144  (the packed A block, MC x KC x 4 B = 144 KiB, in the 1 MiB L2).
+//      Transposed operands are transposed while packing (8x8 AVX2 transposes when the panel's
+//      source is contiguous along k), so X*W^T, dY*W and dY^T*X all take the same path.
+//      Edge tiles run the same micro-kernel on a zero-padded copy of the C tile.
+//   2. dot ("TN", both operands contiguous along k, no packing): C[m,n] = <A row m, B col n>,
+//      vectorised along k with a 3x4 (or 2x6, 1x8) tile of accumulators reduced at the end.
+//      This is the linear forward X*W^T for small batches: the weight is read straight from
+//      its (out, in) layout, once per row tile, instead of being packed (packing would read
+//      and write all of W on every call, which dominates when the batch is small).
+//   3. direct ("NN", small M, no packing): the 6x16 micro-kernel reading B rows (contiguous
+//      along n) and A rows in place: the linear backward dX = dY*W for small batches, which
+//      streams W once in 16-column strips.
+// Threads split C into contiguous blocks along N (or M, whichever duplicates the smaller
+// packing), each running the sequential loops with its own packing buffers: no barriers, no
+// shared writes.
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#include "../gemm.h"
+#include "parallel.h"
+#include "vec_avx2.h"
+
+namespace dlkern {
+namespace {
+
+constexpr int MR = 6;
+constexpr int NR = 16;
+constexpr int64_t KC = 256;
+constexpr int64_t MC = 144;
+constexpr int64_t NC = 3072;
+constexpr int64_t kDotMaxM = 48;     // dot path up to this many rows (measured crossover)
+constexpr int64_t kDirectMaxM = 16;  // direct path up to this many rows
+constexpr int64_t kDotKC = 1024;     // k chunk of the dot path: 4 B rows x 4 KiB in L1
+
+// A per-thread, 64-byte aligned scratch buffer that only grows.
+struct Scratch {
+  float* p = nullptr;
+  size_t cap = 0;
+  ~Scratch() { std::free(p); }
+  float* get(size_t floats) {
+    if (floats > cap) {
+      std::free(p);
+      cap = (floats + 15) & ~size_t{15};
+      p = static_cast<float*>(std::aligned_alloc(64, cap * sizeof(float)));
+    }
+    return p;
+  }
+};
+thread_local Scratch tl_a, tl_b;
+
+enum Init { kZero = 0, kBias = 1, kLoadC = 2 };
+
+// ---- packing ------------------------------------------------------------------------------
+
+static inline void transpose8(__m256& r0, __m256& r1, __m256& r2, __m256& r3, __m256& r4,
+                              __m256& r5, __m256& r6, __m256& r7) {
+  const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+  const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+  const __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+  const __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+  const __m256 s0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+  r0 = _mm256_permute2f128_ps(s0, s4, 0x20);
+  r1 = _mm256_permute2f128_ps(s1, s5, 0x20);
+  r2 = _mm256_permute2f128_ps(s2, s6, 0x20);
+  r3 = _mm256_permute2f128_ps(s3, s7, 0x20);
+  r4 = _mm256_permute2f128_ps(s0, s4, 0x31);
+  r5 = _mm256_permute2f128_ps(s1, s5, 0x31);
+  r6 = _mm256_permute2f128_ps(s2, s6, 0x31);
+  r7 = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
+// Packs the mc x kc block of A at `a` into MR-row micro-panels: panel p holds, for each k, the
+// MR values A[p*MR + 0..MR-1][k] (zero past the last row).
+static void pack_a(int64_t mc, int64_t kc, const float* a, int64_t rs, int64_t cs, float* ap) {
+  for (int64_t ir = 0; ir < mc; ir += MR, ap += MR * kc) {
+    const int64_t mr = std::min<int64_t>(MR, mc - ir);
+    const float* src = a + ir * rs;
+    if (mr == MR && rs == 1) {
+      for (int64_t k = 0; k < kc; ++k)
+        for (int i = 0; i < MR; ++i) ap[k * MR + i] = src[k * cs + i];
+    } else if (cs == 1) {
+      for (int i = 0; i < MR; ++i) {
+        if (i < mr) {
+          const float* row = src + i * rs;
+          for (int64_t k = 0; k < kc; ++k) ap[k * MR + i] = row[k];
+        } else {
+          for (int64_t k = 0; k < kc; ++k) ap[k * MR + i] = 0.f;
+        }
+      }
+    } else {
+      for (int64_t k = 0; k < kc; ++k)
+        for (int i = 0; i < MR; ++i) ap[k * MR + i] = i < mr ? src[i * rs + k * cs] : 0.f;
+    }
+  }
+}
+
+// Packs the kc x nc block of B at `b` into NR-column micro-panels: panel p holds, for each k,
+// the NR values B[k][p*NR + 0..NR-1] (zero past the last column), 64-byte aligned.
+static void pack_b(int64_t kc, int64_t nc, const float* b, int64_t rs, int64_t cs, float* bp) {
+  for (int64_t jr = 0; jr < nc; jr += NR, bp += NR * kc) {
+    const int64_t nr = std::min<int64_t>(NR, nc - jr);
+    const float* src = b + jr * cs;
+    if (nr == NR && cs == 1) {
+      for (int64_t k = 0; k < kc; ++k) {
+        _mm256_store_ps(bp + k * NR, _mm256_loadu_ps(src + k * rs));
+        _mm256_store_ps(bp + k * NR + 8, _mm256_loadu_ps(src + k * rs + 8));
+      }
+    } else if (nr == NR && rs == 1) {
+      // columns are contiguous along k (the weight in X*W^T): transpose 8x8 blocks
+      int64_t k = 0;
+      for (; k + 8 <= kc; k += 8) {
+        for (int h = 0; h < 2; ++h) {
+          const float* s = src + h * 8 * cs + k;
+          __m256 r0 = _mm256_loadu_ps(s), r1 = _mm256_loadu_ps(s + cs);
+          __m256 r2 = _mm256_loadu_ps(s + 2 * cs), r3 = _mm256_loadu_ps(s + 3 * cs);
+          __m256 r4 = _mm256_loadu_ps(s + 4 * cs), r5 = _mm256_loadu_ps(s + 5 * cs);
+          __m256 r6 = _mm256_loadu_ps(s + 6 * cs), r7 = _mm256_loadu_ps(s + 7 * cs);
+          transpose8(r0, r1, r2, r3, r4, r5, r6, r7);
+          float* d = bp + k * NR + h * 8;
+          _mm256_store_ps(d, r0);
+          _mm256_store_ps(d + NR, r1);
+          _mm256_store_ps(d + 2 * NR, r2);
+          _mm256_store_ps(d + 3 * NR, r3);
+          _mm256_store_ps(d + 4 * NR, r4);
+          _mm256_store_ps(d + 5 * NR, r5);
+          _mm256_store_ps(d + 6 * NR, r6);
+          _mm256_store_ps(d + 7 * NR, r7);
+        }
+      }
+      for (; k < kc; ++k)
+        for (int j = 0; j < NR; ++j) bp[k * NR + j] = src[j * cs + k];
+    } else {
+      for (int64_t k = 0; k < kc; ++k)
+        for (int j = 0; j < NR; ++j) bp[k * NR + j] = j < nr ? src[k * rs + j * cs] : 0.f;
+    }
+  }
+}
+
+// ---- the 6x16 micro-kernel ------------------------------------------------------------------
+
+// C[0..5][0..15] (= or +=) sum_k A[.][k] * B[k][.]. kPackedA: `a` advances MR per k (a packed
+// panel); otherwise A[i][k] = a[i * lda + k]. kPackedB: `b` advances NR per k; otherwise
+// B[k][j] = b[k * ldb + j]. kRows < 6 computes only the first rows (the direct path's edges).
+template <bool kPackedA, bool kPackedB, int kRows = MR>
+static inline void ukernel(int64_t kc, const float* __restrict a, int64_t lda,
+                           const float* __restrict b, int64_t ldb, float* c, int64_t ldc,
+                           Init init, const float* bias16) {
+  __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
+  if (init == kLoadC) {
+#define DLK_LOAD(r)                                                         \
+  if (kRows > r) {                                                          \
+    c##r##0 = _mm256_loadu_ps(c + r * ldc);                                 \
+    c##r##1 = _mm256_loadu_ps(c + r * ldc + 8);                             \
+  }
+    DLK_LOAD(0) DLK_LOAD(1) DLK_LOAD(2) DLK_LOAD(3) DLK_LOAD(4) DLK_LOAD(5)
+#undef DLK_LOAD
+  } else {
+    const __m256 z0 = init == kBias ? _mm256_loadu_ps(bias16) : _mm256_setzero_ps();
+    const __m256 z1 = init == kBias ? _mm256_loadu_ps(bias16 + 8) : _mm256_setzero_ps();
+    c00 = c10 = c20 = c30 = c40 = c50 = z0;
+    c01 = c11 = c21 = c31 = c41 = c51 = z1;
+  }
+  for (int64_t k = 0; k < kc; ++k) {
+    const float* bk = kPackedB ? b + k * NR : b + k * ldb;
+    const __m256 b0 = kPackedB ? _mm256_load_ps(bk) : _mm256_loadu_ps(bk);
+    const __m256 b1 = kPackedB ? _mm256_load_ps(bk + 8) : _mm256_loadu_ps(bk + 8);
+#define DLK_FMA(r)                                                                       \
+  if (kRows > r) {                                                                       \
+    const __m256 ar = _mm256_broadcast_ss(kPackedA ? a + k * MR + r : a + r * lda + k);  \
+    c##r##0 = _mm256_fmadd_ps(ar, b0, c##r##0);                                          \
+    c##r##1 = _mm256_fmadd_ps(ar, b1, c##r##1);                                          \
+  }
+    DLK_FMA(0) DLK_FMA(1) DLK_FMA(2) DLK_FMA(3) DLK_FMA(4) DLK_FMA(5)
+#undef DLK_FMA
+  }
+#define DLK_STORE(r)                                \
+  if (kRows > r) {                                  \
+    _mm256_storeu_ps(c + r * ldc, c##r##0);         \
+    _mm256_storeu_ps(c + r * ldc + 8, c##r##1);     \
+  }
+  DLK_STORE(0) DLK_STORE(1) DLK_STORE(2) DLK_STORE(3) DLK_STORE(4) DLK_STORE(5)
+#undef DLK_STORE
+}
+
+// An edge tile (mr < MR or nr < NR): run the full kernel on a padded copy of the C tile.
+template <bool kPackedA, bool kPackedB>
+static void ukernel_edge(int64_t kc, const float* a, int64_t lda, const float* b, int64_t ldb,
+                         float* c, int64_t ldc, int mr, int nr, Init init, const float* bias) {
+  alignas(64) float tile[MR * NR];
+  alignas(64) float bias16[NR];
+  std::memset(tile, 0, sizeof(tile));
+  std::memset(bias16, 0, sizeof(bias16));
+  if (init == kLoadC)
+    for (int i = 0; i < mr; ++i) std::memcpy(tile + i * NR, c + i * ldc, nr * sizeof(float));
+  if (init == kBias) std::memcpy(bias16, bias, nr * sizeof(float));
+  ukernel<kPackedA, kPackedB>(kc, a, lda, b, ldb, tile, NR, init, bias16);
+  for (int i = 0; i < mr; ++i) std::memcpy(c + i * ldc, tile + i * NR, nr * sizeof(float));
+}
+
+// ---- 1. packed path ---------------------------------------------------------------------------
+
+void gemm_packed_block(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  float* ap = tl_a.get(static_cast<size_t>(MC * KC));
+  float* bp = tl_b.get(static_cast<size_t>(KC * ((std::min(NC, n1 - n0) + NR - 1) / NR * NR)));
+  const Init first = g.accumulate ? kLoadC : g.bias ? kBias : kZero;
+  for (int64_t jc = n0; jc < n1; jc += NC) {
+    const int64_t nc = std::min(NC, n1 - jc);
+    for (int64_t pc = 0; pc < g.K; pc += KC) {
+      const int64_t kc = std::min(KC, g.K - pc);
+      pack_b(kc, nc, g.B.data + pc * g.B.rs + jc * g.B.cs, g.B.rs, g.B.cs, bp);
+      const Init init = pc == 0 ? first : kLoadC;
+      for (int64_t ic = m0; ic < m1; ic += MC) {
+        const int64_t mc = std::min(MC, m1 - ic);
+        pack_a(mc, kc, g.A.data + ic * g.A.rs + pc * g.A.cs, g.A.rs, g.A.cs, ap);
+        for (int64_t jr = 0; jr < nc; jr += NR) {
+          const int nr = static_cast<int>(std::min<int64_t>(NR, nc - jr));
+          const float* bias = g.bias ? g.bias + jc + jr : nullptr;
+          for (int64_t ir = 0; ir < mc; ir += MR) {
+            const int mr = static_cast<int>(std::min<int64_t>(MR, mc - ir));
+            float* c = g.C + (ic + ir) * g.ldc + jc + jr;
+            if (mr == MR && nr == NR)
+              ukernel<true, true>(kc, ap + ir * kc, 0, bp + jr * kc, 0, c, g.ldc, init, bias);
+            else
+              ukernel_edge<true, true>(kc, ap + ir * kc, 0, bp + jr * kc, 0, c, g.ldc, mr, nr,
+                                       init, bias);
+          }
+        }
+      }
+    }
+  }
+}
+
+// ---- 2. dot path (A and B both contiguous along k) -------------------------------------------
+
+// kR rows of A x kC columns of B, accumulated over k in [k0, k1); writes or adds the sums.
+template <int kR, int kC>
+static void dot_tile(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t k0,
+                     int64_t k1, float* c, int64_t ldc, bool add, const float* bias) {
+  __m256 acc[kR][kC];
+  for (int i = 0; i < kR; ++i)
+    for (int j = 0; j < kC; ++j) acc[i][j] = _mm256_setzero_ps();
+  int64_t k = k0;
+  for (; k + 8 <= k1; k += 8) {
+    __m256 av[kR];
+    for (int i = 0; i < kR; ++i) av[i] = _mm256_loadu_ps(a + i * lda + k);
+    for (int j = 0; j < kC; ++j) {
+      const __m256 bv = _mm256_loadu_ps(b + j * ldb + k);
+      for (int i = 0; i < kR; ++i) acc[i][j] = _mm256_fmadd_ps(av[i], bv, acc[i][j]);
+    }
+  }
+  if (k < k1) {
+    const __m256i m = avx2::first_lanes(static_cast<int>(k1 - k));
+    __m256 av[kR];
+    for (int i = 0; i < kR; ++i) av[i] = _mm256_maskload_ps(a + i * lda + k, m);
+    for (int j = 0; j < kC; ++j) {
+      const __m256 bv = _mm256_maskload_ps(b + j * ldb + k, m);
+      for (int i = 0; i < kR; ++i) acc[i][j] = _mm256_fmadd_ps(av[i], bv, acc[i][j]);
+    }
+  }
+  for (int i = 0; i < kR; ++i)
+    for (int j = 0; j < kC; ++j) {
+      const float s = avx2::hsum(acc[i][j]);
+      float* out = c + i * ldc + j;
+      *out = add ? *out + s : s + (bias ? bias[j] : 0.f);
+    }
+}
+
+template <int kR, int kC>
+static void dot_rows(const GemmArgs& g, int64_t m, int64_t n0, int64_t n1, int64_t k0, int64_t k1,
+                     bool add) {
+  const float* a = g.A.data + m * g.A.rs;
+  int64_t n = n0;
+  for (; n + kC <= n1; n += kC)
+    dot_tile<kR, kC>(a, g.A.rs, g.B.data + n * g.B.cs, g.B.cs, k0, k1, g.C + m * g.ldc + n, g.ldc,
+                     add, g.bias ? g.bias + n : nullptr);
+  for (; n < n1; ++n)
+    dot_tile<kR, 1>(a, g.A.rs, g.B.data + n * g.B.cs, g.B.cs, k0, k1, g.C + m * g.ldc + n, g.ldc,
+                    add, g.bias ? g.bias + n : nullptr);
+}
+
+void gemm_dot_block(const GemmArgs& g, int64_t n0, int64_t n1) {
+  // k chunks keep a tile's B rows in L1; the first chunk writes (or adds, when accumulating).
+  for (int64_t k0 = 0; k0 < g.K; k0 += kDotKC) {
+    const int64_t k1 = std::min(g.K, k0 + kDotKC);
+    const bool add = k0 > 0 || g.accumulate;
+    // n tiles outside m tiles: a tile's B rows are read from memory once, A rows come from L2
+    constexpr int64_t kNBlock = 64;
+    for (int64_t nb = n0; nb < n1; nb += kNBlock) {
+      const int64_t ne = std::min(n1, nb + kNBlock);
+      int64_t m = 0;
+      if (g.M == 1) {
+        dot_rows<1, 8>(g, 0, nb, ne, k0, k1, add);
+        continue;
+      }
+      if (g.M == 2) {
+        dot_rows<2, 6>(g, 0, nb, ne, k0, k1, add);
+        continue;
+      }
+      for (; m + 3 <= g.M; m += 3) dot_rows<3, 4>(g, m, nb, ne, k0, k1, add);
+      if (g.M - m == 2) dot_rows<2, 6>(g, m, nb, ne, k0, k1, add);
+      if (g.M - m == 1) dot_rows<1, 8>(g, m, nb, ne, k0, k1, add);
+    }
+  }
+}
+
+// ---- 3. direct path (small M, A and B rows contiguous) ------------------------------------------
+
+template <int kRows>
+static void direct_rows(const GemmArgs& g, int64_t m, int64_t n0, int64_t n1, Init init) {
+  const float* a = g.A.data + m * g.A.rs;
+  for (int64_t n = n0; n < n1; n += NR) {
+    const int nr = static_cast<int>(std::min<int64_t>(NR, n1 - n));
+    const float* bias = g.bias ? g.bias + n : nullptr;
+    float* c = g.C + m * g.ldc + n;
+    if (nr == NR) {
+      ukernel<false, false, kRows>(g.K, a, g.A.rs, g.B.data + n, g.B.rs, c, g.ldc, init, bias);
+    } else {
+      // the last strip: B columns past N must not be read; pack the strip once (small)
+      float* bp = tl_b.get(static_cast<size_t>(g.K * NR));
+      for (int64_t k = 0; k < g.K; ++k)
+        for (int j = 0; j < NR; ++j) bp[k * NR + j] = j < nr ? g.B.data[k * g.B.rs + n + j] : 0.f;
+      alignas(64) float tile[MR * NR];
+      alignas(64) float bias16[NR] = {};
+      if (init == kLoadC)
+        for (int i = 0; i < kRows; ++i) std::memcpy(tile + i * NR, c + i * g.ldc, nr * 4);
+      if (init == kBias) std::memcpy(bias16, bias, nr * sizeof(float));
+      ukernel<false, true, kRows>(g.K, a, g.A.rs, bp, 0, tile, NR, init, bias16);
+      for (int i = 0; i < kRows; ++i) std::memcpy(c + i * g.ldc, tile + i * NR, nr * 4);
+    }
+  }
+}
+
+void gemm_direct_block(const GemmArgs& g, int64_t n0, int64_t n1) {
+  const Init init = g.accumulate ? kLoadC : g.bias ? kBias : kZero;
+  int64_t m = 0;
+  for (; m + MR <= g.M; m += MR) direct_rows<MR>(g, m, n0, n1, init);
+  switch (g.M - m) {
+    case 5: direct_rows<5>(g, m, n0, n1, init); break;
+    case 4: direct_rows<4>(g, m, n0, n1, init); break;
+    case 3: direct_rows<3>(g, m, n0, n1, init); break;
+    case 2: direct_rows<2>(g, m, n0, n1, init); break;
+    case 1: direct_rows<1>(g, m, n0, n1, init); break;
+    default: break;
+  }
+}
+
+// Splits [0, n) into `parts` ranges whose boundaries are multiples of `align`.
+static inline void split(int64_t n, int parts, int part, int64_t align, int64_t* b, int64_t* e) {
+  const int64_t units = (n + align - 1) / align;
+  const int64_t per = units / parts, rem = units % parts;
+  const int64_t ub = part * per + std::min<int64_t>(part, rem);
+  const int64_t ue = ub + per + (part < rem ? 1 : 0);
+  *b = std::min(n, ub * align);
+  *e = std::min(n, ue * align);
+}
+
+}  // namespace
+
+Status gemm_avx2(const GemmArgs& g, int threads) {
+  const Status s = gemm_validate(g);
+  if (s != Status::kOk || g.M == 0 || g.N == 0) return s;
+  if (g.K == 0) {  // C = bias (or 0), or unchanged when accumulating
+    if (!g.accumulate)
+      for (int64_t i = 0; i < g.M; ++i)
+        for (int64_t j = 0; j < g.N; ++j) g.C[i * g.ldc + j] = g.bias ? g.bias[j] : 0.f;
+    return Status::kOk;
+  }
+  // ~64k FMAs per thread before a second thread pays for its fork/join (~1-2 us)
+  const int nt = threads_for(g.M * g.N * g.K, int64_t{1} << 16, threads);
+  const bool dot = g.A.cs == 1 && g.B.rs == 1 && g.M <= kDotMaxM;
+  const bool direct = !dot && g.A.cs == 1 && g.B.cs == 1 && g.M <= kDirectMaxM;
+  if (dot || direct) {
+    const int64_t align = dot ? 8 : NR;
+    const int parts = static_cast<int>(std::min<int64_t>(nt, (g.N + align - 1) / align));
+    parallel_for(parts, parts, [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; ++t) {
+        int64_t n0, n1;
+        split(g.N, parts, static_cast<int>(t), align, &n0, &n1);
+        if (n0 >= n1) continue;
+        if (dot)
+          gemm_dot_block(g, n0, n1);
+        else
+          gemm_direct_block(g, n0, n1);
+      }
+    });
+    return Status::kOk;
+  }
+  // Packed: split along N when that duplicates the smaller packing (each thread packs all of
+  // A for its columns) or when M is too short to split.
+  const bool by_n = (g.M * g.K <= g.K * g.N && g.N >= int64_t{nt} * NR) || g.M < int64_t{nt} * MR;
+  const int64_t extent = by_n ? g.N : g.M, align = by_n ? NR : MR;
+  const int parts = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nt, (extent + align - 1) / align)));
+  parallel_for(parts, parts, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      int64_t lo, hi;
+      split(extent, parts, static_cast<int>(t), align, &lo, &hi);
+      if (lo >= hi) continue;
+      if (by_n)
+        gemm_packed_block(g, 0, g.M, lo, hi);
+      else
+        gemm_packed_block(g, lo, hi, 0, g.N);
+    }
+  });
+  return Status::kOk;
+}
+
+Status colsum_avx2(int64_t M, int64_t N, const float* x, int64_t ld, float* out, bool accumulate,
+                   int threads) {
+  if (M < 0 || N < 0 || (N > 0 && out == nullptr) || (M > 0 && N > 0 && (x == nullptr || ld < N)))
+    return Status::kInvalidArgument;
+  constexpr int64_t kBlock = 32;  // 4 accumulators per column block
+  const int64_t blocks = (N + kBlock - 1) / kBlock;
+  const int nt = threads_for(M * N, int64_t{1} << 15, threads);
+  parallel_for(blocks, nt, [&](int64_t b, int64_t e) {
+    for (int64_t blk = b; blk < e; ++blk) {
+      const int64_t n0 = blk * kBlock, nn = std::min(kBlock, N - n0);
+      if (nn == kBlock) {
+        __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+        for (int64_t i = 0; i < M; ++i) {
+          const float* r = x + i * ld + n0;
+          s0 = _mm256_add_ps(s0, _mm256_loadu_ps(r));
+          s1 = _mm256_add_ps(s1, _mm256_loadu_ps(r + 8));
+          s2 = _mm256_add_ps(s2, _mm256_loadu_ps(r + 16));
+          s3 = _mm256_add_ps(s3, _mm256_loadu_ps(r + 24));
+        }
+        if (accumulate) {
+          s0 = _mm256_add_ps(s0, _mm256_loadu_ps(out + n0));
+          s1 = _mm256_add_ps(s1, _mm256_loadu_ps(out + n0 + 8));
+          s2 = _mm256_add_ps(s2, _mm256_loadu_ps(out + n0 + 16));
+          s3 = _mm256_add_ps(s3, _mm256_loadu_ps(out + n0 + 24));
+        }
+        _mm256_storeu_ps(out + n0, s0);
+        _mm256_storeu_ps(out + n0 + 8, s1);
+        _mm256_storeu_ps(out + n0 + 16, s2);
+        _mm256_storeu_ps(out + n0 + 24, s3);
+      } else {
+        for (int64_t j = n0; j < n0 + nn; ++j) {
+          float s = 0.f;
+          for (int64_t i = 0; i < M; ++i) s += x[i * ld + j];
+          out[j] = accumulate ? out[j] + s : s;
+        }
+      }
+    }
+  });
+  return Status::kOk;
+}
+
+}  // namespace dlkern
+
+#ifdef DLKERN_AVX2_CLANG_PUSHED
+#pragma clang attribute pop
+#endif

@@ -1,0 +1,49 @@
+// Reference GEMM and column sum: accumulate in double, any strides. The ground truth for the
+// AVX2 kernels' tests and the fallback on CPUs without AVX2/FMA.
+#include "../cpu/parallel.h"
+#include "../gemm.h"
+
+namespace dlkern {
+
+Status gemm_validate(const GemmArgs& g) {
+  if (g.M < 0 || g.N < 0 || g.K < 0) return Status::kInvalidArgument;
+  if (g.bias != nullptr && g.accumulate) return Status::kInvalidArgument;  // one or the other
+  if (g.M == 0 || g.N == 0) return Status::kOk;
+  if (g.C == nullptr || g.ldc < g.N) return Status::kInvalidArgument;
+  if (g.K > 0 && (g.A.data == nullptr || g.B.data == nullptr)) return Status::kInvalidArgument;
+  return Status::kOk;
+}
+
+Status gemm_ref(const GemmArgs& g, int threads) {
+  const Status s = gemm_validate(g);
+  if (s != Status::kOk || g.M == 0 || g.N == 0) return s;
+  parallel_for(g.M, threads_for(g.M * g.N * (g.K + 1), 1 << 16, threads), [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      for (int64_t j = 0; j < g.N; ++j) {
+        double acc = g.bias ? g.bias[j] : 0.0;
+        for (int64_t k = 0; k < g.K; ++k)
+          acc += static_cast<double>(g.A.data[i * g.A.rs + k * g.A.cs]) *
+                 g.B.data[k * g.B.rs + j * g.B.cs];
+        float* c = g.C + i * g.ldc + j;
+        *c = static_cast<float>(g.accumulate ? *c + acc : acc);
+      }
+    }
+  });
+  return Status::kOk;
+}
+
+Status colsum_ref(int64_t M, int64_t N, const float* x, int64_t ld, float* out, bool accumulate,
+                  int threads) {
+  if (M < 0 || N < 0 || (N > 0 && out == nullptr) || (M > 0 && N > 0 && (x == nullptr || ld < N)))
+    return Status::kInvalidArgument;
+  parallel_for(N, threads_for(M * N, 1 << 16, threads), [&](int64_t b, int64_t e) {
+    for (int64_t j = b; j < e; ++j) {
+      double acc = 0;
+      for (int64_t i = 0; i < M; ++i) acc += x[i * ld + j];
+      out[j] = static_cast<float>(accumulate ? out[j] + acc : acc);
+    }
+  });
+  return Status::kOk;
+}
+
+}  // namespace dlkern

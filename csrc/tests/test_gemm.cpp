@@ -1,0 +1,146 @@
+// The GEMM core against the double-accumulating reference: every path (packed, dot, direct),
+// sizes below, at and above the micro-tile (6x16) and the cache blocks (KC=256, MC=144), all
+// four transpose combinations plus sliced (strided) operands, bias, accumulate, 1 and 2 threads.
+// With --bench: GFLOP/s of a square GEMM (not part of ctest).
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "../core/dense.h"
+#include "../core/gemm.h"
+#include "check.h"
+
+using dlkern::GemmArgs;
+using dlkern::MatrixRef;
+using dlkern::Status;
+
+namespace {
+
+struct Mat {
+  std::vector<float> buf;
+  MatrixRef ref;
+};
+
+// rows x cols view with layout 0: row-major, 1: column-major (transposed), 2: row-major with
+// every other column (sliced)
+Mat make(int64_t rows, int64_t cols, int layout, std::mt19937& rng) {
+  std::normal_distribution<float> d;
+  Mat m;
+  const int64_t mult = layout == 2 ? 2 : 1;
+  m.buf.resize(static_cast<size_t>(std::max<int64_t>(1, rows * cols * mult)));
+  for (auto& v : m.buf) v = d(rng);
+  if (layout == 0) m.ref = {m.buf.data(), cols, 1};
+  if (layout == 1) m.ref = {m.buf.data(), 1, rows};
+  if (layout == 2) m.ref = {m.buf.data(), cols * 2, 2};
+  return m;
+}
+
+int check_case(int64_t M, int64_t N, int64_t K, int la, int lb, bool bias, bool acc, int threads,
+               std::mt19937& rng) {
+  Mat A = make(M, K, la, rng), B = make(K, N, lb, rng);
+  std::vector<float> bv(static_cast<size_t>(std::max<int64_t>(N, 1)));
+  for (auto& v : bv) v = std::normal_distribution<float>()(rng);
+  std::vector<float> c0(static_cast<size_t>(std::max<int64_t>(1, M * (N + 3))));
+  for (auto& v : c0) v = std::normal_distribution<float>()(rng);
+  std::vector<float> got = c0, want = c0;
+  GemmArgs g;
+  g.M = M, g.N = N, g.K = K, g.A = A.ref, g.B = B.ref, g.ldc = N + 3;
+  g.bias = bias ? bv.data() : nullptr;
+  g.accumulate = acc;
+  g.C = want.data();
+  CHECK(dlkern::gemm_ref(g, 1) == Status::kOk, "ref failed");
+  g.C = got.data();
+  CHECK(dlkern::gemm_avx2(g, threads) == Status::kOk, "avx2 failed");
+  // error bound: float32 summation of K products, relative to sum |a||b|
+  double worst = 0;
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < N + 3; ++j) {
+      const size_t at = static_cast<size_t>(i * (N + 3) + j);
+      if (j >= N) {  // outside the N columns: must be untouched
+        if (got[at] != c0[at]) worst = 1e30;
+        continue;
+      }
+      double mag = std::fabs(c0[at]) + (bias ? std::fabs(bv[j]) : 0) + 1e-3;
+      for (int64_t k = 0; k < K; ++k)
+        mag += std::fabs(A.ref.data[i * A.ref.rs + k * A.ref.cs]) *
+               std::fabs(B.ref.data[k * B.ref.rs + j * B.ref.cs]);
+      worst = std::max(worst, std::fabs(got[at] - want[at]) / mag);
+    }
+  const double bound = 4 * 6e-8 * std::sqrt(static_cast<double>(K) + 1) + 1e-7;
+  CHECK(worst <= bound, "M=%lld N=%lld K=%lld layouts %d/%d bias %d acc %d threads %d: rel err %g > %g",
+        (long long)M, (long long)N, (long long)K, la, lb, (int)bias, (int)acc, threads, worst,
+        bound);
+  return 0;
+}
+
+void bench(int64_t n, int threads) {
+  std::mt19937 rng(1);
+  Mat A = make(n, n, 0, rng), B = make(n, n, 0, rng);
+  std::vector<float> C(static_cast<size_t>(n * n));
+  GemmArgs g;
+  g.M = g.N = g.K = n, g.A = A.ref, g.B = B.ref, g.C = C.data(), g.ldc = n;
+  dlkern::gemm_avx2(g, threads);
+  std::vector<double> ts;
+  for (int r = 0; r < 7; ++r) {
+    auto t0 = std::chrono::steady_clock::now();
+    dlkern::gemm_avx2(g, threads);
+    ts.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(ts.begin(), ts.end());
+  std::printf("gemm %lld^3, %d threads: %.2f ms, %.1f GFLOP/s\n", (long long)n, threads,
+              ts[3] * 1e3, 2.0 * n * n * n / ts[3] * 1e-9);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc > 1 && std::strcmp(argv[1], "--bench") == 0) {
+    const int64_t n = argc > 2 ? std::atoll(argv[2]) : 2048;
+    bench(n, 1);
+    bench(n, 2);
+    return 0;
+  }
+  if (dlkern::cpu_isa_best() < dlkern::CpuIsa::kAvx2) {
+    std::printf("no AVX2/FMA on this CPU: only the reference path exists\n");
+    return 77;
+  }
+  std::mt19937 rng(42);
+  const int64_t sizes[] = {1, 2, 3, 7, 15, 16, 17, 31, 33, 64, 100};
+  // every layout pair on small/odd sizes
+  for (int64_t M : sizes)
+    for (int64_t N : {1, 7, 16, 17, 33})
+      for (int64_t K : {1, 3, 8, 9, 31})
+        for (int la = 0; la < 3; ++la)
+          for (int lb = 0; lb < 3; ++lb) check_case(M, N, K, la, lb, (M + N) % 2 == 0, false, 2, rng);
+  // across the cache blocks and thread splits, with bias and accumulate
+  const int64_t big[][3] = {{145, 33, 257}, {7, 3073, 5}, {150, 40, 600}, {13, 1000, 300},
+                            {64, 100, 1000}, {49, 17, 1025}, {300, 70, 20}, {1, 1024, 784},
+                            {4, 1024, 784}, {16, 784, 1024}, {17, 31, 2049}};
+  for (auto& s : big)
+    for (int la = 0; la < 2; ++la)
+      for (int lb = 0; lb < 2; ++lb)
+        for (int t = 1; t <= 2; ++t) {
+          check_case(s[0], s[1], s[2], la, lb, true, false, t, rng);
+          check_case(s[0], s[1], s[2], la, lb, false, true, t, rng);
+        }
+  // empty and degenerate sizes
+  check_case(0, 5, 5, 0, 0, false, false, 2, rng);
+  check_case(5, 0, 5, 0, 0, false, false, 2, rng);
+  check_case(5, 5, 0, 0, 0, true, false, 2, rng);
+  check_case(5, 5, 0, 0, 0, false, true, 2, rng);
+  // bias together with accumulate is refused, as are negative sizes
+  {
+    float c = 0, a = 1, b = 1;
+    GemmArgs g;
+    g.M = g.N = g.K = 1, g.A = {&a, 1, 1}, g.B = {&b, 1, 1}, g.C = &c, g.ldc = 1;
+    g.bias = &a, g.accumulate = true;
+    CHECK(dlkern::gemm_avx2(g, 1) == Status::kInvalidArgument, "bias+accumulate accepted");
+    g.bias = nullptr, g.accumulate = false, g.M = -1;
+    CHECK(dlkern::gemm_avx2(g, 1) == Status::kInvalidArgument, "negative M accepted");
+  }
+  TEST_MAIN_END();
+}
