@@ -140,6 +140,10 @@ def _bench_cases():
         cases.append(Case(f"input={b}x{n_in}, features={n_out}", {"shape": (b, n_in), "out": n_out},
                           suites=("tensorgrad",)))
     cases.append(Case("1024->512 batch 256", {"shape": (256, 1024), "out": 512}, suites=("dense",)))
+    # a plain 2048^3 GEMM through the core: x @ w.t() with w a transposed view is x @ B for a
+    # row-major B, which torch runs as torch.mm
+    cases.append(Case("GEMM 2048x2048x2048", {"shape": (2048, 2048), "out": 2048, "bias": False,
+                                              "layout": "weight_t"}, suites=("gemm",)))
     return tuple(cases)
 
 

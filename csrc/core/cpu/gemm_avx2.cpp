@@ -18,8 +18,10 @@
 //      its (out, in) layout, once per row tile, instead of being packed (packing would read
 //      and write all of W on every call, which dominates when the batch is small).
 //   3. direct ("NN", small M, no packing): the 6x16 micro-kernel reading B rows (contiguous
-//      along n) and A rows in place: the linear backward dX = dY*W for small batches, which
+//      along n) and A rows in place: the linear backward dX = dY*W for batches of 5-16, which
 //      streams W once in 16-column strips.
+//   4. axpy ("NN", 1-4 rows): C rows updated from four B rows at a time, B read row by row:
+//      dX = dY*W for the smallest batches (see axpy_step for why not the direct path).
 // Threads split C into contiguous blocks along N (or M, whichever duplicates the smaller
 // packing), each running the sequential loops with its own packing buffers: no barriers, no
 // shared writes.
@@ -42,6 +44,7 @@ constexpr int64_t MC = 144;
 constexpr int64_t NC = 3072;
 constexpr int64_t kDotMaxM = 48;     // dot path up to this many rows (measured crossover)
 constexpr int64_t kDirectMaxM = 16;  // direct path up to this many rows
+constexpr int64_t kAxpyMaxM = 4;     // axpy path up to this many rows (instead of direct)
 constexpr int64_t kDotKC = 1024;     // k chunk of the dot path: 4 B rows x 4 KiB in L1
 
 // A per-thread, 64-byte aligned scratch buffer that only grows.
@@ -363,6 +366,49 @@ void gemm_direct_block(const GemmArgs& g, int64_t n0, int64_t n1) {
   }
 }
 
+// ---- 4. axpy path (tiny M, B rows contiguous) -----------------------------------------------------
+
+// C[m, n0:n1] (+)= sum over 4 k of A[m, k] * B[k, n0:n1], four B rows streamed front to back.
+// Used instead of the direct path for 1-4 rows: there every k step of a 16-column strip lands on
+// a new line one B row further on, and with rows of 1024 floats (4 KiB) each of those is a new
+// page in the same L1 set, which defeats the prefetchers; here B is read row by row.
+template <int KK>
+static void axpy_step(const GemmArgs& g, int64_t k0, int64_t n0, int64_t n1, Init init) {
+  const float* w[4];
+  for (int q = 0; q < 4; ++q) w[q] = g.B.data + (k0 + (q < KK ? q : 0)) * g.B.rs;
+  for (int64_t m = 0; m < g.M; ++m) {
+    const float* a = g.A.data + m * g.A.rs + k0;
+    float* c = g.C + m * g.ldc;
+    __m256 av[4];
+    for (int q = 0; q < KK; ++q) av[q] = _mm256_broadcast_ss(a + q);
+    int64_t n = n0;
+    for (; n + 8 <= n1; n += 8) {
+      __m256 acc = init == kLoadC ? _mm256_loadu_ps(c + n)
+                   : init == kBias ? _mm256_loadu_ps(g.bias + n) : _mm256_setzero_ps();
+      for (int q = 0; q < KK; ++q) acc = _mm256_fmadd_ps(av[q], _mm256_loadu_ps(w[q] + n), acc);
+      _mm256_storeu_ps(c + n, acc);
+    }
+    for (; n < n1; ++n) {
+      float acc = init == kLoadC ? c[n] : init == kBias ? g.bias[n] : 0.f;
+      for (int q = 0; q < KK; ++q) acc += a[q] * w[q][n];
+      c[n] = acc;
+    }
+  }
+}
+
+void gemm_axpy_block(const GemmArgs& g, int64_t n0, int64_t n1) {
+  const Init first = g.accumulate ? kLoadC : g.bias ? kBias : kZero;
+  int64_t k0 = 0;
+  for (; k0 + 4 <= g.K; k0 += 4) axpy_step<4>(g, k0, n0, n1, k0 == 0 ? first : kLoadC);
+  const Init init = k0 == 0 ? first : kLoadC;
+  switch (g.K - k0) {
+    case 3: axpy_step<3>(g, k0, n0, n1, init); break;
+    case 2: axpy_step<2>(g, k0, n0, n1, init); break;
+    case 1: axpy_step<1>(g, k0, n0, n1, init); break;
+    default: break;
+  }
+}
+
 // Splits [0, n) into `parts` ranges whose boundaries are multiples of `align`.
 static inline void split(int64_t n, int parts, int part, int64_t align, int64_t* b, int64_t* e) {
   const int64_t units = (n + align - 1) / align;
@@ -387,9 +433,11 @@ Status gemm_avx2(const GemmArgs& g, int threads) {
   // ~64k FMAs per thread before a second thread pays for its fork/join (~1-2 us)
   const int nt = threads_for(g.M * g.N * g.K, int64_t{1} << 16, threads);
   const bool dot = g.A.cs == 1 && g.B.rs == 1 && g.M <= kDotMaxM;
-  const bool direct = !dot && g.A.cs == 1 && g.B.cs == 1 && g.M <= kDirectMaxM;
-  if (dot || direct) {
-    const int64_t align = dot ? 8 : NR;
+  const bool nn = !dot && g.A.cs == 1 && g.B.cs == 1;
+  const bool axpy = nn && g.M <= kAxpyMaxM;
+  const bool direct = nn && !axpy && g.M <= kDirectMaxM;
+  if (dot || direct || axpy) {
+    const int64_t align = direct ? NR : 8;
     const int parts = static_cast<int>(std::min<int64_t>(nt, (g.N + align - 1) / align));
     parallel_for(parts, parts, [&](int64_t b, int64_t e) {
       for (int64_t t = b; t < e; ++t) {
@@ -398,6 +446,8 @@ Status gemm_avx2(const GemmArgs& g, int threads) {
         if (n0 >= n1) continue;
         if (dot)
           gemm_dot_block(g, n0, n1);
+        else if (axpy)
+          gemm_axpy_block(g, n0, n1);
         else
           gemm_direct_block(g, n0, n1);
       }
