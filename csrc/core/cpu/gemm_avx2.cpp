@@ -44,7 +44,7 @@ constexpr int64_t MC = 144;
 constexpr int64_t NC = 3072;
 constexpr int64_t kDotMaxM = 48;     // dot path up to this many rows (measured crossover)
 constexpr int64_t kDirectMaxM = 16;  // direct path up to this many rows
-constexpr int64_t kAxpyMaxM = 4;     // axpy path up to this many rows (instead of direct)
+constexpr int64_t kAxpyMaxM = 2;     // axpy path up to this many rows (instead of direct)
 constexpr int64_t kDotKC = 1024;     // k chunk of the dot path: 4 B rows x 4 KiB in L1
 
 // A per-thread, 64-byte aligned scratch buffer that only grows.
@@ -63,7 +63,11 @@ struct Scratch {
 };
 thread_local Scratch tl_a, tl_b;
 
-enum Init { kZero = 0, kBias = 1, kLoadC = 2 };
+// How a micro-tile starts and ends: kZero/kBias start from 0 or the bias and store; kLoadC
+// starts from C; kAddC starts from 0 and adds C at the store. Later K blocks of the packed path
+// use kAddC: each KC block is summed on its own and the block sums are added, a two-level
+// summation whose rounding error grows with KC + K/KC rather than with K.
+enum Init { kZero = 0, kBias = 1, kLoadC = 2, kAddC = 3 };
 
 // ---- packing ------------------------------------------------------------------------------
 
@@ -195,10 +199,14 @@ static inline void ukernel(int64_t kc, const float* __restrict a, int64_t lda,
     DLK_FMA(0) DLK_FMA(1) DLK_FMA(2) DLK_FMA(3) DLK_FMA(4) DLK_FMA(5)
 #undef DLK_FMA
   }
-#define DLK_STORE(r)                                \
-  if (kRows > r) {                                  \
-    _mm256_storeu_ps(c + r * ldc, c##r##0);         \
-    _mm256_storeu_ps(c + r * ldc + 8, c##r##1);     \
+#define DLK_STORE(r)                                                                   \
+  if (kRows > r) {                                                                     \
+    if (init == kAddC) {                                                               \
+      c##r##0 = _mm256_add_ps(_mm256_loadu_ps(c + r * ldc), c##r##0);                  \
+      c##r##1 = _mm256_add_ps(_mm256_loadu_ps(c + r * ldc + 8), c##r##1);              \
+    }                                                                                  \
+    _mm256_storeu_ps(c + r * ldc, c##r##0);                                            \
+    _mm256_storeu_ps(c + r * ldc + 8, c##r##1);                                        \
   }
   DLK_STORE(0) DLK_STORE(1) DLK_STORE(2) DLK_STORE(3) DLK_STORE(4) DLK_STORE(5)
 #undef DLK_STORE
@@ -212,7 +220,7 @@ static void ukernel_edge(int64_t kc, const float* a, int64_t lda, const float* b
   alignas(64) float bias16[NR];
   std::memset(tile, 0, sizeof(tile));
   std::memset(bias16, 0, sizeof(bias16));
-  if (init == kLoadC)
+  if (init == kLoadC || init == kAddC)
     for (int i = 0; i < mr; ++i) std::memcpy(tile + i * NR, c + i * ldc, nr * sizeof(float));
   if (init == kBias) std::memcpy(bias16, bias, nr * sizeof(float));
   ukernel<kPackedA, kPackedB>(kc, a, lda, b, ldb, tile, NR, init, bias16);
@@ -224,13 +232,13 @@ static void ukernel_edge(int64_t kc, const float* a, int64_t lda, const float* b
 void gemm_packed_block(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   float* ap = tl_a.get(static_cast<size_t>(MC * KC));
   float* bp = tl_b.get(static_cast<size_t>(KC * ((std::min(NC, n1 - n0) + NR - 1) / NR * NR)));
-  const Init first = g.accumulate ? kLoadC : g.bias ? kBias : kZero;
+  const Init first = g.accumulate ? kAddC : g.bias ? kBias : kZero;
   for (int64_t jc = n0; jc < n1; jc += NC) {
     const int64_t nc = std::min(NC, n1 - jc);
     for (int64_t pc = 0; pc < g.K; pc += KC) {
       const int64_t kc = std::min(KC, g.K - pc);
       pack_b(kc, nc, g.B.data + pc * g.B.rs + jc * g.B.cs, g.B.rs, g.B.cs, bp);
-      const Init init = pc == 0 ? first : kLoadC;
+      const Init init = pc == 0 ? first : kAddC;
       for (int64_t ic = m0; ic < m1; ic += MC) {
         const int64_t mc = std::min(MC, m1 - ic);
         pack_a(mc, kc, g.A.data + ic * g.A.rs + pc * g.A.cs, g.A.rs, g.A.cs, ap);
@@ -377,10 +385,14 @@ static void axpy_step(const GemmArgs& g, int64_t k0, int64_t n0, int64_t n1, Ini
   const float* w[4];
   for (int q = 0; q < 4; ++q) w[q] = g.B.data + (k0 + (q < KK ? q : 0)) * g.B.rs;
   for (int64_t m = 0; m < g.M; ++m) {
-    const float* a = g.A.data + m * g.A.rs + k0;
+    const float* a = g.A.data + m * g.A.rs + k0 * g.A.cs;
     float* c = g.C + m * g.ldc;
     __m256 av[4];
-    for (int q = 0; q < KK; ++q) av[q] = _mm256_broadcast_ss(a + q);
+    float as[4];
+    for (int q = 0; q < KK; ++q) {
+      as[q] = a[q * g.A.cs];
+      av[q] = _mm256_set1_ps(as[q]);
+    }
     int64_t n = n0;
     for (; n + 8 <= n1; n += 8) {
       __m256 acc = init == kLoadC ? _mm256_loadu_ps(c + n)
@@ -390,7 +402,7 @@ static void axpy_step(const GemmArgs& g, int64_t k0, int64_t n0, int64_t n1, Ini
     }
     for (; n < n1; ++n) {
       float acc = init == kLoadC ? c[n] : init == kBias ? g.bias[n] : 0.f;
-      for (int q = 0; q < KK; ++q) acc += a[q] * w[q][n];
+      for (int q = 0; q < KK; ++q) acc += as[q] * w[q][n];
       c[n] = acc;
     }
   }
@@ -433,9 +445,16 @@ Status gemm_avx2(const GemmArgs& g, int threads) {
   // ~64k FMAs per thread before a second thread pays for its fork/join (~1-2 us)
   const int nt = threads_for(g.M * g.N * g.K, int64_t{1} << 16, threads);
   const bool dot = g.A.cs == 1 && g.B.rs == 1 && g.M <= kDotMaxM;
+  // B rows whose stride is a multiple of 4 KiB put every k step of the direct path's strips in
+  // one L1 set on a new page; the axpy path reads B row by row instead.
+  const bool page_rows = g.B.rs % 1024 == 0;
   const bool nn = !dot && g.A.cs == 1 && g.B.cs == 1;
-  const bool axpy = nn && g.M <= kAxpyMaxM;
-  const bool direct = nn && !axpy && g.M <= kDirectMaxM;
+  const bool direct = nn && g.M > kAxpyMaxM && g.M <= kDirectMaxM && !page_rows;
+  // axpy also serves any product with K <= 4 (dW of batches 1-4, an outer product): C is then
+  // written row by row in one pass, where the packed path's 6-row tiles would write 6 rows at a
+  // 4 KiB stride when C's rows are that long.
+  const bool axpy = !dot && !direct && g.B.cs == 1 &&
+                    ((g.A.cs == 1 && g.M <= kDirectMaxM) || g.K <= 4);
   if (dot || direct || axpy) {
     const int64_t align = direct ? NR : 8;
     const int parts = static_cast<int>(std::min<int64_t>(nt, (g.N + align - 1) / align));
