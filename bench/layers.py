@@ -74,6 +74,9 @@ def parse_args(argv):
     ap.add_argument("--keep-going", action="store_true",
                     help="carry on past a FAILED row (the exit code is still 1)")
     ap.add_argument("--no-peaks", action="store_true", help="skip measuring the machine's peaks")
+    ap.add_argument("--malloc", choices=("steady", "default"), default="steady",
+                    help="steady (default): glibc keeps freed memory, so large outputs do not "
+                         "page-fault by chance on one side; default: leave malloc as it is")
     ap.add_argument("--list", action="store_true", help="list suites, ops and their parameters")
     return ap.parse_args(argv)
 
@@ -179,6 +182,7 @@ def main(argv=None) -> int:
         return 2
 
     threads = machine.threads_info()
+    alloc = machine.steady_malloc() if args.malloc == "steady" else {"malloc": "default"}
     est = runner.estimate_s(rows, devices, cfg)
     print(f"bench.layers: {len(rows)} rows x {len(devices)} device(s) x {len(cfg.passes)} passes, "
           f"impls {','.join(cfg.impls)}, {threads['torch_intraop']} threads; about {est:.0f} s",
@@ -197,7 +201,7 @@ def main(argv=None) -> int:
     finally:
         prog.close()
     meta = report.make_meta(argv, dev_info, threads, cfg.budget, cfg.impls, cfg.passes,
-                            {"dtype": args.dtype, "quick": args.quick})
+                            {"dtype": args.dtype, "quick": args.quick, **alloc})
     md = report.markdown(results, meta, cfg.passes)
     print(md)
     if args.out:

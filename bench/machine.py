@@ -156,3 +156,26 @@ def l2_flusher() -> callable:
     size = max(int(getattr(p, "L2_cache_size", 0) or (50 << 20)) * 2, 1 << 20)
     buf = torch.empty(size // 4, dtype=torch.float32, device="cuda")
     return lambda: buf.fill_(1.0)
+
+
+def steady_malloc() -> dict:
+    """Keeps freed memory in the process (glibc): no trimming of the heap top, and blocks up to
+    32 MiB served from the heap instead of fresh mmaps. Without this, whether a call's multi-MB
+    output (a weight gradient) lands on pages the process already has or on fresh pages that
+    fault in at ~0.25 us per 4 KiB depends on what was freed before, so the same call can take
+    2-3x longer on either side of a comparison by chance (seen on dense backward at batch 1).
+    Applies to torch and dlkern alike; returns what was set, for the report."""
+    import ctypes
+    import ctypes.util
+    name = ctypes.util.find_library("c")
+    if not name:
+        return {"malloc": "default (no libc found)"}
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return {"malloc": "default (not glibc)"}
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    ok = mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1 and mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1
+    return {"malloc": "steady (glibc: trim threshold 1 GiB, mmap threshold 32 MiB)" if ok
+            else "default (mallopt refused)"}

@@ -397,7 +397,8 @@ def markdown(results: list[Result], meta: dict, passes: list[str]) -> str:
                f"{meta['dlkern'].get('cpu_isa')} · git {meta['git_commit'][:12]}  ")
     out.append(f"command: `{meta['command']}`  ")
     out.append("Times are medians over interleaved samples (bench/timing.py); "
-               f"{NOISY_MARK} marks a spread (p80-p20)/median above 10%.")
+               f"{NOISY_MARK} marks a spread (p80-p20)/median above 10%; "
+               f"malloc {meta.get('malloc', 'default')}.")
     th = meta.get("threads") or {}
     if th and not th.get("consistent", True):
         out.append(f"\n**Warning**: thread counts disagree (torch {th.get('torch_intraop')}, "

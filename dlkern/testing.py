@@ -156,7 +156,11 @@ def check(spec: OpSpec, case: Case, device: str = "cpu", seed: int = 0,
     kw32 = _to(inputs, torch.float32)
     # dlkern gets the generator's tensors themselves (layout and strides as made), with grads.
     go = _grad_out(seed + 1000)
-    out, grads = _run(fn, leaf_kwargs(inputs), inputs.grad, go)
+    try:
+        out, grads = _run(fn, leaf_kwargs(inputs), inputs.grad, go)
+    except Exception as e:  # a kernel that raises (or breaks autograd) on valid input is wrong
+        return [Verdict("run", False, float("nan"), 0.0, 0.0, float("nan"), 0.0,
+                        f"raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")]
     out32, grads32 = _run(spec.ref, kw32, inputs.grad, go)
     out64, grads64 = _run(spec.ref, _to(inputs, torch.float64), inputs.grad, go)
     verdicts = [_judge("forward", out, out32, out64, spec.tol_forward)]

@@ -93,5 +93,5 @@ def test_check_refuses_wrong_kernels(spec):
     """The parity check itself must be able to fail: deliberately wrong implementations of each
     op are refused on at least one of its edge cases."""
     for bad in _wrong_kernels(spec):
-        refused = any(not v.ok for case in spec.edge_cases[:40] for v in testing.check(spec, case, fn=bad))
+        refused = any(not v.ok for case in spec.edge_cases for v in testing.check(spec, case, fn=bad))
         assert refused, f"{spec.name}: the check accepted {bad.__name__}"
