@@ -1,5 +1,6 @@
 """Functional ops mirroring torch.nn.functional. Each lives in its op module (dlkern/ops/)."""
+from .ops.batchnorm import batch_norm
 from .ops.linear import linear
 from .ops.softmax import softmax
 
-__all__ = ["linear", "softmax"]
+__all__ = ["batch_norm", "linear", "softmax"]

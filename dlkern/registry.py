@@ -69,6 +69,9 @@ class OpSpec:
     # Inference pass (batchnorm: training=False); None when forward is the same in both modes.
     title: str = ""
     eval_kwargs: Callable[[dict], dict] | None = None
+    # Arguments the op updates in place by contract (batchnorm's running statistics): checked
+    # against torch's updated copies instead of being required unchanged.
+    mutates: tuple[str, ...] = ()
 
     def check_params(self, params: Mapping[str, Any]) -> None:
         """Raises ValueError naming the op and the parameter when `params` does not fit."""

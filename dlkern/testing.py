@@ -154,6 +154,7 @@ def check(spec: OpSpec, case: Case, device: str = "cpu", seed: int = 0,
     inputs = spec.make_inputs(case.params, device, seed)
     snapshot = {k: v.clone() for k, v in inputs.kwargs.items() if isinstance(v, torch.Tensor)}
     kw32 = _to(inputs, torch.float32)
+    kw64 = _to(inputs, torch.float64)   # both copied before dlkern runs (it may update its inputs)
     # dlkern gets the generator's tensors themselves (layout and strides as made), with grads.
     go = _grad_out(seed + 1000)
     try:
@@ -162,11 +163,17 @@ def check(spec: OpSpec, case: Case, device: str = "cpu", seed: int = 0,
         return [Verdict("run", False, float("nan"), 0.0, 0.0, float("nan"), 0.0,
                         f"raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")]
     out32, grads32 = _run(spec.ref, kw32, inputs.grad, go)
-    out64, grads64 = _run(spec.ref, _to(inputs, torch.float64), inputs.grad, go)
+    out64, grads64 = _run(spec.ref, kw64, inputs.grad, go)
     verdicts = [_judge("forward", out, out32, out64, spec.tol_forward)]
     for n in inputs.grad:
         verdicts.append(_judge(f"grad[{n}]", grads[n], grads32[n], grads64[n], spec.tol_backward))
+    for k in spec.mutates:
+        if isinstance(inputs.kwargs.get(k), torch.Tensor):
+            verdicts.append(_judge(f"updated[{k}]", inputs.kwargs[k], kw32[k], kw64[k],
+                                   spec.tol_forward))
     for k, before in snapshot.items():
+        if k in spec.mutates:
+            continue
         if not torch.equal(torch.nan_to_num(before), torch.nan_to_num(inputs.kwargs[k].detach())):
             verdicts.append(Verdict(f"input[{k}]", False, 0, 0, 0, 0, 0, "the op wrote its input"))
     return verdicts

@@ -77,6 +77,14 @@ TORCH_LIBRARY(dlkern, m) {
   m.def("linear_backward(Tensor grad_output, Tensor input, Tensor weight, bool[3] output_mask) "
         "-> (Tensor, Tensor, Tensor)");
 
+  // batch_norm (csrc/bindings/batchnorm.cpp): returns (output, save_mean, save_invstd) and
+  // updates the running statistics in place when training
+  m.def("batch_norm(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
+        "Tensor(b!)? running_var, bool training, float momentum, float eps) "
+        "-> (Tensor, Tensor, Tensor)");
+  m.def("batch_norm_backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor save_mean, "
+        "Tensor save_invstd, bool training, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+
   // introspection, used by dlkern.capabilities() and dlkern.set_cpu_isa()
   m.def("_cpu_isa() -> str", &cpu_isa);
   m.def("_cpu_isa_best() -> str", &cpu_isa_best);

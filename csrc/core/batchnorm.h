@@ -1,0 +1,72 @@
+// Batch normalization over the channel dimension of an input viewed as N x C x S (S = the
+// product of the spatial dims; (N, C) inputs have S = 1). Torch-free.
+//
+// Training forward: per-channel mean and biased variance over N*S values, then
+//   y = (x - mean) * (w * invstd) + b,   invstd = 1 / sqrt(var + eps).
+// Statistics are shifted sums: each channel's values are summed as (x - K) with K the channel's
+// first value, per chunk in float lanes and across chunks in double, so inputs with a large mean
+// (1e4 with unit spread) keep their variance's digits. (x - mean) is formed before scaling for
+// the same reason: torch's folded x * scale + shift cancels digits there.
+// Running statistics, when given, are updated as torch does: mean with the batch mean, var with
+// the unbiased batch variance, rs = (1 - momentum) * rs + momentum * stat.
+//
+// Memory traffic (float32 elements of the input, size E = N*C*S): training forward reads x twice
+// and writes y (3E; the second read comes from cache when the input fits in L2/L3); inference
+// reads x and writes y (2E); backward reads x and dy for the two fused reductions, then reads
+// them again and writes dx (5E), or 3E in eval mode, where dx needs no reduction.
+#pragma once
+
+#include <cstdint>
+
+#include "common.h"
+
+namespace dlkern {
+
+struct BatchNormShape {
+  int64_t N = 0, C = 0, S = 0;
+};
+
+// w, b, running_mean, running_var may be null (no affine / no running stats). save_mean and
+// save_invstd (C values each) receive the batch statistics the backward needs.
+Status batchnorm_fwd_train_cpu(const BatchNormShape& s, const float* x, const float* w,
+                               const float* b, double eps, double momentum, float* running_mean,
+                               float* running_var, float* y, float* save_mean, float* save_invstd,
+                               int threads);
+
+// Eval mode: y = (x - running_mean) * (w * invstd) + b with invstd from running_var. Writes the
+// mean and invstd used into save_mean / save_invstd when those are non-null (for backward).
+Status batchnorm_fwd_eval_cpu(const BatchNormShape& s, const float* x, const float* w,
+                              const float* b, const float* running_mean, const float* running_var,
+                              double eps, float* y, float* save_mean, float* save_invstd,
+                              int threads);
+
+// Backward from the mean and invstd the forward used. training: the batch statistics depend on
+// x (the full formula); otherwise they are constants (dx = dy * w * invstd). Any of dx, dw, db
+// may be null.
+Status batchnorm_bwd_cpu(const BatchNormShape& s, const float* x, const float* dy, const float* w,
+                         const float* mean, const float* invstd, bool training, float* dx,
+                         float* dw, float* db, int threads);
+
+// Per-chunk kernels, one set per ISA (ref/batchnorm_ref.cpp, cpu/batchnorm_avx2.cpp); the
+// driver in cpu/batchnorm_cpu.cpp splits the work and combines the chunks' sums in double.
+struct BatchNormKernels {
+  // s1 = sum(x - k), s2 = sum((x - k)^2)
+  void (*stats)(const float* x, int64_t n, float k, double* s1, double* s2);
+  // y = (x - mean) * scale + shift
+  void (*normalize)(const float* x, int64_t n, float mean, float scale, float shift, float* y);
+  // normalize over `rows` consecutive rows of length S starting at channel c0 (wrapping at C),
+  // with per-channel mean/scale/shift: the small-spatial-extent path (one call per thread range
+  // rather than one per row)
+  void (*normalize_rows)(const float* x, int64_t S, int64_t rows, int64_t c0, int64_t C,
+                         const float* mean, const float* scale, const float* shift, float* y);
+  // sdy = sum(dy), sdyx = sum(dy * (x - mean))
+  void (*bwd_reduce)(const float* x, const float* dy, int64_t n, float mean, double* sdy,
+                     double* sdyx);
+  // dx = a * dy + bb * (x - mean) + c   (bb = c = 0 in eval mode: dx = a * dy)
+  void (*bwd_dx)(const float* x, const float* dy, int64_t n, float mean, float a, float bb, float c,
+                 float* dx);
+};
+extern const BatchNormKernels kBatchNormRef;
+extern const BatchNormKernels kBatchNormAvx2;
+
+}  // namespace dlkern

@@ -1,0 +1,124 @@
+// AVX2/FMA batchnorm chunk kernels: 4 independent vector accumulators (32 partial sums per
+// chunk, each over at most chunk/32 values) for the reductions, one pass per kernel.
+#include <cstdint>
+
+#include "../batchnorm.h"
+#include "vec_avx2.h"
+
+namespace dlkern {
+namespace {
+
+void stats_avx2(const float* x, int64_t n, float k, double* s1, double* s2) {
+  const __m256 kv = _mm256_set1_ps(k);
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m256 d0 = _mm256_sub_ps(_mm256_loadu_ps(x + i), kv);
+    const __m256 d1 = _mm256_sub_ps(_mm256_loadu_ps(x + i + 8), kv);
+    const __m256 d2 = _mm256_sub_ps(_mm256_loadu_ps(x + i + 16), kv);
+    const __m256 d3 = _mm256_sub_ps(_mm256_loadu_ps(x + i + 24), kv);
+    a0 = _mm256_add_ps(a0, d0);
+    a1 = _mm256_add_ps(a1, d1);
+    a2 = _mm256_add_ps(a2, d2);
+    a3 = _mm256_add_ps(a3, d3);
+    b0 = _mm256_fmadd_ps(d0, d0, b0);
+    b1 = _mm256_fmadd_ps(d1, d1, b1);
+    b2 = _mm256_fmadd_ps(d2, d2, b2);
+    b3 = _mm256_fmadd_ps(d3, d3, b3);
+  }
+  for (; i + 8 <= n; i += 8) {
+    const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + i), kv);
+    a0 = _mm256_add_ps(a0, d);
+    b0 = _mm256_fmadd_ps(d, d, b0);
+  }
+  double sa = static_cast<double>(avx2::hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3))));
+  double sb = static_cast<double>(avx2::hsum(_mm256_add_ps(_mm256_add_ps(b0, b1), _mm256_add_ps(b2, b3))));
+  for (; i < n; ++i) {
+    const double d = static_cast<double>(x[i] - k);
+    sa += d;
+    sb += d * d;
+  }
+  *s1 = sa;
+  *s2 = sb;
+}
+
+void normalize_avx2(const float* x, int64_t n, float mean, float scale, float shift, float* y) {
+  const __m256 m = _mm256_set1_ps(mean), sc = _mm256_set1_ps(scale), sh = _mm256_set1_ps(shift);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), m), sc, sh));
+    _mm256_storeu_ps(y + i + 8,
+                     _mm256_fmadd_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i + 8), m), sc, sh));
+  }
+  for (; i < n; ++i) y[i] = (x[i] - mean) * scale + shift;
+}
+
+void normalize_rows_avx2(const float* x, int64_t S, int64_t rows, int64_t c0, int64_t C,
+                         const float* mean, const float* scale, const float* shift, float* y) {
+  const int64_t full = S & ~int64_t{7};
+  const __m256i tail = avx2::first_lanes(static_cast<int>(S - full));
+  for (int64_t r = 0, c = c0; r < rows; ++r, c = c + 1 == C ? 0 : c + 1) {
+    const float* xr = x + r * S;
+    float* yr = y + r * S;
+    const __m256 m = _mm256_set1_ps(mean[c]), sc = _mm256_set1_ps(scale[c]);
+    const __m256 sh = _mm256_set1_ps(shift[c]);
+    for (int64_t i = 0; i < full; i += 8)
+      _mm256_storeu_ps(yr + i, _mm256_fmadd_ps(_mm256_sub_ps(_mm256_loadu_ps(xr + i), m), sc, sh));
+    if (full < S)  // masked tail: no scalar loop per row
+      _mm256_maskstore_ps(yr + full, tail,
+                          _mm256_fmadd_ps(_mm256_sub_ps(_mm256_maskload_ps(xr + full, tail), m),
+                                          sc, sh));
+  }
+}
+
+void bwd_reduce_avx2(const float* x, const float* dy, int64_t n, float mean, double* sdy,
+                     double* sdyx) {
+  const __m256 m = _mm256_set1_ps(mean);
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0, b0 = a0, b1 = a0;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256 g0 = _mm256_loadu_ps(dy + i), g1 = _mm256_loadu_ps(dy + i + 8);
+    a0 = _mm256_add_ps(a0, g0);
+    a1 = _mm256_add_ps(a1, g1);
+    b0 = _mm256_fmadd_ps(g0, _mm256_sub_ps(_mm256_loadu_ps(x + i), m), b0);
+    b1 = _mm256_fmadd_ps(g1, _mm256_sub_ps(_mm256_loadu_ps(x + i + 8), m), b1);
+  }
+  double sa = static_cast<double>(avx2::hsum(_mm256_add_ps(a0, a1)));
+  double sb = static_cast<double>(avx2::hsum(_mm256_add_ps(b0, b1)));
+  for (; i < n; ++i) {
+    sa += dy[i];
+    sb += static_cast<double>(dy[i]) * (x[i] - mean);
+  }
+  *sdy = sa;
+  *sdyx = sb;
+}
+
+void bwd_dx_avx2(const float* x, const float* dy, int64_t n, float mean, float a, float bb, float c,
+                 float* dx) {
+  const __m256 av = _mm256_set1_ps(a), cv = _mm256_set1_ps(c);
+  int64_t i = 0;
+  if (bb == 0.f) {  // eval mode, or a channel whose reduction vanished: x is not needed
+    for (; i + 8 <= n; i += 8)
+      _mm256_storeu_ps(dx + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(dy + i), cv));
+    for (; i < n; ++i) dx[i] = a * dy[i] + c;
+    return;
+  }
+  const __m256 m = _mm256_set1_ps(mean), bv = _mm256_set1_ps(bb);
+  for (; i + 8 <= n; i += 8) {
+    const __m256 t = _mm256_fmadd_ps(bv, _mm256_sub_ps(_mm256_loadu_ps(x + i), m), cv);
+    _mm256_storeu_ps(dx + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(dy + i), t));
+  }
+  for (; i < n; ++i) dx[i] = a * dy[i] + (bb * (x[i] - mean) + c);
+}
+
+}  // namespace
+
+const BatchNormKernels kBatchNormAvx2 = {stats_avx2, normalize_avx2, normalize_rows_avx2,
+                                         bwd_reduce_avx2, bwd_dx_avx2};
+
+}  // namespace dlkern
+
+#ifdef DLKERN_AVX2_CLANG_PUSHED
+#pragma clang attribute pop
+#endif

@@ -1,0 +1,54 @@
+// Reference batchnorm chunk kernels: scalar, accumulating in double.
+#include "../batchnorm.h"
+
+namespace dlkern {
+namespace {
+
+void stats_ref(const float* x, int64_t n, float k, double* s1, double* s2) {
+  double a = 0, b = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double d = static_cast<double>(x[i]) - k;
+    a += d;
+    b += d * d;
+  }
+  *s1 = a;
+  *s2 = b;
+}
+
+void normalize_ref(const float* x, int64_t n, float mean, float scale, float shift, float* y) {
+  for (int64_t i = 0; i < n; ++i)
+    y[i] = static_cast<float>((static_cast<double>(x[i]) - mean) * scale + shift);
+}
+
+void normalize_rows_ref(const float* x, int64_t S, int64_t rows, int64_t c0, int64_t C,
+                        const float* mean, const float* scale, const float* shift, float* y) {
+  for (int64_t r = 0, c = c0; r < rows; ++r, c = c + 1 == C ? 0 : c + 1)
+    normalize_ref(x + r * S, S, mean[c], scale[c], shift[c], y + r * S);
+}
+
+void bwd_reduce_ref(const float* x, const float* dy, int64_t n, float mean, double* sdy,
+                    double* sdyx) {
+  double a = 0, b = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    a += dy[i];
+    b += static_cast<double>(dy[i]) * (static_cast<double>(x[i]) - mean);
+  }
+  *sdy = a;
+  *sdyx = b;
+}
+
+void bwd_dx_ref(const float* x, const float* dy, int64_t n, float mean, float a, float bb, float c,
+                float* dx) {
+  // bb == 0 (eval mode): dx does not depend on x, so a NaN in x must not reach dx
+  for (int64_t i = 0; i < n; ++i)
+    dx[i] = static_cast<float>(
+        static_cast<double>(a) * dy[i] +
+        (bb == 0.f ? 0.0 : static_cast<double>(bb) * (static_cast<double>(x[i]) - mean)) + c);
+}
+
+}  // namespace
+
+const BatchNormKernels kBatchNormRef = {stats_ref, normalize_ref, normalize_rows_ref,
+                                        bwd_reduce_ref, bwd_dx_ref};
+
+}  // namespace dlkern
