@@ -98,6 +98,7 @@ def records(results: list[Result], meta: dict) -> list[dict]:
             p80_s=s.p80 if s else None, samples=s.samples if s else 0,
             calls_per_sample=s.calls_per_sample if s else 0,
             spread=s.spread if s else None, noisy=bool(s and s.noisy),
+            faults_per_call=s.faults_per_call if s else None,
             flops=r.flops, bytes=r.bytes, gflops=None, gbps=None, pct_peak_flops=None,
             pct_peak_bw=None, ratio_vs_torch=None, detail=r.detail)
         if s and s.median > 0:
@@ -119,6 +120,7 @@ RECORD_TYPES = {
     "label": str, "pass": str, "status": str, "median_s": (float, type(None)),
     "p20_s": (float, type(None)), "p80_s": (float, type(None)), "samples": int,
     "calls_per_sample": int, "spread": (float, type(None)), "noisy": bool,
+    "faults_per_call": (float, int, type(None)),
     "flops": (int, float), "bytes": (int, float), "gflops": (float, type(None)),
     "gbps": (float, type(None)), "pct_peak_flops": (float, type(None)),
     "pct_peak_bw": (float, type(None)), "ratio_vs_torch": (float, type(None)), "detail": str,
@@ -338,7 +340,7 @@ def ratio_table(recs: list[dict], device: str, first: str | None, label: str = "
 
 def roofline_table(recs: list[dict], device: str) -> str:
     lines = ["| row | pass | impl | median | p20 - p80 | samples | GFLOP/s | % peak | GB/s | "
-             "% peak |", "|---|---|---|---:|---|---:|---:|---:|---:|---:|"]
+             "% peak | faults/call |", "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in recs:
         if r["device"] != device or r["status"] != "ok":
             continue
@@ -347,7 +349,8 @@ def roofline_table(recs: list[dict], device: str) -> str:
             f"{NOISY_MARK if r['noisy'] else ''} | {fmt_time(r['p20_s'])} - {fmt_time(r['p80_s'])}"
             f" | {r['samples']} | {_fmt_num(r['gflops'], '{:.1f}')} | "
             f"{_fmt_num(r['pct_peak_flops'], '{:.1f}')} | {_fmt_num(r['gbps'], '{:.1f}')} | "
-            f"{_fmt_num(r['pct_peak_bw'], '{:.1f}')} |")
+            f"{_fmt_num(r['pct_peak_bw'], '{:.1f}')} | "
+            f"{_fmt_num(r['faults_per_call'] if (r['faults_per_call'] or 0) >= 0 else None, '{:.1f}')} |")
     return "\n".join(lines)
 
 
@@ -423,7 +426,9 @@ def markdown(results: list[Result], meta: dict, passes: list[str]) -> str:
                 "FLOPs and bytes from the registry's model of each op (minimum traffic: inputs "
                 "read once, outputs written once). Problems that fit in cache can exceed the "
                 "streaming-bandwidth peak, which is measured on buffers far larger than the "
-                "last-level cache.", "", roofline_table(recs, device)]
+                "last-level cache. faults/call counts minor page faults per call during the "
+                "timed samples: a call that faults in fresh pages for its outputs pays the "
+                "allocator, not the kernel.", "", roofline_table(recs, device)]
         seen = set()
         fails = []
         for r in recs:

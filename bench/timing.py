@@ -38,6 +38,9 @@ class Stats:
     p80: float
     samples: int
     calls_per_sample: int
+    # minor page faults per call during the timed samples (CPU; -1 when not measured): a call
+    # that faults in fresh pages for its outputs is paying the allocator, not the kernel
+    faults_per_call: float = -1.0
 
     @property
     def spread(self) -> float:
@@ -60,9 +63,17 @@ def quantile(xs, q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (i - lo)
 
 
-def summarize(xs, calls_per_sample: int = 1) -> Stats:
+def summarize(xs, calls_per_sample: int = 1, faults_per_call: float = -1.0) -> Stats:
     return Stats(statistics.median(xs), quantile(xs, 0.2), quantile(xs, 0.8), len(xs),
-                 calls_per_sample)
+                 calls_per_sample, faults_per_call)
+
+
+def _minor_faults() -> int:
+    try:
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    except (ImportError, OSError):
+        return -1
 
 
 @dataclass
@@ -153,6 +164,7 @@ def time_interleaved(fns: Mapping[str, Callable[[], object]], *, device: str = "
             else max(1, math.ceil(b.min_sample_s / max(v, 1e-9) - 1e-6))
             for k, v in per_call.items()}
     samples: dict[str, list[float]] = {k: [] for k in names}
+    faults = {k: 0 for k in names}
     start = clock()
     rnd = 0
     while True:
@@ -160,8 +172,10 @@ def time_interleaved(fns: Mapping[str, Callable[[], object]], *, device: str = "
         for name in order:
             with ctx(name):
                 sync()
+                f0 = _minor_faults()
                 samples[name].append(timer.block(fns[name], reps[name], flush))
                 sync()
+                faults[name] += _minor_faults() - f0
         rnd += 1
         if rnd >= b.max_samples:
             break
@@ -169,4 +183,5 @@ def time_interleaved(fns: Mapping[str, Callable[[], object]], *, device: str = "
             quiet = all(summarize(s).spread <= b.target_spread for s in samples.values())
             if quiet or clock() - start > b.budget_s:
                 break
-    return {k: summarize(v, reps[k]) for k, v in samples.items()}
+    return {k: summarize(v, reps[k], -1.0 if cuda else faults[k] / (len(v) * reps[k]))
+            for k, v in samples.items()}

@@ -20,8 +20,10 @@
 //   3. direct ("NN", small M, no packing): the 6x16 micro-kernel reading B rows (contiguous
 //      along n) and A rows in place: the linear backward dX = dY*W for batches of 5-16, which
 //      streams W once in 16-column strips.
-//   4. axpy ("NN", 1-4 rows): C rows updated from four B rows at a time, B read row by row:
-//      dX = dY*W for the smallest batches (see axpy_step for why not the direct path).
+//   4. axpy ("NN", 1-2 rows, or rows of B on a 4 KiB stride): C rows updated from four B rows
+//      at a time, B read row by row: dX = dY*W for the smallest batches (see axpy_step).
+//   5. outer (K <= 4): the axpy loop on a copy of B placed away from C modulo 4 KiB: the weight
+//      gradient dY^T*X of batches 1-4 (see gemm_outer_block).
 // Threads split C into contiguous blocks along N (or M, whichever duplicates the smaller
 // packing), each running the sequential loops with its own packing buffers: no barriers, no
 // shared writes.
@@ -380,31 +382,35 @@ void gemm_direct_block(const GemmArgs& g, int64_t n0, int64_t n1) {
 // Used instead of the direct path for 1-4 rows: there every k step of a 16-column strip lands on
 // a new line one B row further on, and with rows of 1024 floats (4 KiB) each of those is a new
 // page in the same L1 set, which defeats the prefetchers; here B is read row by row.
+// One row: c[n0:n1] (+)= sum_q a[q] * w[q][n0:n1].
+template <int KK>
+static inline void axpy_row(const float* as, const float* const* w, int64_t n0, int64_t n1,
+                            float* c, Init init, const float* bias) {
+  __m256 av[4];
+  for (int q = 0; q < KK; ++q) av[q] = _mm256_set1_ps(as[q]);
+  int64_t n = n0;
+  for (; n + 8 <= n1; n += 8) {
+    __m256 acc = init == kLoadC ? _mm256_loadu_ps(c + n)
+                 : init == kBias ? _mm256_loadu_ps(bias + n) : _mm256_setzero_ps();
+    for (int q = 0; q < KK; ++q) acc = _mm256_fmadd_ps(av[q], _mm256_loadu_ps(w[q] + n), acc);
+    _mm256_storeu_ps(c + n, acc);
+  }
+  for (; n < n1; ++n) {
+    float acc = init == kLoadC ? c[n] : init == kBias ? bias[n] : 0.f;
+    for (int q = 0; q < KK; ++q) acc += as[q] * w[q][n];
+    c[n] = acc;
+  }
+}
+
 template <int KK>
 static void axpy_step(const GemmArgs& g, int64_t k0, int64_t n0, int64_t n1, Init init) {
   const float* w[4];
   for (int q = 0; q < 4; ++q) w[q] = g.B.data + (k0 + (q < KK ? q : 0)) * g.B.rs;
   for (int64_t m = 0; m < g.M; ++m) {
     const float* a = g.A.data + m * g.A.rs + k0 * g.A.cs;
-    float* c = g.C + m * g.ldc;
-    __m256 av[4];
     float as[4];
-    for (int q = 0; q < KK; ++q) {
-      as[q] = a[q * g.A.cs];
-      av[q] = _mm256_set1_ps(as[q]);
-    }
-    int64_t n = n0;
-    for (; n + 8 <= n1; n += 8) {
-      __m256 acc = init == kLoadC ? _mm256_loadu_ps(c + n)
-                   : init == kBias ? _mm256_loadu_ps(g.bias + n) : _mm256_setzero_ps();
-      for (int q = 0; q < KK; ++q) acc = _mm256_fmadd_ps(av[q], _mm256_loadu_ps(w[q] + n), acc);
-      _mm256_storeu_ps(c + n, acc);
-    }
-    for (; n < n1; ++n) {
-      float acc = init == kLoadC ? c[n] : init == kBias ? g.bias[n] : 0.f;
-      for (int q = 0; q < KK; ++q) acc += as[q] * w[q][n];
-      c[n] = acc;
-    }
+    for (int q = 0; q < KK; ++q) as[q] = a[q * g.A.cs];
+    axpy_row<KK>(as, w, n0, n1, g.C + m * g.ldc, init, g.bias);
   }
 }
 
@@ -417,6 +423,62 @@ void gemm_axpy_block(const GemmArgs& g, int64_t n0, int64_t n1) {
     case 3: axpy_step<3>(g, k0, n0, n1, init); break;
     case 2: axpy_step<2>(g, k0, n0, n1, init); break;
     case 1: axpy_step<1>(g, k0, n0, n1, init); break;
+    default: break;
+  }
+}
+
+// ---- 5. outer path (K <= 4) -----------------------------------------------------------------
+
+// The weight gradient of batches 1-4 is an outer product: C = A (M x K) * B (K x N), K <= 4. It is
+// run as the axpy loop (C row by row, B's K rows re-read from L1 for every row) on one of two
+// copies of B placed 2 KiB apart modulo 4 KiB, chosen per row. Reading B in place, B's loads and
+// C's stores could sit at nearby offsets modulo 4 KiB, and then every load waited on a store
+// (4K aliasing): the same product took 24 us or 180 us depending on where the allocator had put
+// the buffers.
+thread_local Scratch tl_outer;
+
+template <int KK>
+static void outer_rows(const GemmArgs& g, int64_t n0, int64_t n1, const float* copy0,
+                       const float* copy1, int64_t ld, Init init) {
+  // copy_i holds B[k][n0 + j] at copy_i[k * ld + j]; the copies sit 2 KiB apart modulo 4 KiB
+  const float* w0[4];
+  const float* w1[4];
+  for (int q = 0; q < 4; ++q) {
+    w0[q] = copy0 + (q < KK ? q : 0) * ld - n0;
+    w1[q] = copy1 + (q < KK ? q : 0) * ld - n0;
+  }
+  for (int64_t m = 0; m < g.M; ++m) {
+    float* c = g.C + m * g.ldc;
+    float as[4];
+    for (int q = 0; q < KK; ++q) as[q] = g.A.data[m * g.A.rs + q * g.A.cs];
+    // B's loads run ahead of C's stores by a few hundred bytes: a copy whose offset from this
+    // row, modulo 4 KiB, is under 2 KiB never meets a store still in flight
+    const uintptr_t d = (reinterpret_cast<uintptr_t>(copy0) -
+                         reinterpret_cast<uintptr_t>(c + n0)) & 4095;
+    axpy_row<KK>(as, d < 2048 ? w0 : w1, n0, n1, c, init, g.bias);
+  }
+}
+
+void gemm_outer_block(const GemmArgs& g, int64_t n0, int64_t n1) {
+  const int64_t w = n1 - n0, ld = (w + 15) & ~int64_t{15};
+  const int64_t span = g.K * ld;  // floats per copy
+  float* raw = tl_outer.get(static_cast<size_t>(2 * span + 2048));
+  float* copy0 = raw;
+  // copy1 starts 2 KiB past copy0 modulo 4 KiB
+  const int64_t gap = ((2048 - (span * 4) % 4096) + 4096) % 4096 / 4;
+  float* copy1 = copy0 + span + gap;
+  for (int64_t k = 0; k < g.K; ++k)
+    for (int64_t j = 0; j < w; ++j) {
+      const float v = g.B.data[k * g.B.rs + (n0 + j) * g.B.cs];
+      copy0[k * ld + j] = v;
+      copy1[k * ld + j] = v;
+    }
+  const Init first = g.accumulate ? kLoadC : g.bias ? kBias : kZero;
+  switch (g.K) {
+    case 4: outer_rows<4>(g, n0, n1, copy0, copy1, ld, first); break;
+    case 3: outer_rows<3>(g, n0, n1, copy0, copy1, ld, first); break;
+    case 2: outer_rows<2>(g, n0, n1, copy0, copy1, ld, first); break;
+    case 1: outer_rows<1>(g, n0, n1, copy0, copy1, ld, first); break;
     default: break;
   }
 }
@@ -453,10 +515,11 @@ Status gemm_avx2(const GemmArgs& g, int threads) {
   // axpy also serves any product with K <= 4 (dW of batches 1-4, an outer product): C is then
   // written row by row in one pass, where the packed path's 6-row tiles would write 6 rows at a
   // 4 KiB stride when C's rows are that long.
-  const bool axpy = !dot && !direct && g.B.cs == 1 &&
-                    ((g.A.cs == 1 && g.M <= kDirectMaxM) || g.K <= 4);
-  if (dot || direct || axpy) {
-    const int64_t align = direct ? NR : 8;
+  const bool outer = !dot && !direct && g.K <= 4 && g.M > kAxpyMaxM;
+  const bool axpy = !dot && !direct && !outer && g.B.cs == 1 && g.A.cs == 1 &&
+                    g.M <= kDirectMaxM;
+  if (dot || direct || axpy || outer) {
+    const int64_t align = direct ? NR : outer ? 64 : 8;
     const int parts = static_cast<int>(std::min<int64_t>(nt, (g.N + align - 1) / align));
     parallel_for(parts, parts, [&](int64_t b, int64_t e) {
       for (int64_t t = b; t < e; ++t) {
@@ -467,6 +530,8 @@ Status gemm_avx2(const GemmArgs& g, int threads) {
           gemm_dot_block(g, n0, n1);
         else if (axpy)
           gemm_axpy_block(g, n0, n1);
+        else if (outer)
+          gemm_outer_block(g, n0, n1);
         else
           gemm_direct_block(g, n0, n1);
       }
