@@ -120,6 +120,13 @@ def _torch_compile(spec: OpSpec, device: str, arg) -> Impl:
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
         except AttributeError:
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+        # the Backward pass re-runs backward over a retained graph; AOTAutograd's donated
+        # buffers forbid that (it frees saved tensors inside the compiled backward)
+        try:
+            import torch._functorch.config as functorch_config
+            functorch_config.donated_buffer = False
+        except (ImportError, AttributeError):
+            pass
         ref = spec.ref
 
         def layer(**kw):
