@@ -448,8 +448,10 @@ def test_suites_come_from_the_registry():
 
 
 def test_torch_compile_impl_is_checked_and_timed(tmp_path):
-    row = workloads.Row(SOFTMAX, Case("5x7", {"shape": (5, 7), "dim": -1}), ("user",))
-    # the Backward pass re-runs backward over a retained graph: needs donated buffers off
+    # batch_norm with weight and bias: its compiled backward donates buffers, and the Backward
+    # pass re-runs backward over a retained graph (needs donated buffers off)
+    row = workloads.Row(registry.get("batch_norm"), Case("4x3x5x5", {"shape": (4, 3, 5, 5)}),
+                        ("user",))
     res = runner.run_row(row, "cpu", runner.Config(impls=["torch-compile", "torch"],
                                                    passes=["forward", "backward", "total"],
                                                    budget=QUICK))
