@@ -65,6 +65,13 @@ struct BatchNormKernels {
   // dx = a * dy + bb * (x - mean) + c   (bb = c = 0 in eval mode: dx = a * dy)
   void (*bwd_dx)(const float* x, const float* dy, int64_t n, float mean, float a, float bb, float c,
                  float* dx);
+  // the two backward kernels over `rows` consecutive rows of length S from channel c0 (wrapping
+  // at C): per-row sums into sdy[r], sdyx[r]; dx with per-channel constants
+  void (*bwd_reduce_rows)(const float* x, const float* dy, int64_t S, int64_t rows, int64_t c0,
+                          int64_t C, const float* mean, double* sdy, double* sdyx);
+  void (*bwd_dx_rows)(const float* x, const float* dy, int64_t S, int64_t rows, int64_t c0,
+                      int64_t C, const float* mean, const float* a, const float* bb,
+                      const float* c, float* dx);
 };
 extern const BatchNormKernels kBatchNormRef;
 extern const BatchNormKernels kBatchNormAvx2;

@@ -112,10 +112,70 @@ void bwd_dx_avx2(const float* x, const float* dy, int64_t n, float mean, float a
   for (; i < n; ++i) dx[i] = a * dy[i] + (bb * (x[i] - mean) + c);
 }
 
+// Row-range variants for small spatial extents: masked tails instead of a scalar loop per row.
+void bwd_reduce_rows_avx2(const float* x, const float* dy, int64_t S, int64_t rows, int64_t c0,
+                          int64_t C, const float* mean, double* sdy, double* sdyx) {
+  const int64_t full = S & ~int64_t{7};
+  const __m256i tail = avx2::first_lanes(static_cast<int>(S - full));
+  for (int64_t r = 0, c = c0; r < rows; ++r, c = c + 1 == C ? 0 : c + 1) {
+    const float* xr = x + r * S;
+    const float* gr = dy + r * S;
+    const __m256 m = _mm256_set1_ps(mean[c]);
+    __m256 a = _mm256_setzero_ps(), b = a;
+    for (int64_t i = 0; i < full; i += 8) {
+      const __m256 g = _mm256_loadu_ps(gr + i);
+      a = _mm256_add_ps(a, g);
+      b = _mm256_fmadd_ps(g, _mm256_sub_ps(_mm256_loadu_ps(xr + i), m), b);
+    }
+    if (full < S) {
+      const __m256 g = _mm256_maskload_ps(gr + full, tail);
+      a = _mm256_add_ps(a, g);
+      // masked lanes: g = 0 and x - m = -m, so they add 0 (unless mean is inf/NaN, which
+      // poisons the whole channel anyway)
+      b = _mm256_fmadd_ps(g, _mm256_sub_ps(_mm256_maskload_ps(xr + full, tail), m), b);
+    }
+    sdy[r] = static_cast<double>(avx2::hsum(a));
+    sdyx[r] = static_cast<double>(avx2::hsum(b));
+  }
+}
+
+void bwd_dx_rows_avx2(const float* x, const float* dy, int64_t S, int64_t rows, int64_t c0,
+                      int64_t C, const float* mean, const float* a, const float* bb,
+                      const float* cc, float* dx) {
+  const int64_t full = S & ~int64_t{7};
+  const __m256i tail = avx2::first_lanes(static_cast<int>(S - full));
+  for (int64_t r = 0, c = c0; r < rows; ++r, c = c + 1 == C ? 0 : c + 1) {
+    const float* xr = x + r * S;
+    const float* gr = dy + r * S;
+    float* dr = dx + r * S;
+    const __m256 av = _mm256_set1_ps(a[c]), cv = _mm256_set1_ps(cc[c]);
+    if (bb[c] == 0.f) {  // eval mode: x is not read
+      for (int64_t i = 0; i < full; i += 8)
+        _mm256_storeu_ps(dr + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(gr + i), cv));
+      if (full < S)
+        _mm256_maskstore_ps(dr + full, tail,
+                            _mm256_fmadd_ps(av, _mm256_maskload_ps(gr + full, tail), cv));
+      continue;
+    }
+    const __m256 m = _mm256_set1_ps(mean[c]), bv = _mm256_set1_ps(bb[c]);
+    for (int64_t i = 0; i < full; i += 8) {
+      const __m256 t = _mm256_fmadd_ps(bv, _mm256_sub_ps(_mm256_loadu_ps(xr + i), m), cv);
+      _mm256_storeu_ps(dr + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(gr + i), t));
+    }
+    if (full < S) {
+      const __m256 t =
+          _mm256_fmadd_ps(bv, _mm256_sub_ps(_mm256_maskload_ps(xr + full, tail), m), cv);
+      _mm256_maskstore_ps(dr + full, tail,
+                          _mm256_fmadd_ps(av, _mm256_maskload_ps(gr + full, tail), t));
+    }
+  }
+}
+
 }  // namespace
 
-const BatchNormKernels kBatchNormAvx2 = {stats_avx2, normalize_avx2, normalize_rows_avx2,
-                                         bwd_reduce_avx2, bwd_dx_avx2};
+const BatchNormKernels kBatchNormAvx2 = {stats_avx2,      normalize_avx2,      normalize_rows_avx2,
+                                         bwd_reduce_avx2, bwd_dx_avx2,         bwd_reduce_rows_avx2,
+                                         bwd_dx_rows_avx2};
 
 }  // namespace dlkern
 

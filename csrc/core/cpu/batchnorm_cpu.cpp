@@ -149,7 +149,14 @@ Status batchnorm_bwd_cpu(const BatchNormShape& s, const float* x, const float* d
   const int64_t count = s.N * s.S;
   std::vector<double> sdy(static_cast<size_t>(it.count)), sdyx(static_cast<size_t>(it.count));
   const bool need_sums = dw || db || (dx && training);
-  if (need_sums)
+  const bool by_rows = it.per_row == 1;  // rows of at most one chunk: row ranges per thread
+  const int nt = threads_for(s.N * s.C * s.S, 16384, threads);
+  if (need_sums && by_rows)
+    parallel_for(s.N * s.C, nt, [&](int64_t b, int64_t e) {
+      k.bwd_reduce_rows(x + b * s.S, dy + b * s.S, s.S, e - b, b % s.C, s.C, mean, &sdy[b],
+                        &sdyx[b]);
+    });
+  else if (need_sums)
     for_items(s, it, threads, [&](int64_t i, int64_t row, int64_t c, int64_t off, int64_t len) {
       k.bwd_reduce(x + row * s.S + off, dy + row * s.S + off, len, mean[c], &sdy[i], &sdyx[i]);
     });
@@ -172,7 +179,12 @@ Status batchnorm_bwd_cpu(const BatchNormShape& s, const float* x, const float* d
     kb[c] = training && count > 0 ? static_cast<float>(-wc * is * is * is * p / count) : 0.f;
     kc[c] = training && count > 0 ? static_cast<float>(-wc * is * g / count) : 0.f;
   }
-  if (dx)
+  if (dx && by_rows)
+    parallel_for(s.N * s.C, nt, [&](int64_t b, int64_t e) {
+      k.bwd_dx_rows(x + b * s.S, dy + b * s.S, s.S, e - b, b % s.C, s.C, mean, ka.data(),
+                    kb.data(), kc.data(), dx + b * s.S);
+    });
+  else if (dx)
     for_items(s, it, threads, [&](int64_t, int64_t row, int64_t c, int64_t off, int64_t len) {
       k.bwd_dx(x + row * s.S + off, dy + row * s.S + off, len, mean[c], ka[c], kb[c], kc[c],
                dx + row * s.S + off);

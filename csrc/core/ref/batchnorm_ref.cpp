@@ -46,9 +46,23 @@ void bwd_dx_ref(const float* x, const float* dy, int64_t n, float mean, float a,
         (bb == 0.f ? 0.0 : static_cast<double>(bb) * (static_cast<double>(x[i]) - mean)) + c);
 }
 
+void bwd_reduce_rows_ref(const float* x, const float* dy, int64_t S, int64_t rows, int64_t c0,
+                         int64_t C, const float* mean, double* sdy, double* sdyx) {
+  for (int64_t r = 0, c = c0; r < rows; ++r, c = c + 1 == C ? 0 : c + 1)
+    bwd_reduce_ref(x + r * S, dy + r * S, S, mean[c], sdy + r, sdyx + r);
+}
+
+void bwd_dx_rows_ref(const float* x, const float* dy, int64_t S, int64_t rows, int64_t c0,
+                     int64_t C, const float* mean, const float* a, const float* bb, const float* cc,
+                     float* dx) {
+  for (int64_t r = 0, c = c0; r < rows; ++r, c = c + 1 == C ? 0 : c + 1)
+    bwd_dx_ref(x + r * S, dy + r * S, S, mean[c], a[c], bb[c], cc[c], dx + r * S);
+}
+
 }  // namespace
 
-const BatchNormKernels kBatchNormRef = {stats_ref, normalize_ref, normalize_rows_ref,
-                                        bwd_reduce_ref, bwd_dx_ref};
+const BatchNormKernels kBatchNormRef = {stats_ref,      normalize_ref,       normalize_rows_ref,
+                                        bwd_reduce_ref, bwd_dx_ref,          bwd_reduce_rows_ref,
+                                        bwd_dx_rows_ref};
 
 }  // namespace dlkern
