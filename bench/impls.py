@@ -71,10 +71,6 @@ def resolve(name: str, spec: OpSpec, device: str) -> Impl:
     return _FACTORIES[base + ":"](spec, device, arg)
 
 
-def is_baseline(name: str) -> bool:
-    return name == TORCH
-
-
 # ---- the built-in implementations ---------------------------------------------------------
 
 def _torch(spec: OpSpec, device: str, arg) -> Impl:

@@ -106,7 +106,6 @@ class _HostTimer:
 class _CudaTimer:
     def __init__(self):
         import torch
-        self.torch = torch
         self.start = torch.cuda.Event(enable_timing=True)
         self.end = torch.cuda.Event(enable_timing=True)
 

@@ -31,6 +31,15 @@ class Verdict:
                 f"{' ' + self.detail if self.detail else ''}")
 
 
+def same_values(a, b) -> bool:
+    """Equal shapes and values, NaN equal to NaN (non-tensors compared with ==): how "the op left
+    its input unchanged" is judged, here and in bench's after-timing check."""
+    if isinstance(a, torch.Tensor):
+        return (isinstance(b, torch.Tensor) and a.shape == b.shape and
+                torch.equal(torch.nan_to_num(a.detach()), torch.nan_to_num(b.detach())))
+    return a == b
+
+
 def leaf_kwargs(inputs: Inputs) -> dict:
     """The generator's arguments as fresh autograd leaves: tensors detached (layout and strides
     kept, storage shared), those named in `inputs.grad` requiring grad."""
@@ -174,6 +183,6 @@ def check(spec: OpSpec, case: Case, device: str = "cpu", seed: int = 0,
     for k, before in snapshot.items():
         if k in spec.mutates:
             continue
-        if not torch.equal(torch.nan_to_num(before), torch.nan_to_num(inputs.kwargs[k].detach())):
+        if not same_values(before, inputs.kwargs[k]):
             verdicts.append(Verdict(f"input[{k}]", False, 0, 0, 0, 0, 0, "the op wrote its input"))
     return verdicts

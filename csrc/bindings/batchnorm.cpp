@@ -129,23 +129,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cpu(
   return {dx, dw, db};
 }
 
-[[noreturn]] void no_cuda_bn(const char* op) {
-#ifdef DLKERN_WITH_CUDA
-  TORCH_CHECK_NOT_IMPLEMENTED(false, "dlkern.", op, ": got a CUDA tensor, but dlkern has no CUDA ",
-                              "kernel for batch_norm yet (CPU only)");
-#else
-  bind::no_cuda_kernels(op);
-#endif
-}
+// No CUDA kernels for batch_norm yet (CUDA issue): a clear error in every build.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_no_cuda(
     const at::Tensor&, const OptTensor&, const OptTensor&, const OptTensor&, const OptTensor&,
     bool, double, double) {
-  no_cuda_bn("batch_norm");
+  bind::no_cuda_kernels("batch_norm");
 }
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_no_cuda(
     const at::Tensor&, const at::Tensor&, const OptTensor&, const at::Tensor&, const at::Tensor&,
     bool, std::array<bool, 3>) {
-  no_cuda_bn("batch_norm_backward");
+  bind::no_cuda_kernels("batch_norm_backward");
 }
 
 // ---- autograd ---------------------------------------------------------------------------

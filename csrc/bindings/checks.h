@@ -44,12 +44,18 @@ inline void check_status(const char* op, Status s) {
   TORCH_CHECK(s == Status::kOk, "dlkern.", op, ": kernel failed: ", status_string(s));
 }
 
-// A CUDA tensor reaching a build without CUDA kernels (DLKERN_FORCE_CPU=1, or torch's CUDA
-// appeared after the build) gets this message instead of the dispatcher's generic one.
+// A CUDA tensor reaching an op with no CUDA kernel gets this message instead of the
+// dispatcher's generic one: in a build without CUDA (DLKERN_FORCE_CPU=1, or torch's CUDA appeared
+// after the build) it says how to rebuild; in a CUDA build it says the op is CPU-only so far.
 [[noreturn]] inline void no_cuda_kernels(const char* op) {
+#ifdef DLKERN_WITH_CUDA
+  TORCH_CHECK_NOT_IMPLEMENTED(false, "dlkern.", op, ": got a CUDA tensor, but dlkern has no CUDA ",
+                              "kernel for this op yet (CPU only)");
+#else
   TORCH_CHECK_NOT_IMPLEMENTED(false, "dlkern.", op, ": got a CUDA tensor, but this build of ",
                               "dlkern has no CUDA kernels (it was built without CUDA); rebuild ",
                               "with a CUDA torch and nvcc: pip install --no-build-isolation -e .");
+#endif
 }
 
 }  // namespace bind

@@ -111,20 +111,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(
 }
 
 // No CUDA kernels for linear yet (CUDA issue): a clear error in every build.
-[[noreturn]] void no_cuda_linear(const char* op) {
-#ifdef DLKERN_WITH_CUDA
-  TORCH_CHECK_NOT_IMPLEMENTED(false, "dlkern.", op, ": got a CUDA tensor, but dlkern has no CUDA ",
-                              "kernel for linear yet (CPU only)");
-#else
-  bind::no_cuda_kernels(op);
-#endif
-}
 at::Tensor linear_no_cuda(const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&) {
-  no_cuda_linear("linear");
+  bind::no_cuda_kernels("linear");
 }
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_no_cuda(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, std::array<bool, 3>) {
-  no_cuda_linear("linear_backward");
+  bind::no_cuda_kernels("linear_backward");
 }
 
 // ---- autograd ---------------------------------------------------------------------------

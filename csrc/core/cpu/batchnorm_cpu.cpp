@@ -35,10 +35,14 @@ Status validate(const BatchNormShape& s) {
 // incrementally inside a thread's range (one division per range, not per item): with small
 // spatial extents (8x512x7x7 has 4096 rows of 49) per-item index arithmetic was a visible
 // share of the runtime.
+// Threads for a pass over the whole input: one per 16K elements, up to `threads`.
+int pass_threads(const BatchNormShape& s, int threads) {
+  return threads_for(s.N * s.C * s.S, 16384, threads);
+}
+
 template <typename F>
 void for_items(const BatchNormShape& s, const Items& it, int threads, const F& body) {
-  const int nt = threads_for(s.N * s.C * s.S, 16384, threads);
-  parallel_for(it.count, nt, [&](int64_t b, int64_t e) {
+  parallel_for(it.count, pass_threads(s, threads), [&](int64_t b, int64_t e) {
     int64_t row = b / it.per_row, j = b % it.per_row, c = row % s.C;
     for (int64_t i = b; i < e; ++i) {
       const int64_t off = j * kChunk;
@@ -57,8 +61,7 @@ void normalize_all(const BatchNormKernels& k, const BatchNormShape& s, const Ite
                    const float* x, const float* mean, const float* scale, const float* shift,
                    float* y, int threads) {
   if (it.per_row == 1) {  // rows of at most one chunk: whole row ranges per thread
-    const int nt = threads_for(s.N * s.C * s.S, 16384, threads);
-    parallel_for(s.N * s.C, nt, [&](int64_t b, int64_t e) {
+    parallel_for(s.N * s.C, pass_threads(s, threads), [&](int64_t b, int64_t e) {
       k.normalize_rows(x + b * s.S, s.S, e - b, b % s.C, s.C, mean, scale, shift, y + b * s.S);
     });
     return;
@@ -150,7 +153,7 @@ Status batchnorm_bwd_cpu(const BatchNormShape& s, const float* x, const float* d
   std::vector<double> sdy(static_cast<size_t>(it.count)), sdyx(static_cast<size_t>(it.count));
   const bool need_sums = dw || db || (dx && training);
   const bool by_rows = it.per_row == 1;  // rows of at most one chunk: row ranges per thread
-  const int nt = threads_for(s.N * s.C * s.S, 16384, threads);
+  const int nt = pass_threads(s, threads);
   if (need_sums && by_rows)
     parallel_for(s.N * s.C, nt, [&](int64_t b, int64_t e) {
       k.bwd_reduce_rows(x + b * s.S, dy + b * s.S, s.S, e - b, b % s.C, s.C, mean, &sdy[b],

@@ -215,7 +215,7 @@ static inline void ukernel(int64_t kc, const float* __restrict a, int64_t lda,
 }
 
 // An edge tile (mr < MR or nr < NR): run the full kernel on a padded copy of the C tile.
-template <bool kPackedA, bool kPackedB>
+template <bool kPackedA, bool kPackedB, int kRows = MR>
 static void ukernel_edge(int64_t kc, const float* a, int64_t lda, const float* b, int64_t ldb,
                          float* c, int64_t ldc, int mr, int nr, Init init, const float* bias) {
   alignas(64) float tile[MR * NR];
@@ -225,7 +225,7 @@ static void ukernel_edge(int64_t kc, const float* a, int64_t lda, const float* b
   if (init == kLoadC || init == kAddC)
     for (int i = 0; i < mr; ++i) std::memcpy(tile + i * NR, c + i * ldc, nr * sizeof(float));
   if (init == kBias) std::memcpy(bias16, bias, nr * sizeof(float));
-  ukernel<kPackedA, kPackedB>(kc, a, lda, b, ldb, tile, NR, init, bias16);
+  ukernel<kPackedA, kPackedB, kRows>(kc, a, lda, b, ldb, tile, NR, init, bias16);
   for (int i = 0; i < mr; ++i) std::memcpy(c + i * ldc, tile + i * NR, nr * sizeof(float));
 }
 
@@ -351,13 +351,7 @@ static void direct_rows(const GemmArgs& g, int64_t m, int64_t n0, int64_t n1, In
       float* bp = tl_b.get(static_cast<size_t>(g.K * NR));
       for (int64_t k = 0; k < g.K; ++k)
         for (int j = 0; j < NR; ++j) bp[k * NR + j] = j < nr ? g.B.data[k * g.B.rs + n + j] : 0.f;
-      alignas(64) float tile[MR * NR];
-      alignas(64) float bias16[NR] = {};
-      if (init == kLoadC)
-        for (int i = 0; i < kRows; ++i) std::memcpy(tile + i * NR, c + i * g.ldc, nr * 4);
-      if (init == kBias) std::memcpy(bias16, bias, nr * sizeof(float));
-      ukernel<false, true, kRows>(g.K, a, g.A.rs, bp, 0, tile, NR, init, bias16);
-      for (int i = 0; i < kRows; ++i) std::memcpy(c + i * g.ldc, tile + i * NR, nr * 4);
+      ukernel_edge<false, true, kRows>(g.K, a, g.A.rs, bp, 0, c, g.ldc, kRows, nr, init, bias);
     }
   }
 }
