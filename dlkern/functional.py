@@ -1,6 +1,7 @@
 """Functional ops mirroring torch.nn.functional. Each lives in its op module (dlkern/ops/)."""
 from .ops.batchnorm import batch_norm
+from .ops.conv2d import conv2d
 from .ops.linear import linear
 from .ops.softmax import softmax
 
-__all__ = ["batch_norm", "linear", "softmax"]
+__all__ = ["batch_norm", "conv2d", "linear", "softmax"]

@@ -5,7 +5,7 @@ import torch
 
 from . import functional as F
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "Linear", "Softmax"]
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "Conv2d", "Linear", "Softmax"]
 
 
 class Softmax(torch.nn.Softmax):
@@ -21,6 +21,22 @@ class Linear(torch.nn.Linear):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.linear(input, self.weight, self.bias)
+
+
+class Conv2d(torch.nn.Conv2d):
+    """torch.nn.Conv2d computed by dlkern.functional.conv2d: same constructor (in_channels,
+    out_channels, kernel_size, stride, padding incl. 'same'/'valid', dilation, groups, bias,
+    padding_mode, device, dtype), initialisation, parameters and state_dict keys.
+    padding_mode 'reflect', 'replicate' and 'circular' pad with torch.nn.functional.pad, as
+    torch.nn.Conv2d does, and convolve the padded input with dlkern's kernel."""
+
+    def _conv_forward(self, input, weight, bias):
+        if self.padding_mode != "zeros":
+            padded = torch.nn.functional.pad(input, self._reversed_padding_repeated_twice,
+                                             mode=self.padding_mode)
+            return F.conv2d(padded, weight, bias, self.stride, 0, self.dilation, self.groups)
+        return F.conv2d(input, weight, bias, self.stride, self.padding, self.dilation,
+                        self.groups)
 
 
 class _BatchNormForward:

@@ -85,6 +85,16 @@ TORCH_LIBRARY(dlkern, m) {
   m.def("batch_norm_backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor save_mean, "
         "Tensor save_invstd, bool training, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
 
+  // conv2d (csrc/bindings/conv2d.cpp): padding is [top, bottom, left, right]
+  m.def("conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[4] padding, "
+        "int[2] dilation, int groups) -> Tensor");
+  m.def("conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, "
+        "int[4] padding, int[2] dilation, int groups, bool[3] output_mask) "
+        "-> (Tensor, Tensor, Tensor)");
+  // the algorithm conv2d picks for these arguments (gemm1x1, im2col or depthwise)
+  m.def("_conv2d_algorithm(Tensor input, Tensor weight, int[2] stride, int[4] padding, "
+        "int[2] dilation, int groups) -> str");
+
   // introspection, used by dlkern.capabilities() and dlkern.set_cpu_isa()
   m.def("_cpu_isa() -> str", &cpu_isa);
   m.def("_cpu_isa_best() -> str", &cpu_isa_best);

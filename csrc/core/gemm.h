@@ -3,8 +3,15 @@
 // Operands are strided views, so every transpose the layers need (X*W^T forward, dY*W and
 // dY^T*X backward) is handled by how the panels are packed, never by copying a whole matrix.
 // C is row-major with leading dimension ldc. Optional extras fused into the output write:
-// `bias[n]` added to every row (the linear layer's bias), and `accumulate` (C += A*B rather
-// than C = A*B).
+// `bias[n]` added to every row (the linear layer's bias), `row_bias[m]` added to every column
+// (a convolution's bias, C being output channels x positions), and `accumulate` (C += A*B
+// rather than C = A*B).
+//
+// Implicit B: instead of a matrix view, B may be produced panel by panel by a callback
+// (`pack_b`), which writes a kc x nc block of B straight into the packed layout the
+// micro-kernel reads. Convolution uses it to run im2col inside the GEMM's packing step, so the
+// only workspace is the GEMM's own packing buffer (KC x NC floats per thread), whatever the
+// image size.
 #pragma once
 
 #include <cstdint>
@@ -20,14 +27,25 @@ struct MatrixRef {
   int64_t cs = 1;
 };
 
+// The packed B layout (AVX2 path): a kc x nc block is stored as ceil(nc / kGemmNR) micro-panels
+// of kc x kGemmNR floats, panel p at bp + p * kc * kGemmNR holding B[k0 + k][n0 + p * kGemmNR + j]
+// at [k * kGemmNR + j], zero for columns past nc. bp is 64-byte aligned.
+constexpr int kGemmNR = 16;
+struct BPacker {
+  void (*fn)(const void* ctx, int64_t k0, int64_t kc, int64_t n0, int64_t nc, float* bp) = nullptr;
+  const void* ctx = nullptr;
+};
+
 struct GemmArgs {
   int64_t M = 0, N = 0, K = 0;
   MatrixRef A;   // M x K
-  MatrixRef B;   // K x N
+  MatrixRef B;   // K x N (unused when pack_b is set)
+  BPacker pack_b;  // implicit B: AVX2 path only (gemm_ref and gemm_cpu's reference path refuse it)
   float* C = nullptr;
   int64_t ldc = 0;
   const float* bias = nullptr;  // N values, or null
-  bool accumulate = false;      // C += A*B; not together with bias
+  const float* row_bias = nullptr;  // M values, or null; AVX2 packed path
+  bool accumulate = false;      // C += A*B; not together with bias or row_bias
 };
 
 // Dispatches on cpu_isa_active(). `threads` is an upper bound (small problems use fewer).

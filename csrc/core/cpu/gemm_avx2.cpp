@@ -40,7 +40,7 @@ namespace dlkern {
 namespace {
 
 constexpr int MR = 6;
-constexpr int NR = 16;
+constexpr int NR = kGemmNR;  // the packed-B layout gemm.h publishes for implicit B
 constexpr int64_t KC = 256;
 constexpr int64_t MC = 144;
 constexpr int64_t NC = 3072;
@@ -68,8 +68,9 @@ thread_local Scratch tl_a, tl_b;
 // How a micro-tile starts and ends: kZero/kBias start from 0 or the bias and store; kLoadC
 // starts from C; kAddC starts from 0 and adds C at the store. Later K blocks of the packed path
 // use kAddC: each KC block is summed on its own and the block sums are added, a two-level
-// summation whose rounding error grows with KC + K/KC rather than with K.
-enum Init { kZero = 0, kBias = 1, kLoadC = 2, kAddC = 3 };
+// summation whose rounding error grows with KC + K/KC rather than with K. kRowBias starts row r
+// from row_bias[r] (a convolution's per-output-channel bias).
+enum Init { kZero = 0, kBias = 1, kLoadC = 2, kAddC = 3, kRowBias = 4 };
 
 // ---- packing ------------------------------------------------------------------------------
 
@@ -173,6 +174,7 @@ template <bool kPackedA, bool kPackedB, int kRows = MR>
 static inline void ukernel(int64_t kc, const float* __restrict a, int64_t lda,
                            const float* __restrict b, int64_t ldb, float* c, int64_t ldc,
                            Init init, const float* bias16) {
+  // bias16: NR column biases (kBias) or MR row biases (kRowBias)
   __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
   if (init == kLoadC) {
 #define DLK_LOAD(r)                                                         \
@@ -182,6 +184,11 @@ static inline void ukernel(int64_t kc, const float* __restrict a, int64_t lda,
   }
     DLK_LOAD(0) DLK_LOAD(1) DLK_LOAD(2) DLK_LOAD(3) DLK_LOAD(4) DLK_LOAD(5)
 #undef DLK_LOAD
+  } else if (init == kRowBias) {
+#define DLK_ROWB(r)                                    \
+  if (kRows > r) c##r##0 = c##r##1 = _mm256_broadcast_ss(bias16 + r);
+    DLK_ROWB(0) DLK_ROWB(1) DLK_ROWB(2) DLK_ROWB(3) DLK_ROWB(4) DLK_ROWB(5)
+#undef DLK_ROWB
   } else {
     const __m256 z0 = init == kBias ? _mm256_loadu_ps(bias16) : _mm256_setzero_ps();
     const __m256 z1 = init == kBias ? _mm256_loadu_ps(bias16 + 8) : _mm256_setzero_ps();
@@ -225,6 +232,7 @@ static void ukernel_edge(int64_t kc, const float* a, int64_t lda, const float* b
   if (init == kLoadC || init == kAddC)
     for (int i = 0; i < mr; ++i) std::memcpy(tile + i * NR, c + i * ldc, nr * sizeof(float));
   if (init == kBias) std::memcpy(bias16, bias, nr * sizeof(float));
+  if (init == kRowBias) std::memcpy(bias16, bias, mr * sizeof(float));
   ukernel<kPackedA, kPackedB, kRows>(kc, a, lda, b, ldb, tile, NR, init, bias16);
   for (int i = 0; i < mr; ++i) std::memcpy(c + i * ldc, tile + i * NR, nr * sizeof(float));
 }
@@ -234,21 +242,25 @@ static void ukernel_edge(int64_t kc, const float* a, int64_t lda, const float* b
 void gemm_packed_block(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   float* ap = tl_a.get(static_cast<size_t>(MC * KC));
   float* bp = tl_b.get(static_cast<size_t>(KC * ((std::min(NC, n1 - n0) + NR - 1) / NR * NR)));
-  const Init first = g.accumulate ? kAddC : g.bias ? kBias : kZero;
+  const Init first = g.accumulate ? kAddC : g.bias ? kBias : g.row_bias ? kRowBias : kZero;
   for (int64_t jc = n0; jc < n1; jc += NC) {
     const int64_t nc = std::min(NC, n1 - jc);
     for (int64_t pc = 0; pc < g.K; pc += KC) {
       const int64_t kc = std::min(KC, g.K - pc);
-      pack_b(kc, nc, g.B.data + pc * g.B.rs + jc * g.B.cs, g.B.rs, g.B.cs, bp);
+      if (g.pack_b.fn != nullptr)
+        g.pack_b.fn(g.pack_b.ctx, pc, kc, jc, nc, bp);
+      else
+        pack_b(kc, nc, g.B.data + pc * g.B.rs + jc * g.B.cs, g.B.rs, g.B.cs, bp);
       const Init init = pc == 0 ? first : kAddC;
       for (int64_t ic = m0; ic < m1; ic += MC) {
         const int64_t mc = std::min(MC, m1 - ic);
         pack_a(mc, kc, g.A.data + ic * g.A.rs + pc * g.A.cs, g.A.rs, g.A.cs, ap);
         for (int64_t jr = 0; jr < nc; jr += NR) {
           const int nr = static_cast<int>(std::min<int64_t>(NR, nc - jr));
-          const float* bias = g.bias ? g.bias + jc + jr : nullptr;
           for (int64_t ir = 0; ir < mc; ir += MR) {
             const int mr = static_cast<int>(std::min<int64_t>(MR, mc - ir));
+            const float* bias = init == kBias ? g.bias + jc + jr
+                                : init == kRowBias ? g.row_bias + ic + ir : nullptr;
             float* c = g.C + (ic + ir) * g.ldc + jc + jr;
             if (mr == MR && nr == NR)
               ukernel<true, true>(kc, ap + ir * kc, 0, bp + jr * kc, 0, c, g.ldc, init, bias);
@@ -495,22 +507,25 @@ Status gemm_avx2(const GemmArgs& g, int threads) {
   if (g.K == 0) {  // C = bias (or 0), or unchanged when accumulating
     if (!g.accumulate)
       for (int64_t i = 0; i < g.M; ++i)
-        for (int64_t j = 0; j < g.N; ++j) g.C[i * g.ldc + j] = g.bias ? g.bias[j] : 0.f;
+        for (int64_t j = 0; j < g.N; ++j)
+          g.C[i * g.ldc + j] = g.bias ? g.bias[j] : g.row_bias ? g.row_bias[i] : 0.f;
     return Status::kOk;
   }
   // ~64k FMAs per thread before a second thread pays for its fork/join (~1-2 us)
   const int nt = threads_for(g.M * g.N * g.K, int64_t{1} << 16, threads);
-  const bool dot = g.A.cs == 1 && g.B.rs == 1 && g.M <= kDotMaxM;
+  // an implicit B or a row bias exists only in the packed path
+  const bool packed_only = g.pack_b.fn != nullptr || g.row_bias != nullptr;
+  const bool dot = !packed_only && g.A.cs == 1 && g.B.rs == 1 && g.M <= kDotMaxM;
   // B rows whose stride is a multiple of 4 KiB put every k step of the direct path's strips in
   // one L1 set on a new page; the axpy path reads B row by row instead.
   const bool page_rows = g.B.rs % 1024 == 0;
-  const bool nn = !dot && g.A.cs == 1 && g.B.cs == 1;
+  const bool nn = !packed_only && !dot && g.A.cs == 1 && g.B.cs == 1;
   const bool direct = nn && g.M > kAxpyMaxM && g.M <= kDirectMaxM && !page_rows;
   // axpy also serves any product with K <= 4 (dW of batches 1-4, an outer product): C is then
   // written row by row in one pass, where the packed path's 6-row tiles would write 6 rows at a
   // 4 KiB stride when C's rows are that long.
-  const bool outer = !dot && !direct && g.K <= 4 && g.M > kAxpyMaxM;
-  const bool axpy = !dot && !direct && !outer && g.B.cs == 1 && g.A.cs == 1 &&
+  const bool outer = !packed_only && !dot && !direct && g.K <= 4 && g.M > kAxpyMaxM;
+  const bool axpy = !packed_only && !dot && !direct && !outer && g.B.cs == 1 && g.A.cs == 1 &&
                     g.M <= kDirectMaxM;
   if (dot || direct || axpy || outer) {
     const int64_t align = direct ? NR : outer ? 64 : 8;
@@ -533,8 +548,10 @@ Status gemm_avx2(const GemmArgs& g, int threads) {
     return Status::kOk;
   }
   // Packed: split along N when that duplicates the smaller packing (each thread packs all of
-  // A for its columns) or when M is too short to split.
-  const bool by_n = (g.M * g.K <= g.K * g.N && g.N >= int64_t{nt} * NR) || g.M < int64_t{nt} * MR;
+  // A for its columns) or when M is too short to split. An implicit B (im2col) is the costly
+  // packing, so it is never duplicated.
+  const bool by_n = ((g.pack_b.fn != nullptr || g.M <= g.N) && g.N >= int64_t{nt} * NR) ||
+                    g.M < int64_t{nt} * MR;
   const int64_t extent = by_n ? g.N : g.M, align = by_n ? NR : MR;
   const int parts = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nt, (extent + align - 1) / align)));
   parallel_for(parts, parts, [&](int64_t b, int64_t e) {

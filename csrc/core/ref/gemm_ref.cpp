@@ -7,20 +7,24 @@ namespace dlkern {
 
 Status gemm_validate(const GemmArgs& g) {
   if (g.M < 0 || g.N < 0 || g.K < 0) return Status::kInvalidArgument;
-  if (g.bias != nullptr && g.accumulate) return Status::kInvalidArgument;  // one or the other
+  // one of bias, row_bias and accumulate at most
+  if ((g.bias != nullptr) + (g.row_bias != nullptr) + g.accumulate > 1)
+    return Status::kInvalidArgument;
   if (g.M == 0 || g.N == 0) return Status::kOk;
   if (g.C == nullptr || g.ldc < g.N) return Status::kInvalidArgument;
-  if (g.K > 0 && (g.A.data == nullptr || g.B.data == nullptr)) return Status::kInvalidArgument;
+  if (g.K > 0 && (g.A.data == nullptr || (g.B.data == nullptr && g.pack_b.fn == nullptr)))
+    return Status::kInvalidArgument;
   return Status::kOk;
 }
 
 Status gemm_ref(const GemmArgs& g, int threads) {
   const Status s = gemm_validate(g);
   if (s != Status::kOk || g.M == 0 || g.N == 0) return s;
+  if (g.pack_b.fn != nullptr) return Status::kUnsupported;  // implicit B is a packed-path feature
   parallel_for(g.M, threads_for(g.M * g.N * (g.K + 1), 1 << 16, threads), [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       for (int64_t j = 0; j < g.N; ++j) {
-        double acc = g.bias ? g.bias[j] : 0.0;
+        double acc = g.bias ? g.bias[j] : g.row_bias ? g.row_bias[i] : 0.0;
         for (int64_t k = 0; k < g.K; ++k)
           acc += static_cast<double>(g.A.data[i * g.A.rs + k * g.A.cs]) *
                  g.B.data[k * g.B.rs + j * g.B.cs];

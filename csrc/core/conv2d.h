@@ -1,0 +1,86 @@
+// 2-D convolution (cross-correlation, as torch's conv2d), float32, NCHW. Torch-free.
+//
+//   y[n, k, p, q] = bias[k] + sum_{c, r, s} w[k, c, r, s] * x[n, g*Cg + c, ih, iw],
+//   ih = p*stride_h - pad_h + r*dil_h,  iw = q*stride_w - pad_w + s*dil_w,
+//
+// g = k / Kg the group of output channel k (Cg = C / groups input and Kg = K / groups output
+// channels per group); taps outside the input read zero. pad_h / pad_w are the top / left
+// padding; the output size P x Q is given, so the bottom / right padding is whatever makes it
+// (torch's padding='same' with an even kernel pads unequally). x is N x C x H x W, w is
+// K x Cg x R x S, y is N x K x P x Q, all contiguous.
+//
+// Algorithms (Conv2dAlgo; kAuto picks by conv2d_pick_algo's rule, which is documented there):
+//   kGemm1x1   1x1 kernel, stride 1, no padding: per image and group a plain GEMM on the input
+//              as it lies (Y_g = W_g X_g, dX_g = W_g^T dY_g, dW_g += dY_g X_g^T); no copy.
+//   kIm2col    any shape: implicit GEMM. Forward is Y_g = W_g * im2col(X_g), with the im2col
+//              matrix never materialised: the GEMM's B-packing step calls an im2col packer
+//              (gemm.h BPacker) that writes each KC x NC block of it straight into the
+//              micro-kernel's panels. Workspace: the GEMM's packing buffers, KC x NC + MC x KC
+//              floats (3.1 MiB) per thread, whatever the image size.
+//              Backward data with stride 1 is the same machinery run as a transposed
+//              convolution (dX = conv(dY, W flipped and transposed), the padding becoming
+//              dil*(R-1) - pad); with stride > 1 it is a GEMM per tile of T output positions,
+//              dcol = W_g^T dY_g[:, tile], scattered back by col2im. Backward weight is
+//              dW_g += dY_g[:, tile] * col_tile^T with col_tile an im2col tile of T positions.
+//              Both tiles hold Cg*R*S x T floats, T chosen so a tile is about 1 MiB (at least
+//              256 positions); plus the flipped weight (the size of w).
+//   kDepthwise groups == C (Cg = 1, any channel multiplier): a direct kernel per (image,
+//              channel) plane, vectorised along the output row for stride 1 and 2.
+// Bias gradient: row sums of dY, taken in the backward-weight pass over dY.
+// Threads: images run in parallel when there are at least as many as threads (each image's
+// work single-threaded), otherwise the GEMMs split their output among threads. Every
+// reduction (dW, db over images and positions) runs in a fixed order, so results do not depend
+// on the thread count.
+#pragma once
+
+#include <cstdint>
+
+#include "common.h"
+
+namespace dlkern {
+
+struct Conv2dShape {
+  int64_t N = 0, C = 0, H = 0, W = 0;  // input
+  int64_t K = 0, R = 1, S = 1;         // output channels, kernel height and width
+  int64_t groups = 1;
+  int64_t stride_h = 1, stride_w = 1;
+  int64_t pad_h = 0, pad_w = 0;        // top, left
+  int64_t dil_h = 1, dil_w = 1;
+  int64_t P = 0, Q = 0;                // output height and width
+};
+
+enum class Conv2dAlgo : int { kAuto = 0, kGemm1x1 = 1, kIm2col = 2, kDepthwise = 3 };
+
+const char* conv2d_algo_name(Conv2dAlgo a);
+
+// Sizes non-negative, strides and dilations >= 1, pads >= 0, groups >= 1 dividing C and K.
+Status conv2d_validate(const Conv2dShape& s);
+
+// The rule kAuto applies: kDepthwise when groups == C > 1 (one input channel per group);
+// kGemm1x1 when R == S == 1, stride 1, no padding and P x Q == H x W; kIm2col otherwise.
+Conv2dAlgo conv2d_pick_algo(const Conv2dShape& s);
+
+// Whether `a` can run shape s (kGemm1x1 and kDepthwise need the shapes named above; kIm2col
+// and kAuto run anything valid).
+bool conv2d_algo_applies(const Conv2dShape& s, Conv2dAlgo a);
+
+// bias may be null. Dispatches on cpu_isa_active(); the reference path ignores `algo`.
+Status conv2d_fwd_cpu(const Conv2dShape& s, const float* x, const float* w, const float* bias,
+                      float* y, int threads, Conv2dAlgo algo = Conv2dAlgo::kAuto);
+// From dy (N x K x P x Q): dx (like x), dw (like w), db (K). Any of them may be null.
+Status conv2d_bwd_cpu(const Conv2dShape& s, const float* x, const float* w, const float* dy,
+                      float* dx, float* dw, float* db, int threads,
+                      Conv2dAlgo algo = Conv2dAlgo::kAuto);
+
+// Direct loops accumulating in double: the ground truth of the tests and the reference ISA path.
+Status conv2d_fwd_ref(const Conv2dShape& s, const float* x, const float* w, const float* bias,
+                      float* y, int threads);
+Status conv2d_bwd_ref(const Conv2dShape& s, const float* x, const float* w, const float* dy,
+                      float* dx, float* dw, float* db, int threads);
+
+Status conv2d_fwd_avx2(const Conv2dShape& s, const float* x, const float* w, const float* bias,
+                       float* y, int threads, Conv2dAlgo algo);
+Status conv2d_bwd_avx2(const Conv2dShape& s, const float* x, const float* w, const float* dy,
+                       float* dx, float* dw, float* db, int threads, Conv2dAlgo algo);
+
+}  // namespace dlkern

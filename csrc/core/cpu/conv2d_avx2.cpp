@@ -1,0 +1,554 @@
+// AVX2/FMA conv2d: the algorithms described in conv2d.h.
+//
+// Versions:
+//   1. gemm1x1: the GEMM core on the tensors as they lie (no copy).
+//   2. im2col (implicit GEMM): gather_panels() is the GEMM's B packer; it writes the im2col
+//      matrix's KC x NC blocks straight into NR-column micro-panels. The same gather serves
+//      backward data at stride 1 (a transposed convolution over dY with the flipped, transposed
+//      weight) and, into a row-major tile, backward weight (dW += dY_tile * col_tile^T) and
+//      the col2im tiles of backward data at stride > 1.
+//   3. depthwise: direct per-plane loops, the output row in L1, FMAs along the row (stride 1
+//      loads, stride 2 de-interleaved loads, other strides scalar).
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "../conv2d.h"
+#include "../gemm.h"
+#include "parallel.h"
+#include "vec_avx2.h"
+
+namespace dlkern {
+namespace {
+
+constexpr int NR = kGemmNR;
+
+struct Scratch {
+  float* p = nullptr;
+  size_t cap = 0;
+  ~Scratch() { std::free(p); }
+  float* get(size_t floats) {
+    if (floats > cap) {
+      std::free(p);
+      cap = (floats + 15) & ~size_t{15};
+      p = static_cast<float*>(std::aligned_alloc(64, cap * sizeof(float)));
+    }
+    return p;
+  }
+};
+thread_local Scratch tl_tile, tl_wt;
+
+// ---- the gather: B[k][n] of an implicit GEMM --------------------------------------------------
+
+// k = (c, r, t) in the weight's order, n = (p, q) an output position:
+//   B[k][n] = x[c][p*sh - ph + r*dh][q*sw - pw + t*dw], zero outside the H x W plane.
+// ph and pw may be negative (the transposed convolution of backward data).
+struct Gather {
+  const float* x;
+  int64_t plane;  // H * W: the stride between channels
+  int64_t H, W, R, S, sh, sw, ph, pw, dh, dw, Q;
+};
+
+// A run of consecutive output positions within one output row, and where it goes in the row
+// being written.
+struct Piece {
+  int64_t ih0, iw0, len, off;
+};
+
+// Splits positions [n0, n0 + len) into runs along output rows.
+static int64_t make_pieces(const Gather& g, int64_t n0, int64_t len, Piece* out) {
+  int64_t np = 0, off = 0, p = n0 / g.Q, q = n0 - p * g.Q;
+  while (off < len) {
+    const int64_t l = std::min(len - off, g.Q - q);
+    out[np++] = {p * g.sh - g.ph, q * g.sw - g.pw, l, off};
+    off += l;
+    ++p;
+    q = 0;
+  }
+  return np;
+}
+
+static inline void zero(float* d, int64_t n) {
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) _mm256_storeu_ps(d + j, _mm256_setzero_ps());
+  for (; j < n; ++j) d[j] = 0.f;
+}
+
+// d[j] = src[j * sw] for j < n.
+static inline void copy_strided(const float* src, int64_t sw, int64_t n, float* d) {
+  int64_t j = 0;
+  if (sw == 1) {
+    for (; j + 8 <= n; j += 8) _mm256_storeu_ps(d + j, _mm256_loadu_ps(src + j));
+  } else if (sw == 2) {
+    // 16 loads for 8 values; the last group is scalar so no load passes src[2 * (n - 1)]
+    for (; j + 9 <= n; j += 8) {
+      const __m256 a = _mm256_loadu_ps(src + 2 * j), b = _mm256_loadu_ps(src + 2 * j + 8);
+      const __m256 e = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));  // a0 a2 b0 b2 a4 a6 b4 b6
+      _mm256_storeu_ps(d + j, _mm256_castpd_ps(
+                                  _mm256_permute4x64_pd(_mm256_castps_pd(e), _MM_SHUFFLE(3, 1, 2, 0))));
+    }
+  }
+  for (; j < n; ++j) d[j] = src[j * sw];
+}
+
+// The valid range [lo, hi) of j for which iw0 + j*sw lies in [0, W), clipped to [0, len).
+static inline void valid_range(int64_t iw0, int64_t sw, int64_t W, int64_t len, int64_t* lo,
+                               int64_t* hi) {
+  int64_t a = iw0 >= 0 ? 0 : (-iw0 + sw - 1) / sw;
+  int64_t b = W - 1 - iw0 < 0 ? 0 : (W - 1 - iw0) / sw + 1;
+  a = std::min(a, len);
+  b = std::max(a, std::min(b, len));
+  *lo = a;
+  *hi = b;
+}
+
+// d[j] = row[iw0 + j*sw] (zero outside [0, W)) for j < len.
+static inline void gather_row(const float* row, int64_t W, int64_t iw0, int64_t sw, int64_t len,
+                              float* d) {
+  if (iw0 >= 0 && iw0 + (len - 1) * sw < W) {
+    copy_strided(row + iw0, sw, len, d);
+    return;
+  }
+  int64_t lo, hi;
+  valid_range(iw0, sw, W, len, &lo, &hi);
+  zero(d, lo);
+  copy_strided(row + iw0 + lo * sw, sw, hi - lo, d + lo);
+  zero(d + hi, len - hi);
+}
+
+// Rows k0 .. k0+kc of B over the positions the pieces cover: row k at dst + k * ld.
+static void gather_rows(const Gather& g, int64_t k0, int64_t kc, const Piece* pc, int64_t np,
+                        float* dst, int64_t ld) {
+  const int64_t RS = g.R * g.S;
+  int64_t c = k0 / RS, rem = k0 - c * RS, r = rem / g.S, t = rem - r * g.S;
+  for (int64_t k = 0; k < kc; ++k) {
+    float* d = dst + k * ld;
+    const float* xc = g.x + c * g.plane;
+    const int64_t dr = r * g.dh, dt = t * g.dw;
+    for (int64_t i = 0; i < np; ++i) {
+      const int64_t ih = pc[i].ih0 + dr;
+      if (ih < 0 || ih >= g.H)
+        zero(d + pc[i].off, pc[i].len);
+      else
+        gather_row(xc + ih * g.W, g.W, pc[i].iw0 + dt, g.sw, pc[i].len, d + pc[i].off);
+    }
+    if (++t == g.S) {
+      t = 0;
+      if (++r == g.R) {
+        r = 0;
+        ++c;
+      }
+    }
+  }
+}
+
+// The GEMM's B packer (gemm.h BPacker): NR-column micro-panels of B[k0:k0+kc][n0:n0+nc].
+void gather_panels(const void* ctx, int64_t k0, int64_t kc, int64_t n0, int64_t nc, float* bp) {
+  const Gather& g = *static_cast<const Gather*>(ctx);
+  Piece pc[NR];
+  for (int64_t jr = 0; jr < nc; jr += NR, bp += NR * kc) {
+    const int64_t nr = std::min<int64_t>(NR, nc - jr);
+    const int64_t np = make_pieces(g, n0 + jr, nr, pc);
+    gather_rows(g, k0, kc, pc, np, bp, NR);
+    if (nr < NR)
+      for (int64_t k = 0; k < kc; ++k) zero(bp + k * NR + nr, NR - nr);
+  }
+}
+
+// B[0:kd][n0:n0+len] as a row-major kd x len tile (leading dimension ld), rows split among
+// `threads`.
+void gather_tile(const Gather& g, int64_t kd, int64_t n0, int64_t len, float* tile, int64_t ld,
+                 int threads) {
+  thread_local std::vector<Piece> pieces;
+  pieces.resize(static_cast<size_t>(len / std::max<int64_t>(g.Q, 1) + 2));
+  const int64_t np = make_pieces(g, n0, len, pieces.data());
+  const Piece* pc = pieces.data();
+  parallel_for(kd, threads_for(kd * len, 1 << 14, threads), [&](int64_t b, int64_t e) {
+    gather_rows(g, b, e - b, pc, np, tile + b * ld, ld);
+  });
+}
+
+// col2im of one tile: x[c][ih][iw] += tile[k][j] for the tap and position of (k, j), the
+// inverse of gather_tile. Channels split among `threads` (each owns its planes).
+void scatter_tile(const Gather& g, int64_t channels, int64_t n0, int64_t len, const float* tile,
+                  int64_t ld, float* x, int threads) {
+  thread_local std::vector<Piece> pieces;
+  pieces.resize(static_cast<size_t>(len / std::max<int64_t>(g.Q, 1) + 2));
+  const int64_t np = make_pieces(g, n0, len, pieces.data());
+  const Piece* pc = pieces.data();
+  const int64_t RS = g.R * g.S;
+  parallel_for(channels, threads_for(channels * RS * len, 1 << 14, threads),
+               [&](int64_t b, int64_t e) {
+    for (int64_t c = b; c < e; ++c) {
+      float* xc = x + c * g.plane;
+      for (int64_t r = 0; r < g.R; ++r)
+        for (int64_t t = 0; t < g.S; ++t) {
+          const float* src = tile + (c * RS + r * g.S + t) * ld;
+          for (int64_t i = 0; i < np; ++i) {
+            const int64_t ih = pc[i].ih0 + r * g.dh;
+            if (ih < 0 || ih >= g.H) continue;
+            int64_t lo, hi;
+            const int64_t iw0 = pc[i].iw0 + t * g.dw;
+            valid_range(iw0, g.sw, g.W, pc[i].len, &lo, &hi);
+            float* row = xc + ih * g.W + iw0;
+            const float* s = src + pc[i].off;
+            int64_t j = lo;
+            if (g.sw == 1)
+              for (; j + 8 <= hi; j += 8)
+                _mm256_storeu_ps(row + j, _mm256_add_ps(_mm256_loadu_ps(row + j),
+                                                        _mm256_loadu_ps(s + j)));
+            for (; j < hi; ++j) row[j * g.sw] += s[j];
+          }
+        }
+    }
+  });
+}
+
+// ---- image loop -----------------------------------------------------------------------------
+
+// Runs f(n, inner_threads) for every image: rounds of `threads` images in parallel, one thread
+// each, then the remaining images one after the other with all threads inside.
+template <typename F>
+void for_images(int64_t N, int threads, int64_t work_per_image, const F& f) {
+  const int nt = threads_for(N * work_per_image, int64_t{1} << 16, threads);
+  const int64_t full = nt > 1 ? N / nt * nt : 0;
+  if (full > 0) parallel_for(full, nt, [&](int64_t b, int64_t e) {
+      for (int64_t n = b; n < e; ++n) f(n, 1);
+    });
+  for (int64_t n = full; n < N; ++n) f(n, threads);
+}
+
+Gather input_gather(const Conv2dShape& s, const float* xg) {
+  return {xg, s.H * s.W, s.H, s.W, s.R, s.S, s.stride_h, s.stride_w, s.pad_h, s.pad_w,
+          s.dil_h, s.dil_w, s.Q};
+}
+
+int64_t tile_positions(int64_t kd, int64_t PQ) {
+  int64_t t = std::max<int64_t>(256, (int64_t{1} << 18) / std::max<int64_t>(kd, 1)) / NR * NR;
+  return std::min(t, PQ);
+}
+
+// ---- depthwise ----------------------------------------------------------------------------
+
+// y[j] += wv * x[j * sw] for j < n.
+static inline void axpy_strided(float wv, const float* x, int64_t sw, int64_t n, float* y) {
+  const __m256 wb = _mm256_set1_ps(wv);
+  int64_t j = 0;
+  if (sw == 1) {
+    for (; j + 8 <= n; j += 8)
+      _mm256_storeu_ps(y + j, _mm256_fmadd_ps(wb, _mm256_loadu_ps(x + j), _mm256_loadu_ps(y + j)));
+  } else if (sw == 2) {
+    for (; j + 9 <= n; j += 8) {
+      const __m256 a = _mm256_loadu_ps(x + 2 * j), b = _mm256_loadu_ps(x + 2 * j + 8);
+      const __m256 e = _mm256_castpd_ps(_mm256_permute4x64_pd(
+          _mm256_castps_pd(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0))), _MM_SHUFFLE(3, 1, 2, 0)));
+      _mm256_storeu_ps(y + j, _mm256_fmadd_ps(wb, e, _mm256_loadu_ps(y + j)));
+    }
+  }
+  for (; j < n; ++j) y[j] += wv * x[j * sw];
+}
+
+// sum_j a[j] * x[j * sw] for j < n, in float lanes.
+static inline float dot_strided(const float* a, const float* x, int64_t sw, int64_t n) {
+  __m256 acc = _mm256_setzero_ps();
+  int64_t j = 0;
+  if (sw == 1)
+    for (; j + 8 <= n; j += 8)
+      acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + j), _mm256_loadu_ps(x + j), acc);
+  float s = avx2::hsum(acc);
+  for (; j < n; ++j) s += a[j] * x[j * sw];
+  return s;
+}
+
+static inline float row_sum(const float* g, int64_t n) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    a0 = _mm256_add_ps(a0, _mm256_loadu_ps(g + j));
+    a1 = _mm256_add_ps(a1, _mm256_loadu_ps(g + j + 8));
+  }
+  float t = avx2::hsum(_mm256_add_ps(a0, a1));
+  for (; j < n; ++j) t += g[j];
+  return t;
+}
+
+void depthwise_fwd(const Conv2dShape& s, const float* x, const float* w, const float* bias,
+                   float* y, int threads) {
+  const int64_t mult = s.K / s.C, HW = s.H * s.W, PQ = s.P * s.Q, planes = s.N * s.K;
+  parallel_for(planes, threads_for(planes * PQ * s.R * s.S, 1 << 14, threads),
+               [&](int64_t b, int64_t e) {
+    for (int64_t nk = b; nk < e; ++nk) {
+      const int64_t n = nk / s.K, k = nk % s.K;
+      const float* xc = x + (n * s.C + k / mult) * HW;
+      const float* wk = w + k * s.R * s.S;
+      for (int64_t p = 0; p < s.P; ++p) {
+        float* yr = y + nk * PQ + p * s.Q;
+        const float b0 = bias ? bias[k] : 0.f;
+        for (int64_t q = 0; q < s.Q; ++q) yr[q] = b0;
+        for (int64_t r = 0; r < s.R; ++r) {
+          const int64_t ih = p * s.stride_h - s.pad_h + r * s.dil_h;
+          if (ih < 0 || ih >= s.H) continue;
+          for (int64_t t = 0; t < s.S; ++t) {
+            const int64_t iw0 = -s.pad_w + t * s.dil_w;
+            int64_t lo, hi;
+            valid_range(iw0, s.stride_w, s.W, s.Q, &lo, &hi);
+            axpy_strided(wk[r * s.S + t], xc + ih * s.W + iw0 + lo * s.stride_w, s.stride_w,
+                         hi - lo, yr + lo);
+          }
+        }
+      }
+    }
+  });
+}
+
+void depthwise_bwd(const Conv2dShape& s, const float* x, const float* w, const float* dy,
+                   float* dx, float* dw, float* db, int threads) {
+  const int64_t mult = s.K / s.C, HW = s.H * s.W, PQ = s.P * s.Q, RS = s.R * s.S;
+  if (dx != nullptr) {
+    const int64_t planes = s.N * s.C;
+    parallel_for(planes, threads_for(planes * mult * PQ * RS, 1 << 14, threads),
+                 [&](int64_t b, int64_t e) {
+      for (int64_t nc = b; nc < e; ++nc) {
+        float* dxc = dx + nc * HW;
+        std::memset(dxc, 0, sizeof(float) * HW);
+        const int64_t n = nc / s.C, c = nc % s.C;
+        for (int64_t k = c * mult; k < (c + 1) * mult; ++k) {
+          const float* dyk = dy + (n * s.K + k) * PQ;
+          const float* wk = w + k * RS;
+          for (int64_t p = 0; p < s.P; ++p)
+            for (int64_t r = 0; r < s.R; ++r) {
+              const int64_t ih = p * s.stride_h - s.pad_h + r * s.dil_h;
+              if (ih < 0 || ih >= s.H) continue;
+              for (int64_t t = 0; t < s.S; ++t) {
+                const int64_t iw0 = -s.pad_w + t * s.dil_w;
+                int64_t lo, hi;
+                valid_range(iw0, s.stride_w, s.W, s.Q, &lo, &hi);
+                float* row = dxc + ih * s.W + iw0;
+                const float* g = dyk + p * s.Q;
+                const float wv = wk[r * s.S + t];
+                int64_t j = lo;
+                if (s.stride_w == 1) {
+                  const __m256 wb = _mm256_set1_ps(wv);
+                  for (; j + 8 <= hi; j += 8)
+                    _mm256_storeu_ps(row + j, _mm256_fmadd_ps(wb, _mm256_loadu_ps(g + j),
+                                                              _mm256_loadu_ps(row + j)));
+                }
+                for (; j < hi; ++j) row[j * s.stride_w] += wv * g[j];
+              }
+            }
+        }
+      }
+    });
+  }
+  if (dw != nullptr || db != nullptr) {
+    parallel_for(s.K, threads_for(s.K * s.N * PQ * (RS + 1), 1 << 14, threads),
+                 [&](int64_t b, int64_t e) {
+      std::vector<double> acc(static_cast<size_t>(RS));
+      for (int64_t k = b; k < e; ++k) {
+        std::fill(acc.begin(), acc.end(), 0.0);
+        double bsum = 0;
+        for (int64_t n = 0; n < s.N; ++n) {
+          const float* dyk = dy + (n * s.K + k) * PQ;
+          const float* xc = x + (n * s.C + k / mult) * HW;
+          for (int64_t p = 0; p < s.P; ++p) {
+            const float* g = dyk + p * s.Q;
+            if (db != nullptr) bsum += row_sum(g, s.Q);
+            if (dw == nullptr) continue;
+            for (int64_t r = 0; r < s.R; ++r) {
+              const int64_t ih = p * s.stride_h - s.pad_h + r * s.dil_h;
+              if (ih < 0 || ih >= s.H) continue;
+              for (int64_t t = 0; t < s.S; ++t) {
+                const int64_t iw0 = -s.pad_w + t * s.dil_w;
+                int64_t lo, hi;
+                valid_range(iw0, s.stride_w, s.W, s.Q, &lo, &hi);
+                acc[r * s.S + t] += dot_strided(g + lo, xc + ih * s.W + iw0 + lo * s.stride_w,
+                                                s.stride_w, hi - lo);
+              }
+            }
+          }
+        }
+        if (db != nullptr) db[k] = static_cast<float>(bsum);
+        if (dw != nullptr)
+          for (int64_t i = 0; i < RS; ++i) dw[k * RS + i] = static_cast<float>(acc[i]);
+      }
+    });
+  }
+}
+
+// Row sums of the K x PQ block at dy added into acc (double), rows split among threads.
+void add_row_sums(int64_t K, int64_t PQ, const float* dy, double* acc, int threads) {
+  parallel_for(K, threads_for(K * PQ, 1 << 15, threads), [&](int64_t b, int64_t e) {
+    for (int64_t k = b; k < e; ++k) acc[k] += row_sum(dy + k * PQ, PQ);
+  });
+}
+
+}  // namespace
+
+Status conv2d_fwd_avx2(const Conv2dShape& s, const float* x, const float* w, const float* bias,
+                       float* y, int threads, Conv2dAlgo algo) {
+  Status st = conv2d_validate(s);
+  if (st != Status::kOk) return st;
+  if (algo == Conv2dAlgo::kAuto) algo = conv2d_pick_algo(s);
+  if (!conv2d_algo_applies(s, algo)) return Status::kInvalidArgument;
+  const int64_t PQ = s.P * s.Q, HW = s.H * s.W;
+  if (s.N == 0 || s.K == 0 || PQ == 0) return Status::kOk;
+  if (algo == Conv2dAlgo::kDepthwise) {
+    depthwise_fwd(s, x, w, bias, y, threads);
+    return Status::kOk;
+  }
+  const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups, Kd = Cg * s.R * s.S;
+  for_images(s.N, threads, s.K * PQ * (Kd + 1), [&](int64_t n, int inner) {
+    for (int64_t g = 0; g < s.groups; ++g) {
+      const float* xg = x + (n * s.C + g * Cg) * HW;
+      const Gather gi = input_gather(s, xg);
+      GemmArgs ga;
+      ga.M = Kg;
+      ga.N = PQ;
+      ga.K = Kd;
+      ga.A = {w + g * Kg * Kd, Kd, 1};
+      if (algo == Conv2dAlgo::kGemm1x1)
+        ga.B = {xg, HW, 1};
+      else
+        ga.pack_b = {gather_panels, &gi};
+      ga.C = y + (n * s.K + g * Kg) * PQ;
+      ga.ldc = PQ;
+      ga.row_bias = bias ? bias + g * Kg : nullptr;
+      const Status r = gemm_avx2(ga, inner);
+      if (r != Status::kOk) st = r;
+    }
+  });
+  return st;
+}
+
+Status conv2d_bwd_avx2(const Conv2dShape& s, const float* x, const float* w, const float* dy,
+                       float* dx, float* dw, float* db, int threads, Conv2dAlgo algo) {
+  Status st = conv2d_validate(s);
+  if (st != Status::kOk) return st;
+  if (algo == Conv2dAlgo::kAuto) algo = conv2d_pick_algo(s);
+  if (!conv2d_algo_applies(s, algo)) return Status::kInvalidArgument;
+  const int64_t PQ = s.P * s.Q, HW = s.H * s.W;
+  const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups, RS = s.R * s.S, Kd = Cg * RS;
+  // no output positions or channels: nothing flows back
+  if (s.N == 0 || s.K == 0 || PQ == 0) {
+    if (dx != nullptr) std::memset(dx, 0, sizeof(float) * s.N * s.C * HW);
+    if (dw != nullptr) std::memset(dw, 0, sizeof(float) * s.K * Kd);
+    if (db != nullptr) std::memset(db, 0, sizeof(float) * s.K);
+    return Status::kOk;
+  }
+  if (algo == Conv2dAlgo::kDepthwise) {
+    depthwise_bwd(s, x, w, dy, dx, dw, db, threads);
+    return Status::kOk;
+  }
+  const bool transposed = algo == Conv2dAlgo::kIm2col && s.stride_h == 1 && s.stride_w == 1;
+  if (dx != nullptr && Cg > 0) {
+    // the flipped, transposed weight of the stride-1 transposed convolution:
+    // wt[g][c][k][R-1-r][S-1-t] = w[g*Kg + k][c][r][t]
+    float* wt = nullptr;
+    if (transposed) {
+      wt = tl_wt.get(static_cast<size_t>(s.K * Kd));
+      for (int64_t g = 0; g < s.groups; ++g)
+        for (int64_t k = 0; k < Kg; ++k)
+          for (int64_t c = 0; c < Cg; ++c)
+            for (int64_t i = 0; i < RS; ++i)
+              wt[((g * Cg + c) * Kg + k) * RS + (RS - 1 - i)] = w[((g * Kg + k) * Cg + c) * RS + i];
+    }
+    for_images(s.N, threads, s.K * PQ * Kd, [&](int64_t n, int inner) {
+      for (int64_t g = 0; g < s.groups; ++g) {
+        const float* dyg = dy + (n * s.K + g * Kg) * PQ;
+        float* dxg = dx + (n * s.C + g * Cg) * HW;
+        GemmArgs ga;
+        Status r = Status::kOk;
+        if (algo == Conv2dAlgo::kGemm1x1) {  // dX_g = W_g^T dY_g
+          ga.M = Cg;
+          ga.N = HW;
+          ga.K = Kg;
+          ga.A = {w + g * Kg * Cg, 1, Cg};
+          ga.B = {dyg, PQ, 1};
+          ga.C = dxg;
+          ga.ldc = HW;
+          r = gemm_avx2(ga, inner);
+        } else if (transposed) {  // dX_g = Wt_g * im2col'(dY_g)
+          const Gather gi{dyg, PQ, s.P, s.Q, s.R, s.S, 1, 1,
+                          s.dil_h * (s.R - 1) - s.pad_h, s.dil_w * (s.S - 1) - s.pad_w,
+                          s.dil_h, s.dil_w, s.W};
+          ga.M = Cg;
+          ga.N = HW;
+          ga.K = Kg * RS;
+          ga.A = {wt + g * Cg * Kg * RS, Kg * RS, 1};
+          ga.pack_b = {gather_panels, &gi};
+          ga.C = dxg;
+          ga.ldc = HW;
+          r = gemm_avx2(ga, inner);
+        } else {  // per tile: dcol = W_g^T dY_g[:, tile], then col2im
+          std::memset(dxg, 0, sizeof(float) * Cg * HW);
+          const Gather gi = input_gather(s, dxg);
+          const int64_t T = tile_positions(Kd, PQ);
+          float* tile = tl_tile.get(static_cast<size_t>(Kd * T));
+          for (int64_t n0 = 0; n0 < PQ && r == Status::kOk; n0 += T) {
+            const int64_t len = std::min(T, PQ - n0);
+            ga.M = Kd;
+            ga.N = len;
+            ga.K = Kg;
+            ga.A = {w + g * Kg * Kd, 1, Kd};
+            ga.B = {dyg + n0, PQ, 1};
+            ga.C = tile;
+            ga.ldc = T;
+            r = gemm_avx2(ga, inner);
+            scatter_tile(gi, Cg, n0, len, tile, T, dxg, inner);
+          }
+        }
+        if (r != Status::kOk) st = r;
+      }
+    });
+  } else if (dx != nullptr) {
+    std::memset(dx, 0, sizeof(float) * s.N * s.C * HW);
+  }
+  if (dw != nullptr || db != nullptr) {
+    if (dw != nullptr) std::memset(dw, 0, sizeof(float) * s.K * Kd);
+    std::vector<double> bsum(db != nullptr ? static_cast<size_t>(s.K) : 0);
+    const int64_t T = tile_positions(Kd, PQ);
+    float* tile = algo == Conv2dAlgo::kIm2col && dw != nullptr && Kd > 0
+                      ? tl_tile.get(static_cast<size_t>(Kd * T))
+                      : nullptr;
+    // images in order, each adding into dW: the sum's order is fixed whatever the threads
+    for (int64_t n = 0; n < s.N; ++n) {
+      if (db != nullptr) add_row_sums(s.K, PQ, dy + n * s.K * PQ, bsum.data(), threads);
+      if (dw == nullptr || Kd == 0) continue;
+      for (int64_t g = 0; g < s.groups; ++g) {
+        const float* dyg = dy + (n * s.K + g * Kg) * PQ;
+        const float* xg = x + (n * s.C + g * Cg) * HW;
+        GemmArgs ga;
+        ga.M = Kg;
+        ga.N = Kd;
+        ga.C = dw + g * Kg * Kd;
+        ga.ldc = Kd;
+        ga.accumulate = true;
+        if (algo == Conv2dAlgo::kGemm1x1) {  // dW_g += dY_g X_g^T
+          ga.K = PQ;
+          ga.A = {dyg, PQ, 1};
+          ga.B = {xg, 1, HW};
+          const Status r = gemm_avx2(ga, threads);
+          if (r != Status::kOk) st = r;
+          continue;
+        }
+        const Gather gi = input_gather(s, xg);
+        for (int64_t n0 = 0; n0 < PQ; n0 += T) {  // dW_g += dY_g[:, tile] col_tile^T
+          const int64_t len = std::min(T, PQ - n0);
+          gather_tile(gi, Kd, n0, len, tile, T, threads);
+          ga.K = len;
+          ga.A = {dyg + n0, PQ, 1};
+          ga.B = {tile, 1, T};
+          const Status r = gemm_avx2(ga, threads);
+          if (r != Status::kOk) st = r;
+        }
+      }
+    }
+    if (db != nullptr)
+      for (int64_t k = 0; k < s.K; ++k) db[k] = static_cast<float>(bsum[k]);
+  }
+  return st;
+}
+
+}  // namespace dlkern

@@ -1,0 +1,155 @@
+// Reference conv2d: direct loops accumulating in double, every output element a gather (no
+// scattered writes, so no races and no dependence on the thread count). Plus the shape rules
+// every path shares.
+#include "../conv2d.h"
+#include "../cpu/parallel.h"
+
+namespace dlkern {
+
+const char* conv2d_algo_name(Conv2dAlgo a) {
+  switch (a) {
+    case Conv2dAlgo::kAuto: return "auto";
+    case Conv2dAlgo::kGemm1x1: return "gemm1x1";
+    case Conv2dAlgo::kIm2col: return "im2col";
+    case Conv2dAlgo::kDepthwise: return "depthwise";
+  }
+  return "unknown";
+}
+
+Status conv2d_validate(const Conv2dShape& s) {
+  if (s.N < 0 || s.C < 0 || s.H < 0 || s.W < 0 || s.K < 0 || s.R < 1 || s.S < 1 || s.P < 0 ||
+      s.Q < 0)
+    return Status::kInvalidArgument;
+  if (s.stride_h < 1 || s.stride_w < 1 || s.dil_h < 1 || s.dil_w < 1 || s.pad_h < 0 ||
+      s.pad_w < 0 || s.groups < 1 || s.C % s.groups != 0 || s.K % s.groups != 0)
+    return Status::kInvalidArgument;
+  return Status::kOk;
+}
+
+Conv2dAlgo conv2d_pick_algo(const Conv2dShape& s) {
+  if (conv2d_algo_applies(s, Conv2dAlgo::kDepthwise)) return Conv2dAlgo::kDepthwise;
+  if (conv2d_algo_applies(s, Conv2dAlgo::kGemm1x1)) return Conv2dAlgo::kGemm1x1;
+  return Conv2dAlgo::kIm2col;
+}
+
+bool conv2d_algo_applies(const Conv2dShape& s, Conv2dAlgo a) {
+  switch (a) {
+    case Conv2dAlgo::kAuto:
+    case Conv2dAlgo::kIm2col:
+      return true;
+    case Conv2dAlgo::kGemm1x1:
+      return s.R == 1 && s.S == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 &&
+             s.pad_w == 0 && s.P == s.H && s.Q == s.W;
+    case Conv2dAlgo::kDepthwise:
+      return s.groups > 1 && s.groups == s.C;
+  }
+  return false;
+}
+
+Status conv2d_fwd_ref(const Conv2dShape& s, const float* x, const float* w, const float* bias,
+                      float* y, int threads) {
+  const Status st = conv2d_validate(s);
+  if (st != Status::kOk) return st;
+  const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups, planes = s.N * s.K;
+  const int64_t work = planes * s.P * s.Q * (Cg * s.R * s.S + 1);
+  parallel_for(planes, threads_for(work, 1 << 14, threads), [&](int64_t b, int64_t e) {
+    for (int64_t nk = b; nk < e; ++nk) {
+      const int64_t n = nk / s.K, k = nk % s.K, g = k / Kg;
+      const float* xg = x + (n * s.C + g * Cg) * s.H * s.W;
+      const float* wk = w + k * Cg * s.R * s.S;
+      float* yp = y + nk * s.P * s.Q;
+      for (int64_t p = 0; p < s.P; ++p)
+        for (int64_t q = 0; q < s.Q; ++q) {
+          double acc = bias ? bias[k] : 0.0;
+          for (int64_t c = 0; c < Cg; ++c)
+            for (int64_t r = 0; r < s.R; ++r) {
+              const int64_t ih = p * s.stride_h - s.pad_h + r * s.dil_h;
+              if (ih < 0 || ih >= s.H) continue;
+              for (int64_t t = 0; t < s.S; ++t) {
+                const int64_t iw = q * s.stride_w - s.pad_w + t * s.dil_w;
+                if (iw < 0 || iw >= s.W) continue;
+                acc += static_cast<double>(wk[(c * s.R + r) * s.S + t]) *
+                       xg[(c * s.H + ih) * s.W + iw];
+              }
+            }
+          yp[p * s.Q + q] = static_cast<float>(acc);
+        }
+    }
+  });
+  return Status::kOk;
+}
+
+Status conv2d_bwd_ref(const Conv2dShape& s, const float* x, const float* w, const float* dy,
+                      float* dx, float* dw, float* db, int threads) {
+  const Status st = conv2d_validate(s);
+  if (st != Status::kOk) return st;
+  const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups, PQ = s.P * s.Q, HW = s.H * s.W;
+  const int64_t taps = s.R * s.S;
+  if (dx != nullptr) {
+    // dx[n, c, ih, iw] = sum over k of c's group, r, t with ih = p*sh - ph + r*dh (same for w)
+    const int64_t planes = s.N * s.C;
+    parallel_for(planes, threads_for(planes * HW * Kg * taps, 1 << 14, threads),
+                 [&](int64_t b, int64_t e) {
+      for (int64_t nc = b; nc < e; ++nc) {
+        const int64_t n = nc / s.C, c = nc % s.C, g = c / Cg, cl = c % Cg;
+        for (int64_t ih = 0; ih < s.H; ++ih)
+          for (int64_t iw = 0; iw < s.W; ++iw) {
+            double acc = 0;
+            for (int64_t r = 0; r < s.R; ++r) {
+              const int64_t ph = ih + s.pad_h - r * s.dil_h;
+              if (ph < 0 || ph % s.stride_h != 0 || ph / s.stride_h >= s.P) continue;
+              const int64_t p = ph / s.stride_h;
+              for (int64_t t = 0; t < s.S; ++t) {
+                const int64_t qw = iw + s.pad_w - t * s.dil_w;
+                if (qw < 0 || qw % s.stride_w != 0 || qw / s.stride_w >= s.Q) continue;
+                const int64_t q = qw / s.stride_w;
+                for (int64_t kl = 0; kl < Kg; ++kl) {
+                  const int64_t k = g * Kg + kl;
+                  acc += static_cast<double>(w[((k * Cg + cl) * s.R + r) * s.S + t]) *
+                         dy[(n * s.K + k) * PQ + p * s.Q + q];
+                }
+              }
+            }
+            dx[nc * HW + ih * s.W + iw] = static_cast<float>(acc);
+          }
+      }
+    });
+  }
+  if (dw != nullptr || db != nullptr) {
+    parallel_for(s.K, threads_for(s.K * s.N * PQ * (Cg * taps + 1), 1 << 14, threads),
+                 [&](int64_t b, int64_t e) {
+      for (int64_t k = b; k < e; ++k) {
+        const int64_t g = k / Kg;
+        if (db != nullptr) {
+          double acc = 0;
+          for (int64_t n = 0; n < s.N; ++n)
+            for (int64_t i = 0; i < PQ; ++i) acc += dy[(n * s.K + k) * PQ + i];
+          db[k] = static_cast<float>(acc);
+        }
+        if (dw == nullptr) continue;
+        for (int64_t c = 0; c < Cg; ++c)
+          for (int64_t r = 0; r < s.R; ++r)
+            for (int64_t t = 0; t < s.S; ++t) {
+              double acc = 0;
+              for (int64_t n = 0; n < s.N; ++n) {
+                const float* xc = x + (n * s.C + g * Cg + c) * HW;
+                const float* dyk = dy + (n * s.K + k) * PQ;
+                for (int64_t p = 0; p < s.P; ++p) {
+                  const int64_t ih = p * s.stride_h - s.pad_h + r * s.dil_h;
+                  if (ih < 0 || ih >= s.H) continue;
+                  for (int64_t q = 0; q < s.Q; ++q) {
+                    const int64_t iw = q * s.stride_w - s.pad_w + t * s.dil_w;
+                    if (iw < 0 || iw >= s.W) continue;
+                    acc += static_cast<double>(dyk[p * s.Q + q]) * xc[ih * s.W + iw];
+                  }
+                }
+              }
+              dw[((k * Cg + c) * s.R + r) * s.S + t] = static_cast<float>(acc);
+            }
+      }
+    });
+  }
+  return Status::kOk;
+}
+
+}  // namespace dlkern

@@ -1,0 +1,185 @@
+// conv2d core: every AVX2 algorithm that applies to a shape (gemm1x1, im2col, depthwise)
+// against the double-accumulating reference, forward and all three gradients, with 1 and 2
+// threads (which must agree bit for bit), over kernels 1-7, strides 1-3, paddings 0-3,
+// dilations 1-2, groups 1, 2 and C, odd sizes, and an asymmetric ('same'-style) output size.
+//
+//   test_conv2d            the checks
+//   test_conv2d --bench    GFLOP/s of the AVX2 path on the benchmark shapes (no checks)
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <vector>
+
+#include "../core/conv2d.h"
+#include "check.h"
+
+using dlkern::Conv2dAlgo;
+using dlkern::Conv2dShape;
+using dlkern::CpuIsa;
+using dlkern::Status;
+
+namespace {
+
+int g_compared = 0;  // (shape, algorithm) pairs compared
+
+Conv2dShape make(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t R, int64_t S,
+                 int64_t stride, int64_t pad, int64_t dil, int64_t groups, int64_t extra_q = 0) {
+  Conv2dShape s;
+  s.N = N, s.C = C, s.H = H, s.W = W, s.K = K, s.R = R, s.S = S, s.groups = groups;
+  s.stride_h = stride, s.stride_w = stride, s.pad_h = pad, s.pad_w = pad, s.dil_h = dil,
+  s.dil_w = dil;
+  s.P = std::max<int64_t>(0, (H + 2 * pad - dil * (R - 1) - 1) / stride + 1);
+  s.Q = std::max<int64_t>(0, (W + 2 * pad - dil * (S - 1) - 1) / stride + 1) + extra_q;
+  return s;
+}
+
+struct Out {
+  std::vector<float> y, dx, dw, db;
+};
+
+double max_err(const std::vector<float>& a, const std::vector<float>& ref) {
+  double scale = 1.0, err = 0;
+  for (float v : ref) scale = std::max(scale, std::fabs(static_cast<double>(v)));
+  for (size_t i = 0; i < a.size(); ++i)
+    err = std::max(err, std::fabs(static_cast<double>(a[i]) - ref[i]));
+  return err / scale;
+}
+
+void check_shape(const Conv2dShape& s, std::mt19937& rng) {
+  const int64_t Cg = s.C / s.groups;
+  const size_t nx = s.N * s.C * s.H * s.W, nw = s.K * Cg * s.R * s.S, ny = s.N * s.K * s.P * s.Q;
+  std::normal_distribution<float> d;
+  std::vector<float> x(nx), w(nw), b(s.K), dy(ny);
+  for (auto& v : x) v = d(rng);
+  for (auto& v : w) v = d(rng);
+  for (auto& v : b) v = d(rng);
+  for (auto& v : dy) v = d(rng);
+  Out ref{std::vector<float>(ny), std::vector<float>(nx), std::vector<float>(nw),
+          std::vector<float>(s.K)};
+  CHECK(dlkern::conv2d_fwd_ref(s, x.data(), w.data(), b.data(), ref.y.data(), 2) == Status::kOk,
+        "ref fwd failed");
+  CHECK(dlkern::conv2d_bwd_ref(s, x.data(), w.data(), dy.data(), ref.dx.data(), ref.dw.data(),
+                               ref.db.data(), 2) == Status::kOk, "ref bwd failed");
+  for (Conv2dAlgo a : {Conv2dAlgo::kGemm1x1, Conv2dAlgo::kIm2col, Conv2dAlgo::kDepthwise}) {
+    if (!dlkern::conv2d_algo_applies(s, a)) continue;
+    ++g_compared;
+    Out o[2];
+    for (int t = 0; t < 2; ++t) {
+      o[t] = {std::vector<float>(ny, 7.f), std::vector<float>(nx, 7.f), std::vector<float>(nw, 7.f),
+              std::vector<float>(s.K, 7.f)};
+      CHECK(dlkern::conv2d_fwd_avx2(s, x.data(), w.data(), b.data(), o[t].y.data(), t + 1, a) ==
+                Status::kOk, "fwd failed");
+      CHECK(dlkern::conv2d_bwd_avx2(s, x.data(), w.data(), dy.data(), o[t].dx.data(),
+                                    o[t].dw.data(), o[t].db.data(), t + 1, a) == Status::kOk,
+            "bwd failed");
+    }
+    // the sums have up to Cg*R*S (forward), K*R*S (dx) and N*P*Q (dw) float terms
+    const double tol = 2e-6 * std::sqrt(static_cast<double>(s.N * s.P * s.Q + s.K * s.R * s.S + 64));
+    const char* an = dlkern::conv2d_algo_name(a);
+    const std::vector<float>* pairs[4][3] = {{&o[0].y, &o[1].y, &ref.y},
+                                             {&o[0].dx, &o[1].dx, &ref.dx},
+                                             {&o[0].dw, &o[1].dw, &ref.dw},
+                                             {&o[0].db, &o[1].db, &ref.db}};
+    const char* names[4] = {"y", "dx", "dw", "db"};
+    for (int i = 0; i < 4; ++i) {
+      const double e = max_err(*pairs[i][0], *pairs[i][2]);
+      CHECK(e <= tol, "%s N%lld C%lld %lldx%lld K%lld %lldx%lld s%lld p%lld d%lld g%lld Q%lld: %s "
+            "error %.3g > %.3g", an, (long long)s.N, (long long)s.C, (long long)s.H,
+            (long long)s.W, (long long)s.K, (long long)s.R, (long long)s.S,
+            (long long)s.stride_h, (long long)s.pad_h, (long long)s.dil_h, (long long)s.groups,
+            (long long)s.Q, names[i], e, tol);
+      CHECK(*pairs[i][0] == *pairs[i][1], "%s K%lld %lldx%lld C%lld: %s differs between 1 and 2 "
+            "threads", an, (long long)s.K, (long long)s.R, (long long)s.S, (long long)s.C,
+            names[i]);
+    }
+  }
+}
+
+double seconds_per_call(const std::function<void()>& f) {
+  f();
+  double best = 1e9;
+  for (int rep = 0; rep < 5; ++rep) {
+    const auto t0 = std::chrono::steady_clock::now();
+    f();
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return best;
+}
+
+void bench() {
+  const Conv2dShape shapes[] = {
+      make(1, 3, 224, 224, 64, 3, 3, 1, 1, 1, 1), make(1, 3, 224, 224, 64, 5, 5, 1, 2, 1, 1),
+      make(1, 3, 224, 224, 64, 3, 3, 2, 1, 1, 1), make(1, 3, 224, 224, 64, 5, 5, 2, 2, 1, 1),
+      make(4, 3, 32, 32, 16, 3, 3, 1, 1, 1, 1),   make(8, 32, 64, 64, 64, 3, 3, 1, 1, 1, 1),
+      make(8, 3, 224, 224, 64, 7, 7, 2, 3, 1, 1), make(8, 64, 56, 56, 64, 3, 3, 1, 1, 1, 1),
+      make(8, 256, 56, 56, 64, 1, 1, 1, 0, 1, 1), make(8, 128, 28, 28, 128, 3, 3, 1, 1, 1, 1),
+      make(8, 512, 7, 7, 2048, 1, 1, 1, 0, 1, 1)};
+  for (const auto& s : shapes) {
+    const int64_t Cg = s.C / s.groups;
+    std::vector<float> x(s.N * s.C * s.H * s.W, 0.5f), w(s.K * Cg * s.R * s.S, 0.25f), b(s.K, 1.f);
+    std::vector<float> y(s.N * s.K * s.P * s.Q, 0.f), dx(x.size()), dw(w.size()), db(s.K);
+    const double fl = 2.0 * y.size() * Cg * s.R * s.S;
+    const double tf = seconds_per_call([&] {
+      dlkern::conv2d_fwd_cpu(s, x.data(), w.data(), b.data(), y.data(), 2);
+    });
+    const double tdx = seconds_per_call([&] {
+      dlkern::conv2d_bwd_cpu(s, x.data(), w.data(), y.data(), dx.data(), nullptr, nullptr, 2);
+    });
+    const double tdw = seconds_per_call([&] {
+      dlkern::conv2d_bwd_cpu(s, x.data(), w.data(), y.data(), nullptr, dw.data(), db.data(), 2);
+    });
+    std::printf("N%-2lld C%-3lld %3lldx%-3lld K%-4lld %lldx%lld/%lld  fwd %7.3f ms %6.1f GF/s  "
+                "dx %7.3f ms %6.1f  dw %7.3f ms %6.1f\n", (long long)s.N, (long long)s.C,
+                (long long)s.H, (long long)s.W, (long long)s.K, (long long)s.R, (long long)s.S,
+                (long long)s.stride_h, tf * 1e3, fl / tf * 1e-9, tdx * 1e3, fl / tdx * 1e-9,
+                tdw * 1e3, fl / tdw * 1e-9);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (dlkern::cpu_isa_best() < CpuIsa::kAvx2) {
+    std::printf("no AVX2/FMA on this CPU: nothing to compare\n");
+    return 0;
+  }
+  if (argc > 1 && std::strcmp(argv[1], "--bench") == 0) {
+    bench();
+    return 0;
+  }
+  std::mt19937 rng(42);
+  for (int64_t k : {1, 2, 3, 5, 7})
+    for (int64_t stride : {1, 2, 3})
+      for (int64_t pad : {0, 1, 3})
+        for (int64_t dil : {1, 2}) {
+          const Conv2dShape s = make(2, 3, 13, 17, 5, k, k, stride, pad, dil, 1);
+          if (s.P > 0 && s.Q > 0) check_shape(s, rng);
+        }
+  // groups, depthwise (multiplier 1 and 2), 1x1 on odd sizes, channels past the micro-tile
+  check_shape(make(2, 4, 9, 11, 6, 3, 3, 1, 1, 1, 2), rng);
+  check_shape(make(3, 17, 13, 5, 17, 3, 3, 1, 1, 1, 17), rng);
+  check_shape(make(2, 5, 13, 13, 10, 5, 5, 2, 2, 1, 5), rng);
+  check_shape(make(2, 6, 31, 31, 6, 3, 3, 1, 1, 2, 6), rng);
+  check_shape(make(2, 4, 40, 40, 4, 3, 3, 2, 1, 1, 4), rng);
+  check_shape(make(3, 17, 5, 13, 23, 1, 1, 1, 0, 1, 1), rng);
+  check_shape(make(1, 64, 7, 7, 130, 1, 1, 1, 0, 1, 1), rng);
+  check_shape(make(1, 64, 7, 7, 33, 1, 1, 2, 0, 1, 1), rng);
+  check_shape(make(2, 32, 12, 12, 20, 3, 3, 1, 1, 1, 1), rng);
+  check_shape(make(1, 3, 40, 70, 16, 5, 5, 2, 2, 1, 1), rng);
+  check_shape(make(1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1), rng);
+  check_shape(make(1, 2, 1, 1, 3, 3, 3, 1, 1, 1, 1), rng);
+  // an extra output column: the right padding is one more than the left ('same', even kernel)
+  check_shape(make(2, 3, 9, 10, 4, 2, 2, 1, 0, 1, 1, 1), rng);
+  // tiles: many positions (several backward tiles) and a wide channel count (several K blocks)
+  check_shape(make(1, 2, 150, 150, 3, 3, 3, 2, 1, 1, 1), rng);
+  check_shape(make(1, 300, 6, 6, 8, 3, 3, 1, 1, 1, 1), rng);
+  // empty batch and no output channels
+  check_shape(make(0, 3, 5, 5, 4, 3, 3, 1, 1, 1, 1), rng);
+  check_shape(make(2, 3, 5, 5, 0, 3, 3, 1, 1, 1, 1), rng);
+  std::printf("%d (shape, algorithm) pairs compared\n", g_compared);
+  CHECK(g_compared > 100, "expected over 100 comparisons, ran %d", g_compared);
+  TEST_MAIN_END();
+}
