@@ -76,14 +76,14 @@ static inline void zero(float* d, int64_t n) {
   for (; j < n; ++j) d[j] = 0.f;
 }
 
-// d[j] = src[j * sw] for j < n.
-static inline void copy_strided(const float* src, int64_t sw, int64_t n, float* d) {
+// d[j] = src[j * sw] for j < n; `avail` floats from src on may be read.
+static inline void copy_strided(const float* src, int64_t sw, int64_t n, float* d, int64_t avail) {
   int64_t j = 0;
   if (sw == 1) {
     for (; j + 8 <= n; j += 8) _mm256_storeu_ps(d + j, _mm256_loadu_ps(src + j));
   } else if (sw == 2) {
-    // 16 loads for 8 values; the last group is scalar so no load passes src[2 * (n - 1)]
-    for (; j + 9 <= n; j += 8) {
+    // 16 floats loaded for 8 values: the odd one past src[2 * (n - 1)] must be readable
+    for (; j + 8 <= n && 2 * j + 16 <= avail; j += 8) {
       const __m256 a = _mm256_loadu_ps(src + 2 * j), b = _mm256_loadu_ps(src + 2 * j + 8);
       const __m256 e = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));  // a0 a2 b0 b2 a4 a6 b4 b6
       _mm256_storeu_ps(d + j, _mm256_castpd_ps(
@@ -104,17 +104,18 @@ static inline void valid_range(int64_t iw0, int64_t sw, int64_t W, int64_t len, 
   *hi = b;
 }
 
-// d[j] = row[iw0 + j*sw] (zero outside [0, W)) for j < len.
-static inline void gather_row(const float* row, int64_t W, int64_t iw0, int64_t sw, int64_t len,
-                              float* d) {
+// d[j] = row[iw0 + j*sw] (zero outside [0, W)) for j < len; `avail` floats from row on may be
+// read (the rest of the plane).
+static inline void gather_row(const float* row, int64_t W, int64_t avail, int64_t iw0, int64_t sw,
+                              int64_t len, float* d) {
   if (iw0 >= 0 && iw0 + (len - 1) * sw < W) {
-    copy_strided(row + iw0, sw, len, d);
+    copy_strided(row + iw0, sw, len, d, avail - iw0);
     return;
   }
   int64_t lo, hi;
   valid_range(iw0, sw, W, len, &lo, &hi);
   zero(d, lo);
-  copy_strided(row + iw0 + lo * sw, sw, hi - lo, d + lo);
+  copy_strided(row + iw0 + lo * sw, sw, hi - lo, d + lo, avail - iw0 - lo * sw);
   zero(d + hi, len - hi);
 }
 
@@ -132,7 +133,8 @@ static void gather_rows(const Gather& g, int64_t k0, int64_t kc, const Piece* pc
       if (ih < 0 || ih >= g.H)
         zero(d + pc[i].off, pc[i].len);
       else
-        gather_row(xc + ih * g.W, g.W, pc[i].iw0 + dt, g.sw, pc[i].len, d + pc[i].off);
+        gather_row(xc + ih * g.W, g.W, (g.H - ih) * g.W, pc[i].iw0 + dt, g.sw, pc[i].len,
+                   d + pc[i].off);
     }
     if (++t == g.S) {
       t = 0;
@@ -441,7 +443,11 @@ Status conv2d_bwd_avx2(const Conv2dShape& s, const float* x, const float* w, con
     depthwise_bwd(s, x, w, dy, dx, dw, db, threads);
     return Status::kOk;
   }
-  const bool transposed = algo == Conv2dAlgo::kIm2col && s.stride_h == 1 && s.stride_w == 1;
+  // Backward data at stride 1 as a transposed convolution: a GEMM with Cg rows, which wastes
+  // most of the 6-row micro-tiles when Cg is small (an RGB input): then the col2im tiles
+  // (Cg*R*S rows) serve better.
+  const bool transposed = algo == Conv2dAlgo::kIm2col && s.stride_h == 1 && s.stride_w == 1 &&
+                          Cg >= 16;
   if (dx != nullptr && Cg > 0) {
     // the flipped, transposed weight of the stride-1 transposed convolution:
     // wt[g][c][k][R-1-r][S-1-t] = w[g*Kg + k][c][r][t]

@@ -264,6 +264,14 @@ void gemm_packed_block(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, in
             float* c = g.C + (ic + ir) * g.ldc + jc + jr;
             if (mr == MR && nr == NR)
               ukernel<true, true>(kc, ap + ir * kc, 0, bp + jr * kc, 0, c, g.ldc, init, bias);
+            else if (nr == NR)  // the last rows of C: only those rows computed, in place
+              switch (mr) {
+                case 1: ukernel<true, true, 1>(kc, ap + ir * kc, 0, bp + jr * kc, 0, c, g.ldc, init, bias); break;
+                case 2: ukernel<true, true, 2>(kc, ap + ir * kc, 0, bp + jr * kc, 0, c, g.ldc, init, bias); break;
+                case 3: ukernel<true, true, 3>(kc, ap + ir * kc, 0, bp + jr * kc, 0, c, g.ldc, init, bias); break;
+                case 4: ukernel<true, true, 4>(kc, ap + ir * kc, 0, bp + jr * kc, 0, c, g.ldc, init, bias); break;
+                default: ukernel<true, true, 5>(kc, ap + ir * kc, 0, bp + jr * kc, 0, c, g.ldc, init, bias); break;
+              }
             else
               ukernel_edge<true, true>(kc, ap + ir * kc, 0, bp + jr * kc, 0, c, g.ldc, mr, nr,
                                        init, bias);
