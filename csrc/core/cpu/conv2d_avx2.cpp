@@ -10,6 +10,7 @@
 //   3. depthwise: direct per-plane loops, the output row in L1, FMAs along the row (stride 1
 //      loads, stride 2 de-interleaved loads, other strides scalar).
 #include <algorithm>
+#include <climits>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -24,6 +25,7 @@ namespace dlkern {
 namespace {
 
 constexpr int NR = kGemmNR;
+constexpr int64_t kSmallImage = 256;  // forward: below this many output positions, batch them
 
 struct Scratch {
   float* p = nullptr;
@@ -45,24 +47,34 @@ thread_local Scratch tl_tile, tl_wt;
 // k = (c, r, t) in the weight's order, n = (p, q) an output position:
 //   B[k][n] = x[c][p*sh - ph + r*dh][q*sw - pw + t*dw], zero outside the H x W plane.
 // ph and pw may be negative (the transposed convolution of backward data).
+// Positions may run across images (n = image * PQ + p * Q + q, image i's input at x + i * img):
+// the forward of small images makes the whole batch's positions the GEMM's columns.
 struct Gather {
   const float* x;
   int64_t plane;  // H * W: the stride between channels
   int64_t H, W, R, S, sh, sw, ph, pw, dh, dw, Q;
+  int64_t PQ = INT64_MAX, img = 0;  // positions per image, stride between images
 };
 
 // A run of consecutive output positions within one output row, and where it goes in the row
 // being written.
 struct Piece {
+  const float* x;  // channel 0 of the run's image
   int64_t ih0, iw0, len, off;
 };
 
 // Splits positions [n0, n0 + len) into runs along output rows.
 static int64_t make_pieces(const Gather& g, int64_t n0, int64_t len, Piece* out) {
-  int64_t np = 0, off = 0, p = n0 / g.Q, q = n0 - p * g.Q;
+  int64_t i = n0 / g.PQ, rem = n0 - i * g.PQ;
+  int64_t np = 0, off = 0, p = rem / g.Q, q = rem - p * g.Q;
+  const int64_t P = g.PQ / g.Q;
   while (off < len) {
+    if (p == P) {  // next image
+      ++i;
+      p = 0;
+    }
     const int64_t l = std::min(len - off, g.Q - q);
-    out[np++] = {p * g.sh - g.ph, q * g.sw - g.pw, l, off};
+    out[np++] = {g.x + i * g.img, p * g.sh - g.ph, q * g.sw - g.pw, l, off};
     off += l;
     ++p;
     q = 0;
@@ -126,14 +138,14 @@ static void gather_rows(const Gather& g, int64_t k0, int64_t kc, const Piece* pc
   int64_t c = k0 / RS, rem = k0 - c * RS, r = rem / g.S, t = rem - r * g.S;
   for (int64_t k = 0; k < kc; ++k) {
     float* d = dst + k * ld;
-    const float* xc = g.x + c * g.plane;
+    const int64_t cofs = c * g.plane;
     const int64_t dr = r * g.dh, dt = t * g.dw;
     for (int64_t i = 0; i < np; ++i) {
       const int64_t ih = pc[i].ih0 + dr;
       if (ih < 0 || ih >= g.H)
         zero(d + pc[i].off, pc[i].len);
       else
-        gather_row(xc + ih * g.W, g.W, (g.H - ih) * g.W, pc[i].iw0 + dt, g.sw, pc[i].len,
+        gather_row(pc[i].x + cofs + ih * g.W, g.W, (g.H - ih) * g.W, pc[i].iw0 + dt, g.sw, pc[i].len,
                    d + pc[i].off);
     }
     if (++t == g.S) {
@@ -164,7 +176,7 @@ void gather_panels(const void* ctx, int64_t k0, int64_t kc, int64_t n0, int64_t 
 void gather_tile(const Gather& g, int64_t kd, int64_t n0, int64_t len, float* tile, int64_t ld,
                  int threads) {
   thread_local std::vector<Piece> pieces;
-  pieces.resize(static_cast<size_t>(len / std::max<int64_t>(g.Q, 1) + 2));
+  pieces.resize(static_cast<size_t>(len / std::max<int64_t>(g.Q, 1) + 3));
   const int64_t np = make_pieces(g, n0, len, pieces.data());
   const Piece* pc = pieces.data();
   parallel_for(kd, threads_for(kd * len, 1 << 14, threads), [&](int64_t b, int64_t e) {
@@ -177,7 +189,7 @@ void gather_tile(const Gather& g, int64_t kd, int64_t n0, int64_t len, float* ti
 void scatter_tile(const Gather& g, int64_t channels, int64_t n0, int64_t len, const float* tile,
                   int64_t ld, float* x, int threads) {
   thread_local std::vector<Piece> pieces;
-  pieces.resize(static_cast<size_t>(len / std::max<int64_t>(g.Q, 1) + 2));
+  pieces.resize(static_cast<size_t>(len / std::max<int64_t>(g.Q, 1) + 3));
   const int64_t np = make_pieces(g, n0, len, pieces.data());
   const Piece* pc = pieces.data();
   const int64_t RS = g.R * g.S;
@@ -401,6 +413,34 @@ Status conv2d_fwd_avx2(const Conv2dShape& s, const float* x, const float* w, con
     return Status::kOk;
   }
   const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups, Kd = Cg * s.R * s.S;
+  if (PQ < kSmallImage && s.N > 1 && Kd > 0) {
+    // Small images: the batch's positions are the GEMM's columns (one GEMM per group, N*P*Q
+    // columns instead of a few ragged NR strips per image), written to a workspace the size of
+    // the group's output and then moved to NCHW.
+    float* out = tl_tile.get(static_cast<size_t>(Kg * s.N * PQ));
+    for (int64_t g = 0; g < s.groups && st == Status::kOk; ++g) {
+      Gather gi = input_gather(s, x + g * Cg * HW);
+      gi.PQ = PQ;
+      gi.img = s.C * HW;
+      GemmArgs ga;
+      ga.M = Kg;
+      ga.N = s.N * PQ;
+      ga.K = Kd;
+      ga.A = {w + g * Kg * Kd, Kd, 1};
+      ga.pack_b = {gather_panels, &gi};
+      ga.C = out;
+      ga.ldc = s.N * PQ;
+      ga.row_bias = bias ? bias + g * Kg : nullptr;
+      st = gemm_avx2(ga, threads);
+      parallel_for(s.N, threads_for(s.N * Kg * PQ, 1 << 15, threads), [&](int64_t b, int64_t e) {
+        for (int64_t n = b; n < e; ++n)
+          for (int64_t k = 0; k < Kg; ++k)
+            std::memcpy(y + (n * s.K + g * Kg + k) * PQ, out + k * s.N * PQ + n * PQ,
+                        sizeof(float) * PQ);
+      });
+    }
+    return st;
+  }
   for_images(s.N, threads, s.K * PQ * (Kd + 1), [&](int64_t n, int inner) {
     for (int64_t g = 0; g < s.groups; ++g) {
       const float* xg = x + (n * s.C + g * Cg) * HW;
