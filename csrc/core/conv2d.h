@@ -17,9 +17,13 @@
 //              (gemm.h BPacker) that writes each KC x NC block of it straight into the
 //              micro-kernel's panels. Workspace: the GEMM's packing buffers, KC x NC + MC x KC
 //              floats (3.1 MiB) per thread, whatever the image size.
-//              Backward data with stride 1 is the same machinery run as a transposed
+//              Images under 256 output positions (kSmallImage) are batched: one GEMM per group
+//              whose columns are the whole batch's positions, into a workspace the size of the
+//              output, then moved to NCHW.
+//              Backward data with stride 1 and Cg >= 16 is the same machinery run as a transposed
 //              convolution (dX = conv(dY, W flipped and transposed), the padding becoming
-//              dil*(R-1) - pad); with stride > 1 it is a GEMM per tile of T output positions,
+//              dil*(R-1) - pad); otherwise (stride > 1, or few channels, where a Cg-row GEMM
+//              would waste the 6-row micro-tiles) it is a GEMM per tile of T output positions,
 //              dcol = W_g^T dY_g[:, tile], scattered back by col2im. Backward weight is
 //              dW_g += dY_g[:, tile] * col_tile^T with col_tile an im2col tile of T positions.
 //              Both tiles hold Cg*R*S x T floats, T chosen so a tile is about 1 MiB (at least
