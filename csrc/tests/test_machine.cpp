@@ -13,8 +13,9 @@ int main() {
   CHECK(dlkern::cpu_fma_peak(256, 1, 0.05, nullptr) == Status::kInvalidArgument, "%s", "");
   if (dlkern::cpu_isa_best() >= dlkern::CpuIsa::kAvx2) {
     CHECK(dlkern::cpu_fma_peak(256, 1, 0.05, &g) == Status::kOk, "%s", "");
-    // at least 1 GHz x 8 flops/cycle (one 256-bit FMA pipe), at most 8 GHz x 64
-    CHECK(g > 8 && g < 512, "%s", "");
+    // positive and at most 8 GHz x 64 flops/cycle. No lower bound beyond 0: on a contended VM,
+    // under the sanitizers, a 50 ms probe measured 6.8 GFLOP/s (a timing, not a correctness fact)
+    CHECK(g > 0 && g < 512, "FMA peak %.3g GFLOP/s is not a plausible measurement", g);
     std::printf("AVX2 FMA peak, 1 thread: %.1f GFLOP/s\n", g);
   } else {
     CHECK(dlkern::cpu_fma_peak(256, 1, 0.05, &g) == Status::kUnsupported, "%s", "");
@@ -26,7 +27,7 @@ int main() {
   double bw = -1;
   CHECK(dlkern::cpu_stream_copy_bandwidth(100, 1, 0.05, &bw) == Status::kInvalidArgument, "%s", "");
   CHECK(dlkern::cpu_stream_copy_bandwidth(8 << 20, 2, 0.05, &bw) == Status::kOk, "%s", "");
-  CHECK(bw > 0.5 && bw < 10000, "%s", "");
+  CHECK(bw > 0 && bw < 10000, "copy bandwidth %.3g GB/s is not a plausible measurement", bw);
   std::printf("copy bandwidth, 8 MiB buffers, 2 threads: %.1f GB/s\n", bw);
   TEST_MAIN_END();
 }
