@@ -7,6 +7,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <string>
+
 #include "../core/common.h"
 
 namespace dlkern {
@@ -41,7 +43,11 @@ inline int64_t wrap_dim(const char* op, int64_t dim, int64_t ndim) {
 }
 
 inline void check_status(const char* op, Status s) {
-  TORCH_CHECK(s == Status::kOk, "dlkern.", op, ": kernel failed: ", status_string(s));
+  if (s == Status::kOk) return;
+  const std::string detail = status_detail();
+  set_status_detail("");  // reported once
+  TORCH_CHECK(false, "dlkern.", op, ": kernel failed: ", status_string(s),
+              detail.empty() ? "" : " (", detail, detail.empty() ? "" : ")");
 }
 
 // A CUDA tensor reaching an op with no CUDA kernel gets this message instead of the

@@ -16,6 +16,7 @@
 // them again and writes dx (5E), or 3E in eval mode, where dx needs no reduction.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "common.h"
@@ -75,5 +76,23 @@ struct BatchNormKernels {
 };
 extern const BatchNormKernels kBatchNormRef;
 extern const BatchNormKernels kBatchNormAvx2;
+
+// CUDA (csrc/core/cuda/batchnorm.cu): the same contract on device pointers and a cudaStream_t,
+// plus a device workspace of batchnorm_cuda_workspace(s) bytes (16-byte aligned; per-channel
+// constants and the per-slice partial sums of the grid-wide reductions). Results do not depend
+// on the GPU's size: partial sums are combined in a fixed order.
+size_t batchnorm_cuda_workspace(const BatchNormShape& s);
+Status batchnorm_fwd_train_cuda(const BatchNormShape& s, const float* x, const float* w,
+                                const float* b, double eps, double momentum, float* running_mean,
+                                float* running_var, float* y, float* save_mean, float* save_invstd,
+                                void* workspace, size_t workspace_bytes, void* stream);
+Status batchnorm_fwd_eval_cuda(const BatchNormShape& s, const float* x, const float* w,
+                               const float* b, const float* running_mean, const float* running_var,
+                               double eps, float* y, float* save_mean, float* save_invstd,
+                               void* workspace, size_t workspace_bytes, void* stream);
+Status batchnorm_bwd_cuda(const BatchNormShape& s, const float* x, const float* dy, const float* w,
+                          const float* mean, const float* invstd, bool training, float* dx,
+                          float* dw, float* db, void* workspace, size_t workspace_bytes,
+                          void* stream);
 
 }  // namespace dlkern

@@ -16,6 +16,17 @@ const char* status_string(Status s) {
   return "unknown status";
 }
 
+namespace {
+thread_local char g_status_detail[256] = "";
+}
+
+void set_status_detail(const char* detail) {
+  std::strncpy(g_status_detail, detail ? detail : "", sizeof(g_status_detail) - 1);
+  g_status_detail[sizeof(g_status_detail) - 1] = '\0';
+}
+
+const char* status_detail() { return g_status_detail; }
+
 const char* cpu_isa_name(CpuIsa isa) {
   switch (isa) {
     case CpuIsa::kReference: return "reference";

@@ -19,6 +19,12 @@ enum class Status : int {
 
 const char* status_string(Status s);
 
+// The detail behind the last non-ok Status on this thread (a CUDA error's name and the kernel
+// that hit it), or "" when none was recorded. CUDA entry points record it; the bindings append
+// it to the exception message.
+void set_status_detail(const char* detail);
+const char* status_detail();
+
 // CPU instruction-set paths. Ordered: a higher value needs every feature of a lower one.
 enum class CpuIsa : int {
   kReference = 0,  // scalar, accumulates in double; runs anywhere

@@ -37,6 +37,7 @@
 // on the thread count.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "common.h"
@@ -86,5 +87,17 @@ Status conv2d_fwd_avx2(const Conv2dShape& s, const float* x, const float* w, con
                        float* y, int threads, Conv2dAlgo algo);
 Status conv2d_bwd_avx2(const Conv2dShape& s, const float* x, const float* w, const float* dy,
                        float* dx, float* dw, float* db, int threads, Conv2dAlgo algo);
+
+// CUDA (csrc/core/cuda/conv2d.cu): implicit GEMMs (no im2col buffer) for forward, backward data
+// and backward weight; any kernel size, stride, padding, dilation and groups. Device pointers, a
+// cudaStream_t. `workspace` (device memory, may be null) lets passes with too few output tiles
+// (the weight gradient, mostly) split their long K across the GPU; conv2d_cuda_workspace gives
+// the bytes the largest pass would use. Sizes past 2^31 positions give kUnsupported.
+size_t conv2d_cuda_workspace(const Conv2dShape& s);
+Status conv2d_fwd_cuda(const Conv2dShape& s, const float* x, const float* w, const float* bias,
+                       float* y, void* workspace, size_t workspace_bytes, void* stream);
+Status conv2d_bwd_cuda(const Conv2dShape& s, const float* x, const float* w, const float* dy,
+                       float* dx, float* dw, float* db, void* workspace, size_t workspace_bytes,
+                       void* stream);
 
 }  // namespace dlkern

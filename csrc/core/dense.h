@@ -24,4 +24,13 @@ Status dense_fwd_cpu(const DenseShape& s, MatrixRef x, MatrixRef w, const float*
 Status dense_bwd_cpu(const DenseShape& s, MatrixRef x, MatrixRef w, const float* dy, float* dx,
                      float* dw, float* db, int threads);
 
+// CUDA (csrc/core/cuda/dense.cu): device pointers, a cudaStream_t. The workspace (device memory,
+// may be null) lets small batches split K across the GPU; dense_cuda_workspace gives the bytes
+// that the largest of the three products would use.
+size_t dense_cuda_workspace(const DenseShape& s);
+Status dense_fwd_cuda(const DenseShape& s, MatrixRef x, MatrixRef w, const float* bias, float* y,
+                      void* workspace, size_t workspace_bytes, void* stream);
+Status dense_bwd_cuda(const DenseShape& s, MatrixRef x, MatrixRef w, const float* dy, float* dx,
+                      float* dw, float* db, void* workspace, size_t workspace_bytes, void* stream);
+
 }  // namespace dlkern

@@ -14,6 +14,7 @@
 // image size.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "common.h"
@@ -61,6 +62,16 @@ Status colsum_ref(int64_t M, int64_t N, const float* x, int64_t ld, float* out, 
                   int threads);
 Status colsum_avx2(int64_t M, int64_t N, const float* x, int64_t ld, float* out, bool accumulate,
                    int threads);
+
+// CUDA (csrc/core/cuda/dense.cu): the same product on device pointers, any strides (128-bit
+// loads where the contiguous dimension allows), bias / row_bias / accumulate fused; pack_b is a
+// CPU feature and gives kUnsupported. `workspace` (device memory, may be null) lets problems with
+// too few output tiles for the GPU split K; gemm_cuda_workspace says how many bytes it would use.
+// `stream` is a cudaStream_t.
+size_t gemm_cuda_workspace(const GemmArgs& g);
+Status gemm_cuda(const GemmArgs& g, void* workspace, size_t workspace_bytes, void* stream);
+Status colsum_cuda(int64_t M, int64_t N, const float* x, int64_t ld, float* out, bool accumulate,
+                   void* stream);
 
 // Validation shared by every path: sizes non-negative, pointers present when needed.
 Status gemm_validate(const GemmArgs& g);
