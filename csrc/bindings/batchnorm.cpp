@@ -55,10 +55,12 @@ void check_input(const char* op, const at::Tensor& input) {
                     input.sizes());
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_cpu(
+// One body for both devices: checks, layout and allocation are shared; only the core call
+// differs (a thread count on CPU; a stream and a workspace on CUDA).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_any(
     const at::Tensor& input, const OptTensor& weight, const OptTensor& bias,
     const OptTensor& running_mean, const OptTensor& running_var, bool training, double momentum,
-    double eps) {
+    double eps, bool cuda) {
   const char* op = "batch_norm";
   check_input(op, input);
   check_channel_vector(op, "weight", weight, input);
@@ -81,18 +83,40 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_cpu(
       rm = running_mean->is_contiguous() ? *running_mean : running_mean->contiguous();
       rv = running_var->is_contiguous() ? *running_var : running_var->contiguous();
     }
+    float* rmp = rm.defined() ? rm.mutable_data_ptr<float>() : nullptr;
+    float* rvp = rv.defined() ? rv.mutable_data_ptr<float>() : nullptr;
+#ifdef DLKERN_WITH_CUDA
+    if (cuda) {
+      const c10::cuda::CUDAGuard guard(x.device());
+      const at::Tensor ws = bind::cuda_workspace(dlkern::batchnorm_cuda_workspace(s), x);
+      bind::check_status(op, dlkern::batchnorm_fwd_train_cuda(
+          s, x.const_data_ptr<float>(), ptr(weight), ptr(bias), eps, momentum, rmp, rvp,
+          y.mutable_data_ptr<float>(), save_mean.mutable_data_ptr<float>(),
+          save_invstd.mutable_data_ptr<float>(), ws.mutable_data_ptr(), ws.numel(),
+          bind::cuda_stream()));
+    } else
+#endif
     bind::check_status(op, dlkern::batchnorm_fwd_train_cpu(
-        s, x.const_data_ptr<float>(), ptr(weight), ptr(bias), eps, momentum,
-        rm.defined() ? rm.mutable_data_ptr<float>() : nullptr,
-        rv.defined() ? rv.mutable_data_ptr<float>() : nullptr, y.mutable_data_ptr<float>(),
-        save_mean.mutable_data_ptr<float>(), save_invstd.mutable_data_ptr<float>(),
-        at::get_num_threads()));
+        s, x.const_data_ptr<float>(), ptr(weight), ptr(bias), eps, momentum, rmp, rvp,
+        y.mutable_data_ptr<float>(), save_mean.mutable_data_ptr<float>(),
+        save_invstd.mutable_data_ptr<float>(), at::get_num_threads()));
     if (rm.defined() && !rm.is_same(*running_mean)) running_mean->copy_(rm);
     if (rv.defined() && !rv.is_same(*running_var)) running_var->copy_(rv);
   } else {
     TORCH_CHECK_VALUE(has(running_mean), "dlkern.batch_norm: running_mean and running_var must ",
                       "be given in evaluation mode (training=False)");
     const at::Tensor rm = running_mean->contiguous(), rv = running_var->contiguous();
+#ifdef DLKERN_WITH_CUDA
+    if (cuda) {
+      const c10::cuda::CUDAGuard guard(x.device());
+      const at::Tensor ws = bind::cuda_workspace(dlkern::batchnorm_cuda_workspace(s), x);
+      bind::check_status(op, dlkern::batchnorm_fwd_eval_cuda(
+          s, x.const_data_ptr<float>(), ptr(weight), ptr(bias), rm.const_data_ptr<float>(),
+          rv.const_data_ptr<float>(), eps, y.mutable_data_ptr<float>(),
+          save_mean.mutable_data_ptr<float>(), save_invstd.mutable_data_ptr<float>(),
+          ws.mutable_data_ptr(), ws.numel(), bind::cuda_stream()));
+    } else
+#endif
     bind::check_status(op, dlkern::batchnorm_fwd_eval_cpu(
         s, x.const_data_ptr<float>(), ptr(weight), ptr(bias), rm.const_data_ptr<float>(),
         rv.const_data_ptr<float>(), eps, y.mutable_data_ptr<float>(),
@@ -102,13 +126,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_cpu(
   return {y, save_mean, save_invstd};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_cpu(
+    const at::Tensor& input, const OptTensor& weight, const OptTensor& bias,
+    const OptTensor& running_mean, const OptTensor& running_var, bool training, double momentum,
+    double eps) {
+  return batch_norm_any(input, weight, bias, running_mean, running_var, training, momentum, eps,
+                        false);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_any(
     const at::Tensor& grad_output, const at::Tensor& input, const OptTensor& weight,
     const at::Tensor& save_mean, const at::Tensor& save_invstd, bool training,
-    std::array<bool, 3> mask) {
+    std::array<bool, 3> mask, bool cuda) {
   const char* op = "batch_norm_backward";
   check_input(op, input);
   bind::check_float32(op, "grad_output", grad_output);
+  bind::check_same_device(op, "grad_output", grad_output, "input", input);
   bind::check_same_shape(op, "grad_output", grad_output, "input", input);
   check_channel_vector(op, "weight", weight, input);
   check_channel_vector(op, "save_mean", save_mean, input);
@@ -120,16 +153,52 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cpu(
   if (mask[0]) dx = at::empty(x.sizes(), x.options());
   if (mask[1]) dw = at::empty({s.C}, x.options());
   if (mask[2]) db = at::empty({s.C}, x.options());
+  float* dxp = mask[0] ? dx.mutable_data_ptr<float>() : nullptr;
+  float* dwp = mask[1] ? dw.mutable_data_ptr<float>() : nullptr;
+  float* dbp = mask[2] ? db.mutable_data_ptr<float>() : nullptr;
+#ifdef DLKERN_WITH_CUDA
+  if (cuda) {
+    const c10::cuda::CUDAGuard guard(x.device());
+    const at::Tensor ws = bind::cuda_workspace(dlkern::batchnorm_cuda_workspace(s), x);
+    bind::check_status(op, dlkern::batchnorm_bwd_cuda(
+        s, x.const_data_ptr<float>(), g.const_data_ptr<float>(), ptr(weight),
+        m.const_data_ptr<float>(), is.const_data_ptr<float>(), training, dxp, dwp, dbp,
+        ws.mutable_data_ptr(), ws.numel(), bind::cuda_stream()));
+    return {dx, dw, db};
+  }
+#endif
   bind::check_status(op, dlkern::batchnorm_bwd_cpu(
       s, x.const_data_ptr<float>(), g.const_data_ptr<float>(), ptr(weight),
-      m.const_data_ptr<float>(), is.const_data_ptr<float>(), training,
-      mask[0] ? dx.mutable_data_ptr<float>() : nullptr,
-      mask[1] ? dw.mutable_data_ptr<float>() : nullptr,
-      mask[2] ? db.mutable_data_ptr<float>() : nullptr, at::get_num_threads()));
+      m.const_data_ptr<float>(), is.const_data_ptr<float>(), training, dxp, dwp, dbp,
+      at::get_num_threads()));
   return {dx, dw, db};
 }
 
-// No CUDA kernels for batch_norm yet (CUDA issue): a clear error in every build.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& input, const OptTensor& weight,
+    const at::Tensor& save_mean, const at::Tensor& save_invstd, bool training,
+    std::array<bool, 3> mask) {
+  return batch_norm_backward_any(grad_output, input, weight, save_mean, save_invstd, training,
+                                 mask, false);
+}
+
+#ifdef DLKERN_WITH_CUDA
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_cuda(
+    const at::Tensor& input, const OptTensor& weight, const OptTensor& bias,
+    const OptTensor& running_mean, const OptTensor& running_var, bool training, double momentum,
+    double eps) {
+  return batch_norm_any(input, weight, bias, running_mean, running_var, training, momentum, eps,
+                        true);
+}
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cuda(
+    const at::Tensor& grad_output, const at::Tensor& input, const OptTensor& weight,
+    const at::Tensor& save_mean, const at::Tensor& save_invstd, bool training,
+    std::array<bool, 3> mask) {
+  return batch_norm_backward_any(grad_output, input, weight, save_mean, save_invstd, training,
+                                 mask, true);
+}
+#else
+// A build without CUDA: a CUDA tensor gets a clear error naming the rebuild command.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_no_cuda(
     const at::Tensor&, const OptTensor&, const OptTensor&, const OptTensor&, const OptTensor&,
     bool, double, double) {
@@ -140,6 +209,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_no_cuda(
     bool, std::array<bool, 3>) {
   bind::no_cuda_kernels("batch_norm_backward");
 }
+#endif
 
 // ---- autograd ---------------------------------------------------------------------------
 
@@ -229,8 +299,13 @@ TORCH_LIBRARY_IMPL(dlkern, CPU, m) {
 }
 
 TORCH_LIBRARY_IMPL(dlkern, CUDA, m) {
+#ifdef DLKERN_WITH_CUDA
+  m.impl("batch_norm", &batch_norm_cuda);
+  m.impl("batch_norm_backward", &batch_norm_backward_cuda);
+#else
   m.impl("batch_norm", &batch_norm_no_cuda);
   m.impl("batch_norm_backward", &batch_norm_backward_no_cuda);
+#endif
 }
 
 TORCH_LIBRARY_IMPL(dlkern, Autograd, m) {

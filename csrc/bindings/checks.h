@@ -11,8 +11,27 @@
 
 #include "../core/common.h"
 
+#ifdef DLKERN_WITH_CUDA
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
 namespace dlkern {
 namespace bind {
+
+#ifdef DLKERN_WITH_CUDA
+// The current stream of the tensor's device, as the core takes it (a cudaStream_t as void*).
+// Callers hold a c10::cuda::CUDAGuard for that device.
+inline void* cuda_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+
+// Device scratch for a core call (split-K partials, per-channel constants), from torch's caching
+// allocator (blocks are 512-byte aligned, so the core's 16-byte requirement holds). Lives until the
+// returned tensor is dropped; the allocator keeps it stream-ordered.
+inline at::Tensor cuda_workspace(size_t bytes, const at::Tensor& like) {
+  return at::empty({static_cast<int64_t>(bytes)}, like.options().dtype(at::kByte));
+}
+#endif
 
 inline void check_float32(const char* op, const char* arg, const at::Tensor& t) {
   TORCH_CHECK(t.defined(), "dlkern.", op, ": argument '", arg, "' must be a tensor, got None");

@@ -73,9 +73,10 @@ dlkern::Conv2dShape check_conv(const char* op, const at::Tensor& input, const at
   return s;
 }
 
-at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const OptTensor& bias,
+// One body for both devices; only the core call differs.
+at::Tensor conv2d_any(const at::Tensor& input, const at::Tensor& weight, const OptTensor& bias,
                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                      int64_t groups) {
+                      int64_t groups, bool cuda) {
   const auto s = check_conv("conv2d", input, weight, stride, padding, dilation, groups);
   at::Tensor b;
   if (has(bias)) {
@@ -88,18 +89,36 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const O
   }
   const at::Tensor x = input.contiguous(), w = weight.contiguous();
   at::Tensor y = at::empty({s.N, s.K, s.P, s.Q}, input.options());
+  const float* bp = b.defined() ? b.const_data_ptr<float>() : nullptr;
+#ifdef DLKERN_WITH_CUDA
+  if (cuda) {
+    const c10::cuda::CUDAGuard guard(x.device());
+    const at::Tensor ws = bind::cuda_workspace(dlkern::conv2d_cuda_workspace(s), x);
+    bind::check_status("conv2d", dlkern::conv2d_fwd_cuda(s, x.const_data_ptr<float>(),
+                                                         w.const_data_ptr<float>(), bp,
+                                                         y.mutable_data_ptr<float>(),
+                                                         ws.mutable_data_ptr(), ws.numel(),
+                                                         bind::cuda_stream()));
+    return y;
+  }
+#endif
   bind::check_status("conv2d", dlkern::conv2d_fwd_cpu(s, x.const_data_ptr<float>(),
-                                                      w.const_data_ptr<float>(),
-                                                      b.defined() ? b.const_data_ptr<float>() : nullptr,
+                                                      w.const_data_ptr<float>(), bp,
                                                       y.mutable_data_ptr<float>(),
                                                       at::get_num_threads()));
   return y;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
+at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const OptTensor& bias,
+                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                      int64_t groups) {
+  return conv2d_any(input, weight, bias, stride, padding, dilation, groups, false);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_any(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-    std::array<bool, 3> mask) {
+    std::array<bool, 3> mask, bool cuda) {
   const auto s = check_conv("conv2d_backward", input, weight, stride, padding, dilation, groups);
   bind::check_float32("conv2d_backward", "grad_output", grad_output);
   bind::check_same_device("conv2d_backward", "grad_output", grad_output, "input", input);
@@ -112,15 +131,50 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
   if (mask[0]) dx = at::empty(input.sizes(), input.options());
   if (mask[1]) dw = at::empty(weight.sizes(), weight.options());
   if (mask[2]) db = at::empty({s.K}, weight.options());
+  float* dxp = mask[0] ? dx.mutable_data_ptr<float>() : nullptr;
+  float* dwp = mask[1] ? dw.mutable_data_ptr<float>() : nullptr;
+  float* dbp = mask[2] ? db.mutable_data_ptr<float>() : nullptr;
+#ifdef DLKERN_WITH_CUDA
+  if (cuda) {
+    const c10::cuda::CUDAGuard guard(x.device());
+    const at::Tensor ws = bind::cuda_workspace(dlkern::conv2d_cuda_workspace(s), x);
+    bind::check_status("conv2d_backward",
+                       dlkern::conv2d_bwd_cuda(s, x.const_data_ptr<float>(),
+                                               w.const_data_ptr<float>(), g.const_data_ptr<float>(),
+                                               dxp, dwp, dbp, ws.mutable_data_ptr(), ws.numel(),
+                                               bind::cuda_stream()));
+    return {dx, dw, db};
+  }
+#endif
   bind::check_status("conv2d_backward",
                      dlkern::conv2d_bwd_cpu(s, x.const_data_ptr<float>(), w.const_data_ptr<float>(),
-                                            g.const_data_ptr<float>(),
-                                            mask[0] ? dx.mutable_data_ptr<float>() : nullptr,
-                                            mask[1] ? dw.mutable_data_ptr<float>() : nullptr,
-                                            mask[2] ? db.mutable_data_ptr<float>() : nullptr,
+                                            g.const_data_ptr<float>(), dxp, dwp, dbp,
                                             at::get_num_threads()));
   return {dx, dw, db};
 }
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+    std::array<bool, 3> mask) {
+  return conv2d_backward_any(grad_output, input, weight, stride, padding, dilation, groups, mask,
+                             false);
+}
+
+#ifdef DLKERN_WITH_CUDA
+at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& weight, const OptTensor& bias,
+                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                       int64_t groups) {
+  return conv2d_any(input, weight, bias, stride, padding, dilation, groups, true);
+}
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cuda(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+    std::array<bool, 3> mask) {
+  return conv2d_backward_any(grad_output, input, weight, stride, padding, dilation, groups, mask,
+                             true);
+}
+#endif
 
 // The algorithm kAuto picks for these arguments (dlkern.ops.conv2d.algorithm).
 std::string conv2d_algorithm(const at::Tensor& input, const at::Tensor& weight,
@@ -130,6 +184,8 @@ std::string conv2d_algorithm(const at::Tensor& input, const at::Tensor& weight,
   return dlkern::conv2d_algo_name(dlkern::conv2d_pick_algo(s));
 }
 
+#ifndef DLKERN_WITH_CUDA
+// A build without CUDA: a CUDA tensor gets a clear error naming the rebuild command.
 at::Tensor conv2d_no_cuda(const at::Tensor&, const at::Tensor&, const OptTensor&, at::IntArrayRef,
                           at::IntArrayRef, at::IntArrayRef, int64_t) {
   bind::no_cuda_kernels("conv2d");
@@ -139,6 +195,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_no_cuda(
     at::IntArrayRef, int64_t, std::array<bool, 3>) {
   bind::no_cuda_kernels("conv2d_backward");
 }
+#endif
 
 // ---- autograd ---------------------------------------------------------------------------
 
@@ -223,8 +280,13 @@ TORCH_LIBRARY_IMPL(dlkern, CPU, m) {
 }
 
 TORCH_LIBRARY_IMPL(dlkern, CUDA, m) {
+#ifdef DLKERN_WITH_CUDA
+  m.impl("conv2d", &conv2d_cuda);
+  m.impl("conv2d_backward", &conv2d_backward_cuda);
+#else
   m.impl("conv2d", &conv2d_no_cuda);
   m.impl("conv2d_backward", &conv2d_backward_no_cuda);
+#endif
 }
 
 TORCH_LIBRARY_IMPL(dlkern, Autograd, m) {

@@ -70,24 +70,41 @@ std::vector<int64_t> out_shape(const at::Tensor& input, int64_t out) {
   return s;
 }
 
-at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight,
-                      const c10::optional<at::Tensor>& bias) {
+// One body for both devices; only the core call differs.
+at::Tensor linear_any(const at::Tensor& input, const at::Tensor& weight,
+                      const c10::optional<at::Tensor>& bias, bool cuda) {
   const at::Tensor x = check_linear("linear", input, weight, bias);
   const int64_t out = weight.size(0);
   at::Tensor y = at::empty({x.size(0), out}, input.options());
   at::Tensor b;
   if (bias.has_value() && bias->defined()) b = bias->contiguous();
   const dlkern::DenseShape s{x.size(0), x.size(1), out};
-  bind::check_status("linear", dlkern::dense_fwd_cpu(s, view_of(x), view_of(weight),
-                                                     b.defined() ? b.const_data_ptr<float>() : nullptr,
+  const float* bp = b.defined() ? b.const_data_ptr<float>() : nullptr;
+#ifdef DLKERN_WITH_CUDA
+  if (cuda) {
+    const c10::cuda::CUDAGuard guard(x.device());
+    const at::Tensor ws = bind::cuda_workspace(dlkern::dense_cuda_workspace(s), x);
+    bind::check_status("linear", dlkern::dense_fwd_cuda(s, view_of(x), view_of(weight), bp,
+                                                        y.mutable_data_ptr<float>(),
+                                                        ws.mutable_data_ptr(), ws.numel(),
+                                                        bind::cuda_stream()));
+    return y.view(out_shape(input, out));
+  }
+#endif
+  bind::check_status("linear", dlkern::dense_fwd_cpu(s, view_of(x), view_of(weight), bp,
                                                      y.mutable_data_ptr<float>(),
                                                      at::get_num_threads()));
   return y.view(out_shape(input, out));
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(
+at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight,
+                      const c10::optional<at::Tensor>& bias) {
+  return linear_any(input, weight, bias, false);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_any(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
-    std::array<bool, 3> mask) {
+    std::array<bool, 3> mask, bool cuda) {
   const at::Tensor x = check_linear("linear_backward", input, weight, c10::nullopt);
   bind::check_float32("linear_backward", "grad_output", grad_output);
   bind::check_same_device("linear_backward", "grad_output", grad_output, "input", input);
@@ -101,16 +118,45 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(
   if (mask[1]) dw = at::empty(weight.sizes(), weight.options());
   if (mask[2]) db = at::empty({out}, weight.options());
   const dlkern::DenseShape s{x.size(0), x.size(1), out};
+  float* dxp = mask[0] ? dx.mutable_data_ptr<float>() : nullptr;
+  float* dwp = mask[1] ? dw.mutable_data_ptr<float>() : nullptr;
+  float* dbp = mask[2] ? db.mutable_data_ptr<float>() : nullptr;
+#ifdef DLKERN_WITH_CUDA
+  if (cuda) {
+    const c10::cuda::CUDAGuard guard(x.device());
+    const at::Tensor ws = bind::cuda_workspace(dlkern::dense_cuda_workspace(s), x);
+    bind::check_status("linear_backward",
+                       dlkern::dense_bwd_cuda(s, view_of(x), view_of(weight),
+                                              g.const_data_ptr<float>(), dxp, dwp, dbp,
+                                              ws.mutable_data_ptr(), ws.numel(),
+                                              bind::cuda_stream()));
+    return {dx, dw, db};
+  }
+#endif
   bind::check_status("linear_backward",
                      dlkern::dense_bwd_cpu(s, view_of(x), view_of(weight), g.const_data_ptr<float>(),
-                                           mask[0] ? dx.mutable_data_ptr<float>() : nullptr,
-                                           mask[1] ? dw.mutable_data_ptr<float>() : nullptr,
-                                           mask[2] ? db.mutable_data_ptr<float>() : nullptr,
-                                           at::get_num_threads()));
+                                           dxp, dwp, dbp, at::get_num_threads()));
   return {dx, dw, db};
 }
 
-// No CUDA kernels for linear yet (CUDA issue): a clear error in every build.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    std::array<bool, 3> mask) {
+  return linear_backward_any(grad_output, input, weight, mask, false);
+}
+
+#ifdef DLKERN_WITH_CUDA
+at::Tensor linear_cuda(const at::Tensor& input, const at::Tensor& weight,
+                       const c10::optional<at::Tensor>& bias) {
+  return linear_any(input, weight, bias, true);
+}
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cuda(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    std::array<bool, 3> mask) {
+  return linear_backward_any(grad_output, input, weight, mask, true);
+}
+#else
+// A build without CUDA: a CUDA tensor gets a clear error naming the rebuild command.
 at::Tensor linear_no_cuda(const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&) {
   bind::no_cuda_kernels("linear");
 }
@@ -118,6 +164,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_no_cuda(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, std::array<bool, 3>) {
   bind::no_cuda_kernels("linear_backward");
 }
+#endif
 
 // ---- autograd ---------------------------------------------------------------------------
 
@@ -199,8 +246,13 @@ TORCH_LIBRARY_IMPL(dlkern, CPU, m) {
 }
 
 TORCH_LIBRARY_IMPL(dlkern, CUDA, m) {
+#ifdef DLKERN_WITH_CUDA
+  m.impl("linear", &linear_cuda);
+  m.impl("linear_backward", &linear_backward_cuda);
+#else
   m.impl("linear", &linear_no_cuda);
   m.impl("linear_backward", &linear_backward_no_cuda);
+#endif
 }
 
 TORCH_LIBRARY_IMPL(dlkern, Autograd, m) {
