@@ -4,7 +4,7 @@ An implementation turns an op's registry entry into a callable with the torch re
 arguments, for one device. `torch` is the baseline every ratio is taken against and is not gated
 (it defines the float32 error the others are allowed); every other implementation is checked
 before it is timed. More can be registered with `register` (tests use this to prove the gate
-refuses wrong kernels; a CuPy peer will register here too).
+refuses wrong kernels). `cupy` is the second GPU peer (bench/cupy_impl.py).
 """
 from __future__ import annotations
 
@@ -131,7 +131,22 @@ def _torch_compile(spec: OpSpec, device: str, arg) -> Impl:
     return Impl("torch-compile", "torch.compile", _compiled[key])
 
 
+def _cupy(spec: OpSpec, device: str, arg) -> Impl:
+    from . import cupy_impl
+    if torch.device(device).type != "cuda":
+        raise Unavailable("CuPy is a GPU implementation: it runs with --device cuda only")
+    reason = cupy_impl.available()
+    if reason:
+        raise Unavailable(reason)
+    fn = cupy_impl.FUNCTIONS.get(spec.name)
+    if fn is None:
+        raise Unavailable(f"CuPy has no {spec.name} implementation (it has: "
+                          f"{', '.join(sorted(cupy_impl.FUNCTIONS))})")
+    return Impl("cupy", cupy_impl.label(), fn)
+
+
 register(TORCH, _torch)
 register("custom", _custom)
 register("custom:", _custom_variant)
 register("torch-compile", _torch_compile)
+register("cupy", _cupy)

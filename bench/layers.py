@@ -44,7 +44,8 @@ def parse_args(argv):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--impl", default="custom,torch",
                     help="implementations, comma-separated: torch, custom (the best path), "
-                         "custom:<variant> (e.g. custom:reference), torch-compile "
+                         "custom:<variant> (e.g. custom:reference), torch-compile, cupy "
+                         "(GPU rows of linear and softmax; needs the cupy extra) "
                          "(default: custom,torch)")
     ap.add_argument("--suite", default=None,
                     help=f"suites, comma-separated: {', '.join(workloads.STANDARD_SUITES)}, ..., "
@@ -126,6 +127,11 @@ def build(args) -> tuple[list[workloads.Row], list[str], runner.Config]:
         impls_mod.validate(impl_names)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    if "cupy" in impl_names:
+        from . import cupy_impl
+        why = cupy_impl.available()
+        if why:
+            raise UsageError(f"bench.layers: --impl cupy: {why}")
     fmts = _csv(args.format)
     if any(f not in ("md", "csv", "json") for f in fmts):
         raise UsageError(f"bench.layers: --format: expected md, csv and/or json, got {args.format!r}")
@@ -187,6 +193,11 @@ def main(argv=None) -> int:
     print(f"bench.layers: {len(rows)} rows x {len(devices)} device(s) x {len(cfg.passes)} passes, "
           f"impls {','.join(cfg.impls)}, {threads['torch_intraop']} threads; about {est:.0f} s",
           file=sys.stderr)
+    if "cuda" in devices:
+        # dlkern's CUDA kernels are true float32: compare them with cuBLAS/cuDNN in float32 too
+        # (cuDNN's default is TF32 on Ampere and later, a different, less precise arithmetic)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     dev_info = {}
     seconds = 0.1 if args.quick else 0.3
     for d in devices:

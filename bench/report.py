@@ -367,7 +367,7 @@ _PEAK_TEXT = {
 def device_header(info: dict) -> str:
     cpu = info.get("device") == "cpu"
     head = (f"## CPU USED --- {info['name']}, {info['threads']} threads" if cpu
-            else f"## GPU USED --- {info['name']}")
+            else f"## GPU USED --- {info['name']} (torch's cuBLAS/cuDNN in float32, TF32 off)")
     pk = dict(info.get("peaks") or {})
     if pk.get("matmul_fp32_gflops"):
         pk["matmul_fp32_tflops"] = pk["matmul_fp32_gflops"] / 1e3

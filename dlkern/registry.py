@@ -107,6 +107,13 @@ def ops() -> list[OpSpec]:
     return [_REGISTRY[k] for k in sorted(_REGISTRY)]
 
 
+def kernel_devices() -> tuple[str, ...]:
+    """Devices dlkern's kernels run on in this build: CPU always, CUDA when the extension was
+    compiled with its CUDA kernels (a CUDA torch and nvcc at build time)."""
+    from ._loader import build_info
+    return ("cpu", "cuda") if build_info()["cuda"] == "1" else ("cpu",)
+
+
 def cpu_variants() -> dict[str, Callable[[], ContextManager]]:
     """The CPU ISA paths as kernel variants (shared by every CPU op)."""
     from ._capabilities import cpu_isa

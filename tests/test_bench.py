@@ -552,6 +552,28 @@ def test_gpu_device_header_renders_peaks_and_clocks():
     text = report.device_header({"device": "cuda", "name": "NVIDIA H100", "peaks": {
         "matmul_fp32_gflops": 51000.0, "copy_gbps": 3000.0},
         "clocks": {"sm_mhz": 1980, "sm_max_mhz": 1980, "mem_mhz": 2619}})
-    assert text == ("## GPU USED --- NVIDIA H100\n\nPeaks measured this run (the % peak columns): "
+    assert text == ("## GPU USED --- NVIDIA H100 (torch's cuBLAS/cuDNN in float32, TF32 off)"
+                    "\n\nPeaks measured this run (the % peak columns): "
                     "fp32 matmul 51.0 TFLOP/s (TF32 off); device copy 3000 GB/s; clocks SM 1980 "
                     "/ max 1980 MHz, memory 2619 MHz.")
+
+
+def test_cupy_without_cupy_is_refused_in_one_line(capsys):
+    from bench import cupy_impl
+    if cupy_impl.available() is None:
+        pytest.skip("CuPy is installed here: the refusal cannot be observed")
+    assert layers.main(["--impl", "cupy,torch", "--ops", "softmax", "--quick"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--impl cupy: CuPy is not installed: pip install -e .[cupy]" in err[0]
+
+
+def test_cupy_refuses_cpu_rows_and_ops_it_lacks():
+    from bench import impls
+    from dlkern import registry
+    with pytest.raises(impls.Unavailable, match="GPU implementation"):
+        impls.resolve("cupy", registry.get("softmax"), "cpu")
+    if torch.cuda.is_available():
+        from bench import cupy_impl
+        if cupy_impl.available() is None:
+            with pytest.raises(impls.Unavailable, match="CuPy has no conv2d implementation"):
+                impls.resolve("cupy", registry.get("conv2d"), "cuda")

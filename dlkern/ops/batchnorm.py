@@ -165,6 +165,7 @@ registry.register(OpSpec(
     bytes=_bytes,
     tol_forward=Tolerance(k=4.0, floor=2e-6),
     tol_backward=Tolerance(k=4.0, floor=4e-6),
+    devices=registry.kernel_devices(),
     variants=registry.cpu_variants(),
     params_doc={"shape": "input shape (N, C, ...), e.g. 8x64x56x56",
                 "training": "true (batch statistics, default) | false (running statistics)",

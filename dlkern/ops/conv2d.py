@@ -287,6 +287,7 @@ registry.register(registry.OpSpec(
     # orders that differ from torch's
     tol_forward=Tolerance(k=4.0, floor=2e-6),
     tol_backward=Tolerance(k=4.0, floor=4e-6),
+    devices=registry.kernel_devices(),
     variants=registry.cpu_variants(),
     params_doc={"shape": "input shape (N, C, H, W) or (C, H, W), e.g. 8x64x56x56",
                 "out": "out_channels",

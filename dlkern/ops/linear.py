@@ -183,6 +183,7 @@ registry.register(OpSpec(
     # fluctuate from draw to draw, so k leaves room for an unlucky draw on our side.
     tol_forward=Tolerance(k=4.0, floor=2e-6),
     tol_backward=Tolerance(k=4.0, floor=2e-6),
+    devices=registry.kernel_devices(),
     variants=registry.cpu_variants(),
     params_doc={"shape": "input shape (..., in_features), e.g. 64x784",
                 "out": "out_features",

@@ -161,6 +161,7 @@ registry.register(OpSpec(
     # max error is sometimes lucky-small, so the floor is set at ~32 ulp of the largest |dx|
     # (measured over 2000x8 .. 20x10007 inputs, dlkern's errors match torch's on average).
     tol_backward=Tolerance(k=3.0, floor=4e-6),
+    devices=registry.kernel_devices(),
     variants=registry.cpu_variants(),
     params_doc={"shape": "input shape, e.g. 128x64",
                 "dim": "the softmax dimension (negative counts from the end)",

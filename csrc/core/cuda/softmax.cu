@@ -9,15 +9,19 @@
 //   softmax_fwd_columns      inner > 1: one thread per (outer, inner) column; consecutive threads
 //                            read consecutive addresses, so every pass over dim is coalesced.
 //   softmax_bwd_*            the same three shapes for dx = y * (dy - sum(dy * y)).
+//   <kVec = true>            the row kernels with 128-bit loads and stores, for rows whose length
+//                            is a multiple of 4 floats on 16-byte-aligned tensors.
 // Semantics match the CPU paths and torch: NaN in a line, +inf in it, or an all -inf line gives
 // a NaN line; -inf entries of a finite line give exactly 0.
-// Every launch is checked; failures come back as Status::kCudaError, never an exit().
+// Every launch is checked; failures come back as Status::kCudaError (status_detail() names the
+// kernel and the CUDA error), never an exit().
 #include <cuda_runtime.h>
 
 #include <cmath>
 #include <cstdint>
 
 #include "../softmax.h"
+#include "check.cuh"
 
 namespace dlkern {
 namespace {
@@ -74,19 +78,37 @@ __device__ __forceinline__ float normalize(float x, MaxSum r) {
   return expf(x - r.m) / r.s;
 }
 
+// kVec: rows are a multiple of 4 floats and 16-byte aligned: 128-bit loads and stores.
+template <bool kVec>
 __global__ void softmax_fwd_warp_rows(const float* __restrict__ x, float* __restrict__ y,
                                       int64_t rows, int64_t n) {
   const int64_t row = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
   const int lane = threadIdx.x % kWarp;
   if (row >= rows) return;  // whole warps exit together: rows map to warps
   const float* xr = x + row * n;
-  MaxSum acc{-INFINITY, 0.0f};
-  for (int64_t i = lane; i < n; i += kWarp) acc = push(acc, xr[i]);
-  acc = warp_combine(acc);
   float* yr = y + row * n;
-  for (int64_t i = lane; i < n; i += kWarp) yr[i] = normalize(xr[i], acc);
+  MaxSum acc{-INFINITY, 0.0f};
+  if constexpr (kVec) {
+    const float4* x4 = reinterpret_cast<const float4*>(xr);
+    float4* y4 = reinterpret_cast<float4*>(yr);
+    for (int64_t i = lane; i < n / 4; i += kWarp) {
+      const float4 q = x4[i];
+      acc = push(push(push(push(acc, q.x), q.y), q.z), q.w);
+    }
+    acc = warp_combine(acc);
+    for (int64_t i = lane; i < n / 4; i += kWarp) {
+      const float4 q = x4[i];
+      y4[i] = make_float4(normalize(q.x, acc), normalize(q.y, acc), normalize(q.z, acc),
+                          normalize(q.w, acc));
+    }
+  } else {
+    for (int64_t i = lane; i < n; i += kWarp) acc = push(acc, xr[i]);
+    acc = warp_combine(acc);
+    for (int64_t i = lane; i < n; i += kWarp) yr[i] = normalize(xr[i], acc);
+  }
 }
 
+template <bool kVec>
 __global__ void softmax_fwd_block_rows(const float* __restrict__ x, float* __restrict__ y,
                                        int64_t n) {
   __shared__ MaxSum partial[kBlockRowThreads / kWarp];
@@ -94,7 +116,15 @@ __global__ void softmax_fwd_block_rows(const float* __restrict__ x, float* __res
   const float* xr = x + static_cast<int64_t>(blockIdx.x) * n;
   float* yr = y + static_cast<int64_t>(blockIdx.x) * n;
   MaxSum acc{-INFINITY, 0.0f};
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) acc = push(acc, xr[i]);
+  if constexpr (kVec) {
+    const float4* x4 = reinterpret_cast<const float4*>(xr);
+    for (int64_t i = threadIdx.x; i < n / 4; i += blockDim.x) {
+      const float4 q = x4[i];
+      acc = push(push(push(push(acc, q.x), q.y), q.z), q.w);
+    }
+  } else {
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) acc = push(acc, xr[i]);
+  }
   acc = warp_combine(acc);
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   if (lane == 0) partial[warp] = acc;
@@ -107,7 +137,17 @@ __global__ void softmax_fwd_block_rows(const float* __restrict__ x, float* __res
   }
   __syncthreads();
   const MaxSum r = total;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) yr[i] = normalize(xr[i], r);
+  if constexpr (kVec) {
+    const float4* x4 = reinterpret_cast<const float4*>(xr);
+    float4* y4 = reinterpret_cast<float4*>(yr);
+    for (int64_t i = threadIdx.x; i < n / 4; i += blockDim.x) {
+      const float4 q = x4[i];
+      y4[i] = make_float4(normalize(q.x, r), normalize(q.y, r), normalize(q.z, r),
+                          normalize(q.w, r));
+    }
+  } else {
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) yr[i] = normalize(xr[i], r);
+  }
 }
 
 __global__ void softmax_fwd_columns(const float* __restrict__ x, float* __restrict__ y,
@@ -163,9 +203,6 @@ __global__ void softmax_bwd_columns(const float* __restrict__ y, const float* __
   for (int64_t d = 0; d < D; ++d) dx[base + d * I] = (dy[base + d * I] - dot) * y[base + d * I];
 }
 
-Status launched() {
-  return cudaGetLastError() == cudaSuccess ? Status::kOk : Status::kCudaError;
-}
 
 constexpr int64_t kMaxGrid = 2147483647;
 
@@ -177,21 +214,28 @@ Status softmax_fwd_cuda(const SoftmaxShape& s, const float* x, float* y, void* s
   if (s.numel() == 0) return Status::kOk;
   if (x == nullptr || y == nullptr) return Status::kInvalidArgument;
   cudaStream_t cs = static_cast<cudaStream_t>(stream);
+  const bool vec = s.dim % 4 == 0 && aligned16(x) && aligned16(y);
   if (s.inner == 1 && s.dim <= kWarpRowMax) {
     const int threads = 256, rows_per_block = threads / kWarp;
     const int64_t blocks = (s.outer + rows_per_block - 1) / rows_per_block;
     if (blocks > kMaxGrid) return Status::kUnsupported;
-    softmax_fwd_warp_rows<<<static_cast<unsigned>(blocks), threads, 0, cs>>>(x, y, s.outer, s.dim);
+    if (vec)
+      softmax_fwd_warp_rows<true><<<static_cast<unsigned>(blocks), threads, 0, cs>>>(x, y, s.outer, s.dim);
+    else
+      softmax_fwd_warp_rows<false><<<static_cast<unsigned>(blocks), threads, 0, cs>>>(x, y, s.outer, s.dim);
   } else if (s.inner == 1) {
     if (s.outer > kMaxGrid) return Status::kUnsupported;
-    softmax_fwd_block_rows<<<static_cast<unsigned>(s.outer), kBlockRowThreads, 0, cs>>>(x, y, s.dim);
+    if (vec)
+      softmax_fwd_block_rows<true><<<static_cast<unsigned>(s.outer), kBlockRowThreads, 0, cs>>>(x, y, s.dim);
+    else
+      softmax_fwd_block_rows<false><<<static_cast<unsigned>(s.outer), kBlockRowThreads, 0, cs>>>(x, y, s.dim);
   } else {
     const int64_t blocks = (s.outer * s.inner + kColumnThreads - 1) / kColumnThreads;
     if (blocks > kMaxGrid) return Status::kUnsupported;
     softmax_fwd_columns<<<static_cast<unsigned>(blocks), kColumnThreads, 0, cs>>>(
         x, y, s.outer, s.dim, s.inner);
   }
-  return launched();
+  return cuda_launched("softmax forward");
 }
 
 Status softmax_bwd_cuda(const SoftmaxShape& s, const float* y, const float* dy, float* dx,
@@ -217,7 +261,7 @@ Status softmax_bwd_cuda(const SoftmaxShape& s, const float* y, const float* dy, 
     softmax_bwd_columns<<<static_cast<unsigned>(blocks), kColumnThreads, 0, cs>>>(
         y, dy, dx, s.outer, s.dim, s.inner);
   }
-  return launched();
+  return cuda_launched("softmax backward");
 }
 
 }  // namespace dlkern

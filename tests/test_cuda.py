@@ -1,0 +1,110 @@
+"""CUDA parity: every op and every edge case of the registry on the GPU, against torch (cuBLAS /
+cuDNN, TF32 off) in float32 and a float64 reference, by the same rule as the CPU tests; plus the
+CUDA-only contracts (determinism, device mismatches, the current stream). Every test here skips
+with the reason when no GPU is visible or dlkern was built without its CUDA kernels."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import dlkern
+from dlkern import registry, testing
+
+
+def _skip_reason():
+    if not torch.cuda.is_available():
+        return (f"no CUDA GPU visible (torch {torch.__version__}: torch.cuda.is_available() is "
+                "False); the CUDA kernels are compile-checked by CMake and .ci/check-cuda-bindings")
+    if not dlkern.capabilities()["cuda_built"]:
+        return ("dlkern was built without its CUDA kernels; rebuild with a CUDA torch and nvcc: "
+                "pip install --no-build-isolation -e .")
+    return None
+
+
+REASON = _skip_reason()
+if REASON is not None:  # one skip line for the module rather than one per parametrized case
+    pytest.skip(REASON, allow_module_level=True)
+
+SEEDS = (0, 1)
+CASES = [pytest.param(spec, case, id=f"{spec.name}[{case.name}]")
+         for spec in registry.ops() for case in spec.edge_cases]
+
+
+@pytest.fixture(autouse=True)
+def fp32_torch():
+    """torch's references in true float32: cuDNN convolutions default to TF32 on Ampere and
+    later, whose error would loosen the tolerance the rule derives from torch's own error."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@pytest.mark.parametrize("spec,case", CASES)
+def test_parity_cuda(spec, case):
+    assert "cuda" in spec.devices, f"{spec.name}: registry lists no CUDA kernel in a CUDA build"
+    for seed in SEEDS:
+        for v in testing.check(spec, case, "cuda", seed):
+            assert v.ok, f"{spec.name} {case.name} seed {seed} (cuda): {v}"
+
+
+@pytest.mark.parametrize("spec", registry.ops(), ids=lambda s: s.name)
+def test_bench_cases_cuda(spec):
+    """The benchmark shapes themselves (large tiles, split-K, many slices) pass the same check."""
+    for case in spec.bench_cases[:6]:
+        for v in testing.check(spec, case, "cuda", 0):
+            assert v.ok, f"{spec.name} {case.name} (cuda): {v}"
+
+
+def _outputs(spec, case):
+    inputs = spec.make_inputs(case.params, "cuda", 0)
+    kw = testing.leaf_kwargs(inputs)
+    out = spec.fn(**kw)
+    grads = []
+    if inputs.grad and out.numel():
+        grads = torch.autograd.grad(out, [kw[n] for n in inputs.grad], torch.ones_like(out))
+    return [out.detach(), *grads]
+
+
+@pytest.mark.parametrize("spec,case", CASES)
+def test_cuda_is_deterministic(spec, case):
+    """No atomics: two runs give the same bits (split-K and the batchnorm slices are summed in a
+    fixed order)."""
+    a, b = _outputs(spec, case), _outputs(spec, case)
+    for x, y in zip(a, b):
+        assert torch.equal(torch.nan_to_num(x, 7.0), torch.nan_to_num(y, 7.0)), \
+            f"{spec.name} {case.name}: two CUDA runs differ"
+
+
+def test_mixed_devices_are_refused():
+    x = torch.randn(4, 8, device="cuda")
+    with pytest.raises(ValueError, match="dlkern.linear: arguments 'input' and 'weight' must be on the same device"):
+        dlkern.functional.linear(x, torch.randn(3, 8))
+    with pytest.raises(ValueError, match="dlkern.conv2d: arguments 'input' and 'weight'"):
+        dlkern.functional.conv2d(torch.randn(1, 2, 5, 5, device="cuda"), torch.randn(3, 2, 3, 3))
+    with pytest.raises(ValueError, match="dlkern.batch_norm: arguments 'input' and 'weight'"):
+        dlkern.functional.batch_norm(torch.randn(2, 3, 4, device="cuda"), None, None,
+                                     torch.ones(3), None, training=True)
+
+
+def test_runs_on_the_current_stream():
+    """Kernels are queued on torch's current stream, so work on a side stream stays ordered."""
+    s = torch.cuda.Stream()
+    x = torch.randn(256, 784, device="cuda")
+    w = torch.randn(1024, 784, device="cuda")
+    torch.cuda.synchronize()
+    with torch.cuda.stream(s):
+        y = dlkern.functional.linear(x, w)
+        z = dlkern.functional.softmax(y, -1)
+    s.synchronize()
+    torch.testing.assert_close(z, F.softmax(x @ w.t(), -1), rtol=1e-4, atol=1e-5)
+
+
+def test_nn_modules_on_cuda():
+    torch.manual_seed(0)
+    conv, bn = dlkern.nn.Conv2d(3, 8, 3, padding=1).cuda(), dlkern.nn.BatchNorm2d(8).cuda()
+    ref_conv, ref_bn = torch.nn.Conv2d(3, 8, 3, padding=1).cuda(), torch.nn.BatchNorm2d(8).cuda()
+    ref_conv.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 3, 17, 17, device="cuda")
+    torch.testing.assert_close(bn(conv(x)), ref_bn(ref_conv(x)), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(bn.running_var, ref_bn.running_var, rtol=1e-5, atol=1e-6)
