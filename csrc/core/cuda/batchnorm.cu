@@ -29,6 +29,7 @@
 
 #include "../batchnorm.h"
 #include "check.cuh"
+#include "fastdiv.cuh"
 
 namespace dlkern {
 namespace cuda_gemm {
@@ -38,20 +39,6 @@ int sm_count();  // dense.cu
 namespace {
 
 constexpr int kThreads = 256;
-
-// n / d for 0 <= n < 2^31 and d >= 1 as a multiply-high and a shift (the classic round-up
-// reciprocal; exact in this range).
-struct FastDiv {
-  uint32_t d, magic, shift;
-  explicit FastDiv(uint32_t div = 1) : d(div) {
-    shift = 0;
-    while (shift < 32 && (1ull << shift) < d) ++shift;
-    magic = static_cast<uint32_t>(((1ull << 32) * ((1ull << shift) - d)) / d + 1);
-  }
-  __device__ __forceinline__ uint32_t div(uint32_t n) const {
-    return (__umulhi(n, magic) + n) >> shift;
-  }
-};
 
 enum class Reduce { kStats, kBwd };
 

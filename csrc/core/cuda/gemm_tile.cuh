@@ -30,6 +30,23 @@
 namespace dlkern {
 namespace cuda_gemm {
 
+// Loaders and epilogues are __host__ __device__: csrc/tests/test_cuda_loaders.cu calls them on the
+// CPU to check their index arithmetic against the reference convolution without a GPU.
+#define DLKERN_HD __host__ __device__ __forceinline__
+#ifdef __CUDA_ARCH__
+#define DLKERN_UNROLL _Pragma("unroll")
+#else
+#define DLKERN_UNROLL  // the host compiler does not know the pragma
+#endif
+
+DLKERN_HD float ldg(const float* p) {
+#ifdef __CUDA_ARCH__
+  return __ldg(p);
+#else
+  return *p;
+#endif
+}
+
 template <int BM_, int BN_, int BK_, int TM_, int TN_, int kMinBlocks_>
 struct TileConfig {
   static constexpr int BM = BM_, BN = BN_, BK = BK_, TM = TM_, TN = TN_;
@@ -61,28 +78,28 @@ struct MatLoader {
   struct State {
     const float* p;
   };
-  __device__ State prepare(int64_t b, int64_t row) const {
+  DLKERN_HD State prepare(int64_t b, int64_t row) const {
     return {data + b * batch_stride + row * s_row};
   }
-  __device__ void load(const State& st, int64_t row, int64_t k, int64_t k_end, float v[4]) const {
+  DLKERN_HD void load(const State& st, int64_t row, int64_t k, int64_t k_end, float v[4]) const {
     if (kAlongK) {
       if (vec && row < rows && k + 3 < k_end) {
         const float4 q = *reinterpret_cast<const float4*>(st.p + k);
         v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
         return;
       }
-#pragma unroll
+DLKERN_UNROLL
       for (int j = 0; j < 4; ++j)
-        v[j] = (row < rows && k + j < k_end) ? __ldg(st.p + (k + j) * s_k) : 0.0f;
+        v[j] = (row < rows && k + j < k_end) ? ldg(st.p + (k + j) * s_k) : 0.0f;
     } else {
       if (vec && row + 3 < rows && k < k_end) {
         const float4 q = *reinterpret_cast<const float4*>(st.p + k * s_k);
         v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
         return;
       }
-#pragma unroll
+DLKERN_UNROLL
       for (int j = 0; j < 4; ++j)
-        v[j] = (row + j < rows && k < k_end) ? __ldg(st.p + j * s_row + k * s_k) : 0.0f;
+        v[j] = (row + j < rows && k < k_end) ? ldg(st.p + j * s_row + k * s_k) : 0.0f;
     }
   }
 };
@@ -94,7 +111,7 @@ struct MatStore {
   const float* bias = nullptr;
   const float* row_bias = nullptr;
   bool accumulate = false;
-  __device__ void store(int64_t b, int, int64_t m, int64_t n, float v) const {
+  DLKERN_HD void store(int64_t b, int, int64_t m, int64_t n, float v) const {
     float* p = c + b * batch_stride + m * ldc + n;
     if (bias) v += bias[n];
     if (row_bias) v += row_bias[m];
@@ -107,7 +124,7 @@ struct PartialStore {
   float* ws = nullptr;
   int64_t M = 0, N = 0;
   int splits = 1;
-  __device__ void store(int64_t b, int split, int64_t m, int64_t n, float v) const {
+  DLKERN_HD void store(int64_t b, int split, int64_t m, int64_t n, float v) const {
     ws[((b * splits + split) * M + m) * N + n] = v;
   }
 };
@@ -134,14 +151,14 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   int ra_row[kUnitsA], ra_k[kUnitsA], rb_row[kUnitsB], rb_k[kUnitsB];
   typename LA::State sa[kUnitsA];
   typename LB::State sb[kUnitsB];
-#pragma unroll
+DLKERN_UNROLL
   for (int u = 0; u < kUnitsA; ++u) {
     const int id = tid + u * kT;
     ra_row[u] = LA::kAlongK ? id / (BK / 4) : (id % (BM / 4)) * 4;
     ra_k[u] = LA::kAlongK ? (id % (BK / 4)) * 4 : id / (BM / 4);
     sa[u] = la.prepare(b, m0 + ra_row[u]);
   }
-#pragma unroll
+DLKERN_UNROLL
   for (int u = 0; u < kUnitsB; ++u) {
     const int id = tid + u * kT;
     rb_row[u] = LB::kAlongK ? id / (BK / 4) : (id % (BN / 4)) * 4;
@@ -151,26 +168,26 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
 
   float va[kUnitsA][4], vb[kUnitsB][4];
   auto fetch = [&](int64_t k0) {
-#pragma unroll
+DLKERN_UNROLL
     for (int u = 0; u < kUnitsA; ++u) la.load(sa[u], m0 + ra_row[u], k0 + ra_k[u], k_end, va[u]);
-#pragma unroll
+DLKERN_UNROLL
     for (int u = 0; u < kUnitsB; ++u) lb.load(sb[u], n0 + rb_row[u], k0 + rb_k[u], k_end, vb[u]);
   };
   auto stash = [&](int buf) {
-#pragma unroll
+DLKERN_UNROLL
     for (int u = 0; u < kUnitsA; ++u) {
       if (LA::kAlongK) {
-#pragma unroll
+DLKERN_UNROLL
         for (int j = 0; j < 4; ++j) As[buf][ra_k[u] + j][ra_row[u]] = va[u][j];
       } else {
         *reinterpret_cast<float4*>(&As[buf][ra_k[u]][ra_row[u]]) =
             make_float4(va[u][0], va[u][1], va[u][2], va[u][3]);
       }
     }
-#pragma unroll
+DLKERN_UNROLL
     for (int u = 0; u < kUnitsB; ++u) {
       if (LB::kAlongK) {
-#pragma unroll
+DLKERN_UNROLL
         for (int j = 0; j < 4; ++j) Bs[buf][rb_k[u] + j][rb_row[u]] = vb[u][j];
       } else {
         *reinterpret_cast<float4*>(&Bs[buf][rb_k[u]][rb_row[u]]) =
@@ -182,9 +199,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   const int tx = tid % (BN / TN), ty = tid / (BN / TN);
   constexpr int kRowStride = BM / (TM / 4), kColStride = BN / (TN / 4);
   float acc[TM][TN];
-#pragma unroll
+DLKERN_UNROLL
   for (int i = 0; i < TM; ++i)
-#pragma unroll
+DLKERN_UNROLL
     for (int j = 0; j < TN; ++j) acc[i][j] = 0.0f;
 
   int buf = 0;
@@ -196,22 +213,22 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   for (int64_t k0 = k_begin; k0 < k_end; k0 += BK) {
     const bool more = k0 + BK < k_end;
     if (more) fetch(k0 + BK);
-#pragma unroll
+DLKERN_UNROLL
     for (int kk = 0; kk < BK; ++kk) {
       float a[TM], bv[TN];
-#pragma unroll
+DLKERN_UNROLL
       for (int i = 0; i < TM / 4; ++i) {
         const float4 q = *reinterpret_cast<const float4*>(&As[buf][kk][i * kRowStride + ty * 4]);
         a[i * 4 + 0] = q.x, a[i * 4 + 1] = q.y, a[i * 4 + 2] = q.z, a[i * 4 + 3] = q.w;
       }
-#pragma unroll
+DLKERN_UNROLL
       for (int j = 0; j < TN / 4; ++j) {
         const float4 q = *reinterpret_cast<const float4*>(&Bs[buf][kk][j * kColStride + tx * 4]);
         bv[j * 4 + 0] = q.x, bv[j * 4 + 1] = q.y, bv[j * 4 + 2] = q.z, bv[j * 4 + 3] = q.w;
       }
-#pragma unroll
+DLKERN_UNROLL
       for (int i = 0; i < TM; ++i)
-#pragma unroll
+DLKERN_UNROLL
         for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(a[i], bv[j], acc[i][j]);
     }
     if (more) stash(buf ^ 1);
@@ -219,11 +236,11 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     buf ^= 1;
   }
 
-#pragma unroll
+DLKERN_UNROLL
   for (int i = 0; i < TM; ++i) {
     const int64_t m = m0 + (i / 4) * kRowStride + ty * 4 + (i % 4);
     if (m >= M) continue;
-#pragma unroll
+DLKERN_UNROLL
     for (int j = 0; j < TN; ++j) {
       const int64_t n = n0 + (j / 4) * kColStride + tx * 4 + (j % 4);
       if (n < N) epi.store(b, split, m, n, acc[i][j]);
