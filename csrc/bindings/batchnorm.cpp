@@ -153,9 +153,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_any(
   if (mask[0]) dx = at::empty(x.sizes(), x.options());
   if (mask[1]) dw = at::empty({s.C}, x.options());
   if (mask[2]) db = at::empty({s.C}, x.options());
-  float* dxp = mask[0] ? dx.mutable_data_ptr<float>() : nullptr;
-  float* dwp = mask[1] ? dw.mutable_data_ptr<float>() : nullptr;
-  float* dbp = mask[2] ? db.mutable_data_ptr<float>() : nullptr;
+  float* dxp = bind::out_ptr(dx);
+  float* dwp = bind::out_ptr(dw);
+  float* dbp = bind::out_ptr(db);
 #ifdef DLKERN_WITH_CUDA
   if (cuda) {
     const c10::cuda::CUDAGuard guard(x.device());

@@ -61,6 +61,9 @@ inline int64_t wrap_dim(const char* op, int64_t dim, int64_t ndim) {
   return dim < 0 ? dim + n : dim;
 }
 
+// The data pointer of an optional output (a gradient the mask did not ask for is undefined).
+inline float* out_ptr(at::Tensor& t) { return t.defined() ? t.mutable_data_ptr<float>() : nullptr; }
+
 inline void check_status(const char* op, Status s) {
   if (s == Status::kOk) return;
   const std::string detail = status_detail();

@@ -118,9 +118,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_any(
   if (mask[1]) dw = at::empty(weight.sizes(), weight.options());
   if (mask[2]) db = at::empty({out}, weight.options());
   const dlkern::DenseShape s{x.size(0), x.size(1), out};
-  float* dxp = mask[0] ? dx.mutable_data_ptr<float>() : nullptr;
-  float* dwp = mask[1] ? dw.mutable_data_ptr<float>() : nullptr;
-  float* dbp = mask[2] ? db.mutable_data_ptr<float>() : nullptr;
+  float* dxp = bind::out_ptr(dx);
+  float* dwp = bind::out_ptr(dw);
+  float* dbp = bind::out_ptr(db);
 #ifdef DLKERN_WITH_CUDA
   if (cuda) {
     const c10::cuda::CUDAGuard guard(x.device());

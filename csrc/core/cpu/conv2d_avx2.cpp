@@ -19,6 +19,7 @@
 #include "../conv2d.h"
 #include "../gemm.h"
 #include "parallel.h"
+#include "scratch.h"
 #include "vec_avx2.h"
 
 namespace dlkern {
@@ -27,19 +28,6 @@ namespace {
 constexpr int NR = kGemmNR;
 constexpr int64_t kSmallImage = 256;  // forward: below this many output positions, batch them
 
-struct Scratch {
-  float* p = nullptr;
-  size_t cap = 0;
-  ~Scratch() { std::free(p); }
-  float* get(size_t floats) {
-    if (floats > cap) {
-      std::free(p);
-      cap = (floats + 15) & ~size_t{15};
-      p = static_cast<float*>(std::aligned_alloc(64, cap * sizeof(float)));
-    }
-    return p;
-  }
-};
 thread_local Scratch tl_tile, tl_wt;
 
 // ---- the gather: B[k][n] of an implicit GEMM --------------------------------------------------

@@ -34,6 +34,7 @@
 
 #include "../gemm.h"
 #include "parallel.h"
+#include "scratch.h"
 #include "vec_avx2.h"
 
 namespace dlkern {
@@ -49,20 +50,6 @@ constexpr int64_t kDirectMaxM = 16;  // direct path up to this many rows
 constexpr int64_t kAxpyMaxM = 2;     // axpy path up to this many rows (instead of direct)
 constexpr int64_t kDotKC = 1024;     // k chunk of the dot path: 4 B rows x 4 KiB in L1
 
-// A per-thread, 64-byte aligned scratch buffer that only grows.
-struct Scratch {
-  float* p = nullptr;
-  size_t cap = 0;
-  ~Scratch() { std::free(p); }
-  float* get(size_t floats) {
-    if (floats > cap) {
-      std::free(p);
-      cap = (floats + 15) & ~size_t{15};
-      p = static_cast<float*>(std::aligned_alloc(64, cap * sizeof(float)));
-    }
-    return p;
-  }
-};
 thread_local Scratch tl_a, tl_b;
 
 // How a micro-tile starts and ends: kZero/kBias start from 0 or the bias and store; kLoadC
