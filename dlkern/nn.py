@@ -5,7 +5,8 @@ import torch
 
 from . import functional as F
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "Conv2d", "Linear", "Softmax"]
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "Conv2d", "Linear", "MultiheadAttention",
+           "Softmax"]
 
 
 class Softmax(torch.nn.Softmax):
@@ -68,3 +69,40 @@ class BatchNorm2d(_BatchNormForward, torch.nn.BatchNorm2d):
 
 class BatchNorm3d(_BatchNormForward, torch.nn.BatchNorm3d):
     """torch.nn.BatchNorm3d computed by dlkern.functional.batch_norm."""
+
+
+class MultiheadAttention(torch.nn.MultiheadAttention):
+    """torch.nn.MultiheadAttention computed by dlkern.functional.multi_head_attention_forward
+    (projections with dlkern's linear, attention weights with dlkern's softmax): same
+    constructor (embed_dim, num_heads, dropout, bias, add_bias_kv, add_zero_attn, kdim, vdim,
+    batch_first, device, dtype), parameters, state_dict keys and forward arguments
+    (key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal). torch's
+    inference fast path (a fused native kernel) is never taken: every call runs dlkern's ops."""
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True,
+                attn_mask=None, average_attn_weights=True, is_causal=False):
+        batched = query.dim() == 3
+        if self.batch_first and batched:
+            # keep query is key is value (self-attention takes one packed projection)
+            if key is value:
+                if query is key:
+                    query = key = value = query.transpose(1, 0)
+                else:
+                    query, key = (x.transpose(1, 0) for x in (query, key))
+                    value = key
+            else:
+                query, key, value = (x.transpose(1, 0) for x in (query, key, value))
+        separate = not self._qkv_same_embed_dim
+        out, weights = F.multi_head_attention_forward(
+            query, key, value, self.embed_dim, self.num_heads, self.in_proj_weight,
+            self.in_proj_bias, self.bias_k, self.bias_v, self.add_zero_attn, self.dropout,
+            self.out_proj.weight, self.out_proj.bias, training=self.training,
+            key_padding_mask=key_padding_mask, need_weights=need_weights, attn_mask=attn_mask,
+            use_separate_proj_weight=separate,
+            q_proj_weight=self.q_proj_weight if separate else None,
+            k_proj_weight=self.k_proj_weight if separate else None,
+            v_proj_weight=self.v_proj_weight if separate else None,
+            average_attn_weights=average_attn_weights, is_causal=is_causal)
+        if self.batch_first and batched:
+            out = out.transpose(1, 0)
+        return out, weights

@@ -1,0 +1,314 @@
+"""VGG and ResNet with torchvision's architecture and state_dict layout, built on layers that are
+either dlkern's or torch's.
+
+    model = dlkern.models.resnet50()                   # dlkern conv2d, batchnorm, linear
+    ref = dlkern.models.resnet50(impl="torch")         # the same network on torch's layers
+    ref.load_state_dict(model.state_dict())            # identical keys and shapes
+    dlkern.models.set_impl(model, {"conv2d": "torch"}) # switch one kind of layer in place
+
+torchvision is not a dependency (it is not installed everywhere dlkern is), so the networks are
+defined here: the layer order, names, shapes and initialisation are torchvision's (VGG with
+AdaptiveAvgPool2d((7, 7)) and the 4096-wide classifier; ResNet v1.5, stride in the 3x3 of a
+bottleneck), so a torchvision checkpoint loads as it is. Convolution, batch normalisation, linear
+(and softmax, in dlkern.nn.MultiheadAttention) run on the chosen implementation; ReLU, pooling,
+dropout and the residual additions are torch's.
+
+`impl` is "dlkern" or "torch" for every layer, or a mapping from a layer kind ("conv2d",
+"batchnorm", "linear", "softmax", "attention") to "dlkern"/"torch" (kinds not named stay dlkern).
+The dlkern modules subclass their torch.nn namesakes, so switching an existing model
+(`set_impl`) swaps the modules' classes and keeps every parameter and buffer.
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping, Union
+
+import torch
+from torch import nn as tnn
+
+from . import nn as dnn
+
+__all__ = ["MODELS", "Impl", "KINDS", "VGG", "ResNet", "BasicBlock", "Bottleneck", "create",
+           "set_impl", "impl_of", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn", "resnet18",
+           "resnet34", "resnet50", "resnet101", "resnet152"]
+
+Impl = Union[str, Mapping[str, str]]
+
+# layer kind -> (torch class, dlkern class); the dlkern class subclasses the torch one
+_PAIRS: dict[str, tuple[tuple[type, type], ...]] = {
+    "conv2d": ((tnn.Conv2d, dnn.Conv2d),),
+    "batchnorm": ((tnn.BatchNorm1d, dnn.BatchNorm1d), (tnn.BatchNorm2d, dnn.BatchNorm2d),
+                  (tnn.BatchNorm3d, dnn.BatchNorm3d)),
+    "linear": ((tnn.Linear, dnn.Linear),),
+    "softmax": ((tnn.Softmax, dnn.Softmax),),
+    "attention": ((tnn.MultiheadAttention, dnn.MultiheadAttention),),
+}
+KINDS = tuple(_PAIRS)
+IMPLS = ("dlkern", "torch")
+
+
+def _resolve(impl: Impl) -> dict[str, str]:
+    """{kind: "dlkern" | "torch"} for every kind; ValueError naming what is wrong."""
+    if isinstance(impl, str):
+        if impl not in IMPLS:
+            raise ValueError(f"dlkern.models: argument 'impl' must be 'dlkern', 'torch' or a "
+                             f"mapping of layer kinds to them, got {impl!r}")
+        return {k: impl for k in KINDS}
+    if not isinstance(impl, Mapping):
+        raise TypeError(f"dlkern.models: argument 'impl' must be a str or a mapping, got "
+                        f"{type(impl).__name__}")
+    out = {k: "dlkern" for k in KINDS}
+    for k, v in impl.items():
+        if k not in KINDS:
+            raise ValueError(f"dlkern.models: argument 'impl': unknown layer kind {k!r} "
+                             f"(expected some of {', '.join(KINDS)})")
+        if v not in IMPLS:
+            raise ValueError(f"dlkern.models: argument 'impl': {k} must be 'dlkern' or 'torch', "
+                             f"got {v!r}")
+        out[k] = v
+    return out
+
+
+class _Layers:
+    """The layer classes a model is built from, per kind."""
+
+    def __init__(self, impl: Impl):
+        which = _resolve(impl)
+        pick = {k: pairs[0][1 if which[k] == "dlkern" else 0] for k, pairs in _PAIRS.items()}
+        self.Conv2d, self.Linear = pick["conv2d"], pick["linear"]
+        self.BatchNorm2d = (dnn.BatchNorm2d if which["batchnorm"] == "dlkern"
+                            else tnn.BatchNorm2d)
+
+
+def set_impl(model: tnn.Module, impl: Impl) -> tnn.Module:
+    """Switches every conv2d / batchnorm / linear / softmax / attention module of `model` (any
+    module, not only this file's) to dlkern's or torch's class in place, keeping its parameters,
+    buffers and hooks. Returns the model."""
+    which = _resolve(impl)
+    for m in model.modules():
+        for kind, pairs in _PAIRS.items():
+            for torch_cls, dl_cls in pairs:
+                if type(m) in (torch_cls, dl_cls):
+                    m.__class__ = dl_cls if which[kind] == "dlkern" else torch_cls
+    return model
+
+
+def impl_of(model: tnn.Module) -> dict[str, str]:
+    """{kind: "dlkern" | "torch" | "mixed"} for the kinds present in `model`."""
+    seen: dict[str, set] = {}
+    for m in model.modules():
+        for kind, pairs in _PAIRS.items():
+            for torch_cls, dl_cls in pairs:
+                if type(m) is dl_cls:
+                    seen.setdefault(kind, set()).add("dlkern")
+                elif type(m) is torch_cls:
+                    seen.setdefault(kind, set()).add("torch")
+    return {k: (v.pop() if len(v) == 1 else "mixed") for k, v in seen.items()}
+
+
+# ---- VGG -----------------------------------------------------------------------------------
+
+_VGG_CFGS = {
+    "vgg16": (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
+              512, 512, 512, "M"),
+    "vgg19": (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+              512, 512, 512, 512, "M"),
+}
+
+
+class VGG(tnn.Module):
+    """torchvision.models.VGG: `features` (3x3 convolutions, optional batchnorm, ReLU, max
+    pooling), AdaptiveAvgPool2d((7, 7)), `classifier` (4096, 4096, num_classes with dropout)."""
+
+    def __init__(self, cfg, batch_norm: bool = False, num_classes: int = 1000,
+                 dropout: float = 0.5, impl: Impl = "dlkern"):
+        super().__init__()
+        L = _Layers(impl)
+        layers: list[tnn.Module] = []
+        c_in = 3
+        for v in cfg:
+            if v == "M":
+                layers.append(tnn.MaxPool2d(kernel_size=2, stride=2))
+                continue
+            layers.append(L.Conv2d(c_in, v, kernel_size=3, padding=1))
+            if batch_norm:
+                layers.append(L.BatchNorm2d(v))
+            layers.append(tnn.ReLU(inplace=True))
+            c_in = v
+        self.features = tnn.Sequential(*layers)
+        self.avgpool = tnn.AdaptiveAvgPool2d((7, 7))
+        self.classifier = tnn.Sequential(
+            L.Linear(512 * 7 * 7, 4096), tnn.ReLU(True), tnn.Dropout(p=dropout),
+            L.Linear(4096, 4096), tnn.ReLU(True), tnn.Dropout(p=dropout),
+            L.Linear(4096, num_classes))
+        for m in self.modules():
+            if isinstance(m, tnn.Conv2d):
+                tnn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                tnn.init.constant_(m.bias, 0)
+            elif isinstance(m, tnn.BatchNorm2d):
+                tnn.init.constant_(m.weight, 1)
+                tnn.init.constant_(m.bias, 0)
+            elif isinstance(m, tnn.Linear):
+                tnn.init.normal_(m.weight, 0, 0.01)
+                tnn.init.constant_(m.bias, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        x = self.avgpool(x)
+        x = torch.flatten(x, 1)
+        return self.classifier(x)
+
+
+# ---- ResNet --------------------------------------------------------------------------------
+
+class BasicBlock(tnn.Module):
+    expansion = 1
+
+    def __init__(self, L: _Layers, inplanes: int, planes: int, stride: int = 1,
+                 downsample: tnn.Module | None = None):
+        super().__init__()
+        self.conv1 = L.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = L.BatchNorm2d(planes)
+        self.relu = tnn.ReLU(inplace=True)
+        self.conv2 = L.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = L.BatchNorm2d(planes)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += identity
+        return self.relu(out)
+
+
+class Bottleneck(tnn.Module):
+    """torchvision's ResNet v1.5 bottleneck: the stride is on the 3x3 convolution."""
+    expansion = 4
+
+    def __init__(self, L: _Layers, inplanes: int, planes: int, stride: int = 1,
+                 downsample: tnn.Module | None = None):
+        super().__init__()
+        self.conv1 = L.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = L.BatchNorm2d(planes)
+        self.conv2 = L.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = L.BatchNorm2d(planes)
+        self.conv3 = L.Conv2d(planes, planes * self.expansion, 1, bias=False)
+        self.bn3 = L.BatchNorm2d(planes * self.expansion)
+        self.relu = tnn.ReLU(inplace=True)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        out += identity
+        return self.relu(out)
+
+
+class ResNet(tnn.Module):
+    """torchvision.models.ResNet (groups=1, width 64, no zero-init of the last batchnorm)."""
+
+    def __init__(self, block, layers, num_classes: int = 1000, impl: Impl = "dlkern"):
+        super().__init__()
+        L = _Layers(impl)
+        self._L = L
+        self.inplanes = 64
+        self.conv1 = L.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = L.BatchNorm2d(64)
+        self.relu = tnn.ReLU(inplace=True)
+        self.maxpool = tnn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self._make_layer(block, 64, layers[0])
+        self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
+        self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
+        self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
+        self.avgpool = tnn.AdaptiveAvgPool2d((1, 1))
+        self.fc = L.Linear(512 * block.expansion, num_classes)
+        del self._L
+        for m in self.modules():
+            if isinstance(m, tnn.Conv2d):
+                tnn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, tnn.BatchNorm2d):
+                tnn.init.constant_(m.weight, 1)
+                tnn.init.constant_(m.bias, 0)
+
+    def _make_layer(self, block, planes: int, blocks: int, stride: int = 1) -> tnn.Sequential:
+        L = self._L
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = tnn.Sequential(
+                L.Conv2d(self.inplanes, planes * block.expansion, 1, stride=stride, bias=False),
+                L.BatchNorm2d(planes * block.expansion))
+        layers = [block(L, self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes * block.expansion
+        layers += [block(L, self.inplanes, planes) for _ in range(1, blocks)]
+        return tnn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        x = torch.flatten(self.avgpool(x), 1)
+        return self.fc(x)
+
+
+# ---- constructors --------------------------------------------------------------------------
+
+def vgg16(num_classes: int = 1000, impl: Impl = "dlkern") -> VGG:
+    return VGG(_VGG_CFGS["vgg16"], False, num_classes, impl=impl)
+
+
+def vgg16_bn(num_classes: int = 1000, impl: Impl = "dlkern") -> VGG:
+    return VGG(_VGG_CFGS["vgg16"], True, num_classes, impl=impl)
+
+
+def vgg19(num_classes: int = 1000, impl: Impl = "dlkern") -> VGG:
+    return VGG(_VGG_CFGS["vgg19"], False, num_classes, impl=impl)
+
+
+def vgg19_bn(num_classes: int = 1000, impl: Impl = "dlkern") -> VGG:
+    return VGG(_VGG_CFGS["vgg19"], True, num_classes, impl=impl)
+
+
+def resnet18(num_classes: int = 1000, impl: Impl = "dlkern") -> ResNet:
+    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, impl=impl)
+
+
+def resnet34(num_classes: int = 1000, impl: Impl = "dlkern") -> ResNet:
+    return ResNet(BasicBlock, (3, 4, 6, 3), num_classes, impl=impl)
+
+
+def resnet50(num_classes: int = 1000, impl: Impl = "dlkern") -> ResNet:
+    return ResNet(Bottleneck, (3, 4, 6, 3), num_classes, impl=impl)
+
+
+def resnet101(num_classes: int = 1000, impl: Impl = "dlkern") -> ResNet:
+    return ResNet(Bottleneck, (3, 4, 23, 3), num_classes, impl=impl)
+
+
+def resnet152(num_classes: int = 1000, impl: Impl = "dlkern") -> ResNet:
+    return ResNet(Bottleneck, (3, 8, 36, 3), num_classes, impl=impl)
+
+
+# name -> (constructor, display name as in the seeds' tables, default benchmark batch)
+MODELS: dict[str, tuple[Callable[..., tnn.Module], str, int]] = {
+    "vgg16": (vgg16, "VGG16", 8),
+    "vgg16_bn": (vgg16_bn, "VGG16 BN", 8),
+    "vgg19": (vgg19, "VGG19", 8),
+    "vgg19_bn": (vgg19_bn, "VGG19 BN", 8),
+    "resnet18": (resnet18, "Resnet18", 8),
+    "resnet34": (resnet34, "Resnet34", 8),
+    "resnet50": (resnet50, "Resnet50", 8),
+    "resnet101": (resnet101, "Resnet101", 4),
+    "resnet152": (resnet152, "Resnet152", 4),
+}
+
+
+def create(name: str, impl: Impl = "dlkern", num_classes: int = 1000) -> tnn.Module:
+    """A model of MODELS by name (case-insensitive; "VGG16 BN", "vgg16-bn" and "vgg16_bn" all
+    name the same one)."""
+    key = name.strip().lower().replace(" ", "_").replace("-", "_")
+    if key not in MODELS:
+        raise ValueError(f"dlkern.models: unknown model {name!r}; known: {', '.join(MODELS)}")
+    return MODELS[key][0](num_classes=num_classes, impl=impl)
