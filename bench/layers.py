@@ -82,16 +82,17 @@ def parse_args(argv):
     return ap.parse_args(argv)
 
 
-def _devices(arg: str | None) -> list[str]:
+def _devices(arg: str | None, prog: str = "bench.layers") -> list[str]:
+    """The --device list: cpu, cuda or both; UsageError for a GPU that is not there."""
     gpu = torch.cuda.is_available()
     if arg is None:
         return ["cpu"] + (["cuda"] if gpu else [])
     devs = _csv(arg)
     for d in devs:
         if d not in ("cpu", "cuda"):
-            raise UsageError(f"bench.layers: --device: expected cpu and/or cuda, got {d!r}")
+            raise UsageError(f"{prog}: --device: expected cpu and/or cuda, got {d!r}")
     if "cuda" in devs and not gpu:
-        raise UsageError("bench.layers: --device cuda: no CUDA GPU is visible "
+        raise UsageError(f"{prog}: --device cuda: no CUDA GPU is visible "
                          f"(torch {torch.__version__}, torch.cuda.is_available() is False)")
     return devs
 

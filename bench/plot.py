@@ -79,3 +79,42 @@ def plot(recs: list[dict], out_dir: str, sweep: dict | None = None) -> list[str]
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def plot_models(recs: list[dict], out_dir: str) -> list[str]:
+    """bench.models --plot: per device, one panel per pass, a group of bars per model (one bar
+    per implementation, seconds on a log axis). Writes models-<device>.png; returns the paths."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for device in OrderedDict((r["device"], None) for r in recs):
+        ok = [r for r in recs if r["device"] == device and r["status"] == "ok"]
+        passes = list(OrderedDict((r["pass"], None) for r in ok))
+        if not passes:
+            continue
+        models = list(OrderedDict((r["case"], None) for r in ok))
+        labels = list(OrderedDict((r["label"], None) for r in ok))
+        fig, axes = plt.subplots(len(passes), 1, figsize=(max(6, 1.3 * len(models) + 2),
+                                                           2.8 * len(passes)), squeeze=False)
+        width = 0.8 / max(len(labels), 1)
+        for ax, pass_ in zip(axes[:, 0], passes):
+            for j, label in enumerate(labels):
+                t = {r["case"]: r["median_s"] for r in ok if r["pass"] == pass_ and
+                     r["label"] == label}
+                xs = [i + (j - (len(labels) - 1) / 2) * width for i in range(len(models))]
+                ax.bar(xs, [t.get(m, 0.0) for m in models], width, label=label)
+            ax.set_xticks(range(len(models)))
+            ax.set_xticklabels(models, fontsize=8)
+            ax.set_yscale("log")
+            ax.set_ylabel("seconds")
+            ax.set_title(f"{pass_} ({device})")
+            ax.grid(True, axis="y", which="both", alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = os.path.join(out_dir, f"models-{device}.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths

@@ -49,7 +49,7 @@ def git_commit() -> str:
 
 
 def make_meta(argv: list[str], devices: dict[str, dict], threads: dict, budget, impls,
-              passes, extra: dict | None = None) -> dict:
+              passes, extra: dict | None = None, prog: str = "python -m bench.layers") -> dict:
     import dlkern
     return {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -57,7 +57,7 @@ def make_meta(argv: list[str], devices: dict[str, dict], threads: dict, budget, 
         "torch": torch.__version__,
         "python": sys.version.split()[0],
         "dlkern": dlkern.capabilities(),
-        "command": " ".join(["python -m bench.layers"] + list(argv)),
+        "command": " ".join([prog] + list(argv)),
         "threads": threads,
         "devices": devices,
         "impls": list(impls),
@@ -103,10 +103,10 @@ def records(results: list[Result], meta: dict) -> list[dict]:
             pct_peak_bw=None, ratio_vs_torch=None, detail=r.detail)
         if s and s.median > 0:
             rec["gflops"] = r.flops / s.median * 1e-9
-            rec["gbps"] = r.bytes / s.median * 1e-9
+            rec["gbps"] = r.bytes / s.median * 1e-9 if r.bytes else None
             if peaks.get("peak_gflops"):
                 rec["pct_peak_flops"] = 100 * rec["gflops"] / peaks["peak_gflops"]
-            if peaks.get("peak_gbps"):
+            if peaks.get("peak_gbps") and rec["gbps"] is not None:
                 rec["pct_peak_bw"] = 100 * rec["gbps"] / peaks["peak_gbps"]
             b = base.get((r.device, r.row.key, r.pass_))
             if b and r.impl != TORCH:
@@ -219,9 +219,11 @@ def _impls_in(results: list[Result]) -> list[tuple[str, str]]:
     return list(seen.items())
 
 
-def layers_table(results, device, suite, impls, passes) -> str:
+def layers_table(results, device, suite, impls, passes, first: str = "Layer") -> str:
+    """flux-vs-pytorch's table: one line per (row, framework), a column per pass, the faster
+    entry in bold. `first` titles the row column (Layer, Model)."""
     idx = _index(results)
-    head = "|Layer|Framework|" + "|".join(PASS_TITLES[p] for p in passes) + "|"
+    head = f"|{first}|Framework|" + "|".join(PASS_TITLES[p] for p in passes) + "|"
     lines = [head, "|" + ":---:|" * (2 + len(passes))]
     for row in _rows_of(results, device, suite):
         best = {}

@@ -6,8 +6,8 @@ Method (why; the README's "Timing method" says the same for users):
   order flipped every round so neither always goes first).
 - Each sample is the mean over enough back-to-back calls to last >= `min_sample_s`, so the timer's
   resolution and per-call jitter do not dominate microsecond kernels.
-- Warm-up is sized by time, not count: each implementation runs for `warmup_s` and at least 3
-  calls (and at least as long as one sample), which also faults in fresh allocations and lets
+- Warm-up is sized by time, not count: each implementation runs for `warmup_s` and at least
+  `warmup_calls` (3) calls (and at least as long as one sample), which also faults in fresh allocations and lets
   caches, clocks and torch's lazy initialisations settle.
 - nvbench's stopping rule: sampling stops when every implementation has `min_samples` samples and
   a relative spread (p80-p20)/median under `target_spread`, or when `budget_s` is spent, or at
@@ -85,6 +85,8 @@ class Budget:
     max_samples: int = 400
     target_spread: float = 0.03
     budget_s: float = 2.0
+    # at least this many warm-up calls (a second-long model call needs one, not three)
+    warmup_calls: int = 3
 
     @classmethod
     def quick(cls) -> "Budget":
@@ -148,7 +150,7 @@ def time_interleaved(fns: Mapping[str, Callable[[], object]], *, device: str = "
         fn = fns[name]
         with ctx(name):
             calls, t0 = 0, clock()
-            while calls < 3 or clock() - t0 < b.warmup_s:
+            while calls < b.warmup_calls or clock() - t0 < b.warmup_s:
                 fn()
                 calls += 1
             sync()

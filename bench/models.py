@@ -1,0 +1,710 @@
+"""Model benchmarks: VGG and ResNet built from dlkern's layers against the same networks on
+torch's layers (dlkern.models), checked before they are timed, in the seeds' model tables.
+
+    python -m bench.models --impl custom,torch                          # all nine models
+    python -m bench.models --models resnet18,vgg16 --batch 8 --reps 5 --out results/
+    python -m bench.models --models resnet50 --layers conv2d            # only convs from dlkern
+    python -m bench.models --list
+
+Per model and device:
+1. Gate. Every implementation's model is loaded with the weights of one seeded torch model and
+   runs forward and backward on a small batch (--gate-batch, at --image; train mode with dropout
+   off, so batchnorm uses batch statistics and both sides draw no random masks). Its logits, the
+   gradient of every parameter and the updated running statistics must be within the registry's
+   tolerance of the op that owns them (dlkern.testing's rule: k x torch float32's own error
+   against torch float64 on the same inputs). A model that fails is FAILED and not timed.
+2. Timing, interleaved as in bench.layers (bench/timing.py): per pass, --warmup calls per
+   implementation, then --reps samples per implementation in alternating order. Forward: train
+   mode, building the graph; Backward: the gradients of every parameter over a graph kept from
+   one forward; Total: forward and backward in one call; Inference: eval mode under no_grad.
+3. After timing: the parameters must be unchanged and the gate's forward and backward must
+   still agree (a kernel right once and wrong later fails then).
+
+Exit codes: 0 all checked and timed, 1 a model FAILED, 2 bad arguments or unavailable device.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+import dlkern
+from dlkern import models as dm
+from dlkern import registry, testing
+from dlkern.registry import Case, Tolerance
+
+from . import impls as impls_mod
+from . import machine, plot, report
+from .layers import UsageError, _csv, _devices, _write
+from .progress import Progress, _fmt_s
+from .runner import PASS_TITLES, PASSES, Result
+from .timing import NOISY_SPREAD, Budget, Stats, time_interleaved
+from .workloads import Row
+
+PROG = "bench.models"
+SUITE = "models"
+DEFAULT_PASSES = PASSES                     # the seeds' four columns
+# layer kind (dlkern.models) -> the registry op whose tolerances judge its tensors
+KIND_OPS = {"conv2d": "conv2d", "batchnorm": "batch_norm", "linear": "linear",
+            "softmax": "softmax", "attention": "multihead_attention"}
+MODEL_KINDS = ("conv2d", "batchnorm", "linear")
+
+
+@dataclass(frozen=True)
+class ModelOp:
+    """What a report row's `spec` needs to be: models are one pseudo-op, "model"."""
+    name: str = "model"
+    title: str = "Models"
+
+
+MODEL_OP = ModelOp()
+
+
+# ---- FLOPs ---------------------------------------------------------------------------------
+
+def model_flops(name: str, batch: int, image: int) -> float:
+    """Forward FLOPs of the convolutions and linear layers (2 per multiply-add), counted by
+    running the torch variant on the meta device (no memory, no arithmetic)."""
+    with torch.device("meta"):
+        model = dm.create(name, "torch")
+    total = [0]
+
+    def hook(m, inp, out):
+        if isinstance(m, torch.nn.Conv2d):
+            k = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+            total[0] += 2 * out.numel() * k
+        elif isinstance(m, torch.nn.Linear):
+            total[0] += 2 * out.numel() * m.in_features
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            m.register_forward_hook(hook)
+    with torch.no_grad():
+        model.eval()(torch.empty(batch, 3, image, image, device="meta"))
+    return float(total[0])
+
+
+PASS_COST = {"forward": 1.0, "backward": 2.0, "total": 3.0, "inference": 0.9}
+
+
+# ---- implementations -----------------------------------------------------------------------
+
+@dataclass
+class ModelImpl:
+    name: str                                  # as given to --impl
+    label: str                                 # as shown in the tables
+    impl: dict                                 # dlkern.models impl mapping
+    context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    is_baseline: bool = False
+
+
+def resolve_impl(name: str, device: str, kinds: tuple[str, ...]) -> ModelImpl:
+    """torch, custom, custom:<variant> (a CPU path: reference, avx2); UsageError otherwise."""
+    dev = torch.device(device).type
+    if name == impls_mod.TORCH:
+        return ModelImpl(name, f"PyTorch {torch.__version__.split('+')[0]}",
+                         {k: "torch" for k in dm.KINDS}, is_baseline=True)
+    base, _, variant = name.partition(":")
+    if base != "custom":
+        raise UsageError(f"{PROG}: --impl: {name!r} is not a model implementation; models take "
+                         "torch, custom and custom:<variant> (e.g. custom:reference)")
+    mapping = {k: ("dlkern" if k in kinds else "torch") for k in dm.KINDS}
+    label = impls_mod._custom_label(dev, variant or None)
+    if len(kinds) < len(MODEL_KINDS):
+        label += f" ({'+'.join(kinds)})"
+    if not variant:
+        return ModelImpl(name, label, mapping)
+    variants = registry.cpu_variants()
+    if dev != "cpu" or variant not in variants:
+        raise UsageError(f"{PROG}: --impl {name}: no such CPU variant here (has: "
+                         f"{', '.join(variants)})")
+    return ModelImpl(name, label, mapping, context=variants[variant])
+
+
+# ---- the gate ------------------------------------------------------------------------------
+
+def _gate_mode(model: torch.nn.Module) -> torch.nn.Module:
+    """Train mode (batchnorm on batch statistics) with dropout off: deterministic."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.dropout._DropoutNd):
+            m.eval()
+    return model
+
+
+def _tolerances(model: torch.nn.Module) -> tuple[dict[str, tuple[Tolerance, Tolerance]],
+                                                  Tolerance]:
+    """Per parameter/buffer name, the (forward, backward) tolerances of the op that owns it;
+    and the logits' tolerance: the loosest forward tolerance of the ops in the model."""
+    classes = {"conv2d": torch.nn.Conv2d, "batchnorm": torch.nn.modules.batchnorm._BatchNorm,
+               "linear": torch.nn.Linear, "attention": torch.nn.MultiheadAttention}
+    per: dict[str, tuple[Tolerance, Tolerance]] = {}
+    used = set()
+    for prefix, m in model.named_modules():
+        for kind, cls in classes.items():
+            if isinstance(m, cls):
+                spec = registry.get(KIND_OPS[kind])
+                used.add(spec.name)
+                for n, _ in list(m.named_parameters(recurse=False)) + list(
+                        m.named_buffers(recurse=False)):
+                    per[f"{prefix}.{n}" if prefix else n] = (spec.tol_forward, spec.tol_backward)
+    specs = [registry.get(n) for n in sorted(used)] or [registry.get("linear")]
+    logits = Tolerance(k=max(s.tol_forward.k for s in specs),
+                       floor=max(s.tol_forward.floor for s in specs))
+    return per, logits
+
+
+def _fwd_bwd(model, x, go):
+    """Logits, {parameter: gradient}, {floating buffer: value after the forward}."""
+    params = dict(model.named_parameters())
+    out = model(x)
+    grads = torch.autograd.grad(out, list(params.values()), go.to(out.dtype), allow_unused=True)
+    bufs = {n: b.detach().clone() for n, b in model.named_buffers() if b.is_floating_point()}
+    return out.detach(), dict(zip(params, grads)), bufs
+
+
+@dataclass
+class GateRef:
+    """torch's float32 and float64 results on the gate batch, and the inputs they came from."""
+    x: torch.Tensor
+    go: torch.Tensor
+    f32: tuple
+    f64: tuple
+    tol: dict
+    tol_logits: Tolerance
+
+
+@dataclass
+class GateResult:
+    ok: bool
+    verdicts: list = field(default_factory=list)
+    detail: str = ""
+
+    @property
+    def worst(self) -> testing.Verdict | None:
+        """The verdict closest to (or furthest past) its bound."""
+        vs = [v for v in self.verdicts if v.bound > 0]
+        return max(vs, key=lambda v: v.err / v.bound) if vs else None
+
+
+def gate_reference(state: dict, name: str, batch: int, image: int, device: str,
+                   num_classes: int, seed: int = 0) -> GateRef:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 3, image, image, generator=g)
+    go = torch.randn(batch, num_classes, generator=g, dtype=torch.float64)
+    ref = dm.create(name, "torch", num_classes).to(device)
+    ref.load_state_dict(state)
+    ref64 = copy.deepcopy(ref).double()
+    f32 = _fwd_bwd(_gate_mode(ref), x.to(device), go.to(device))
+    f64 = _fwd_bwd(_gate_mode(ref64), x.to(device, torch.float64), go.to(device))
+    tol, tol_logits = _tolerances(ref)
+    return GateRef(x.to(device), go.to(device), f32, f64, tol, tol_logits)
+
+
+def gate(model: torch.nn.Module, ref: GateRef, impl: ModelImpl, buffers: bool = True,
+         when: str = "") -> GateResult:
+    """Runs `model` (which is left in gate mode; its running statistics are updated) on the gate
+    batch and judges logits, every parameter gradient and (with `buffers`) the running
+    statistics against torch's float32 and float64 runs."""
+    try:
+        with impl.context():
+            out, grads, bufs = _fwd_bwd(_gate_mode(model), ref.x, ref.go)
+    except Exception as e:  # a model that raises is a failed check, not a harness crash
+        return GateResult(False, [], f"{when}raised {type(e).__name__}: {e}")
+    (o32, g32, b32), (o64, g64, b64) = ref.f32, ref.f64
+    vs = [testing._judge("logits", out, o32, o64, ref.tol_logits)]
+    for n, gr in grads.items():
+        if gr is None or g32[n] is None:
+            if (gr is None) != (g32[n] is None):
+                vs.append(testing.Verdict(f"grad[{n}]", False, float("inf"), 0, 0, 0, 0,
+                                          "gradient missing on one side"))
+            continue
+        vs.append(testing._judge(f"grad[{n}]", gr, g32[n], g64[n], ref.tol[n][1]))
+    if buffers:
+        for n, b in bufs.items():
+            vs.append(testing._judge(f"buffer[{n}]", b, b32[n], b64[n], ref.tol[n][0]))
+    bad = [v for v in vs if not v.ok]
+    detail = when + "; ".join(map(str, bad[:3])) + (f" (and {len(bad) - 3} more)"
+                                                     if len(bad) > 3 else "")
+    return GateResult(not bad, vs, detail if bad else "")
+
+
+# ---- timing --------------------------------------------------------------------------------
+
+def _callable(model, x, go, pass_: str, impl: ModelImpl):
+    """The function one timed call runs, and the context its blocks run in."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if pass_ == "inference":
+        model.eval()
+
+        def ctx():
+            stack = contextlib.ExitStack()
+            stack.enter_context(impl.context())
+            stack.enter_context(torch.no_grad())
+            return stack
+        return (lambda: model(x)), ctx
+    model.train()
+    if pass_ == "forward":
+        return (lambda: model(x)), impl.context
+    if pass_ == "backward":
+        # one forward outside the timed region; backward reruns over the kept graph
+        with impl.context():
+            out = model(x)
+        return (lambda: torch.autograd.grad(out, params, go, retain_graph=True)), impl.context
+    return (lambda: torch.autograd.grad(model(x), params, go)), impl.context
+
+
+@dataclass
+class Plan:
+    name: str                # dlkern.models key
+    display: str             # the seeds' name
+    batch: int
+    flops: float             # forward FLOPs at the timed batch
+    gate_flops: float        # forward FLOPs at the gate batch
+
+
+@dataclass
+class GateRecord:
+    device: str
+    model: str
+    impl: str
+    label: str
+    result: GateResult
+    after: GateResult | None = None
+
+
+@dataclass
+class Config:
+    impls: list[str]
+    kinds: tuple[str, ...]
+    passes: list[str]
+    budget: Budget
+    image: int
+    gate_batch: int
+    num_classes: int = 1000
+    seed: int = 0
+    keep_going: bool = False
+
+
+def _row(plan: Plan, image: int) -> Row:
+    case = Case(plan.display, {"model": plan.name, "batch": plan.batch,
+                               "shape": (plan.batch, 3, image, image)}, suites=(SUITE,))
+    return Row(MODEL_OP, case, (SUITE,))
+
+
+def run_model(plan: Plan, device: str, cfg: Config, prog: Progress | None = None
+              ) -> tuple[list[Result], list[GateRecord]]:
+    row = _row(plan, cfg.image)
+    results: list[Result] = []
+    gates: list[GateRecord] = []
+    flops = {p: plan.flops * PASS_COST[p] if p != "inference" else plan.flops
+             for p in cfg.passes}
+
+    def tick(what):
+        if prog:
+            prog.advance(f"{device} {plan.display}: {what}")
+
+    def add(impl, p, status, stats=None, detail=""):
+        results.append(Result(row, device, impl.name, impl.label, p, status, stats,
+                              flops[p], 0.0, detail))
+
+    torch.manual_seed(cfg.seed)
+    pristine = dm.create(plan.name, "torch", cfg.num_classes).state_dict()
+    impls = [resolve_impl(n, device, cfg.kinds) for n in cfg.impls]
+    ref = None
+    if any(not i.is_baseline for i in impls):
+        ref = gate_reference(pristine, plan.name, cfg.gate_batch, cfg.image, device,
+                             cfg.num_classes, cfg.seed)
+    ready: dict[str, tuple[ModelImpl, torch.nn.Module]] = {}
+    for impl in impls:
+        model = dm.create(plan.name, impl.impl, cfg.num_classes).to(device)
+        model.load_state_dict(pristine)
+        if not impl.is_baseline:
+            res = gate(copy.deepcopy(model), ref, impl)
+            gates.append(GateRecord(device, plan.display, impl.name, impl.label, res))
+            if not res.ok:
+                for p in cfg.passes:
+                    add(impl, p, "failed", detail=res.detail)
+                continue
+        ready[impl.name] = (impl, model)
+    tick("gate")
+
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    x = torch.randn(plan.batch, 3, cfg.image, cfg.image, generator=g)
+    go = torch.randn(plan.batch, cfg.num_classes, generator=g)
+    own = {n: (x.clone().to(device), go.clone().to(device)) for n in ready}
+    failed: dict[str, str] = {}
+    timed: dict[tuple[str, str], Stats] = {}
+    for p in cfg.passes:
+        fns, ctxs = {}, {}
+        for n, (impl, model) in ready.items():
+            if n in failed:
+                continue
+            try:
+                fns[n], ctxs[n] = _callable(model, *own[n], p, impl)
+            except Exception as e:
+                failed[n] = f"{p}: raised {type(e).__name__}: {e}"
+        if fns:
+            try:
+                for n, s in time_interleaved(fns, device=device, budget=cfg.budget,
+                                             contexts=ctxs).items():
+                    timed[(n, p)] = s
+            except Exception:
+                for n in fns:       # one at a time, to say which one raised
+                    try:
+                        timed[(n, p)] = time_interleaved({n: fns[n]}, device=device,
+                                                         budget=cfg.budget, contexts=ctxs)[n]
+                    except Exception as e1:
+                        failed[n] = f"{p}: raised during timing: {type(e1).__name__}: {e1}"
+                if not failed:
+                    raise
+        del fns, ctxs           # frees the graph kept for the Backward pass
+        tick(p)
+
+    # after timing: weights unchanged, and still right
+    for n, (impl, model) in ready.items():
+        if n in failed or impl.is_baseline:
+            continue
+        for k, v in model.named_parameters():
+            if not torch.equal(v.detach().cpu(), pristine[k]):
+                failed[n] = f"after timing: the model's parameter {k!r} changed"
+                break
+        if n not in failed:
+            res = gate(model, ref, impl, buffers=False, when="after timing: ")
+            for rec in gates:
+                if rec.impl == n and rec.device == device and rec.model == plan.display:
+                    rec.after = res
+            if not res.ok:
+                failed[n] = res.detail
+    tick("after")
+    for n, (impl, _) in ready.items():
+        for p in cfg.passes:
+            if n in failed:
+                add(impl, p, "failed", detail=failed[n])
+            elif (n, p) in timed:
+                add(impl, p, "ok", timed[(n, p)])
+    order = {n: i for i, n in enumerate(cfg.impls)}
+    pidx = {p: i for i, p in enumerate(PASSES)}
+    results.sort(key=lambda r: (order.get(r.impl, 99), pidx[r.pass_]))
+    return results, gates
+
+
+def estimate_s(plans: list[Plan], cfg: Config, gflops_rate: float) -> float:
+    """Seconds the run will take, from the models' FLOPs at `gflops_rate` (a fraction of the
+    measured FMA peak): timed and warm-up calls of every pass and implementation, plus the gates
+    (torch float32 and float64, and each checked implementation twice)."""
+    rate = max(gflops_rate, 1.0) * 1e9
+    n = len(cfg.impls)
+    checked = sum(1 for i in cfg.impls if i != impls_mod.TORCH)
+    calls = cfg.budget.warmup_calls + cfg.budget.max_samples
+    total = 0.0
+    for pl in plans:
+        for p in cfg.passes:
+            total += n * calls * PASS_COST[p] * pl.flops / rate
+        if checked:
+            # float64 runs at about half the float32 rate
+            total += (1 + 2 + 2 * checked) * 3 * pl.gate_flops / rate + 1.0
+    return total
+
+
+# ---- report --------------------------------------------------------------------------------
+
+def gate_table(gates: list[GateRecord], device: str) -> str:
+    lines = ["| model | implementation | tensors checked | worst err / bound | worst tensor | "
+             "after timing |", "|---|---|---:|---:|---|---|"]
+    n = 0
+    for g in gates:
+        if g.device != device:
+            continue
+        w = g.result.worst
+        after = "-" if g.after is None else ("ok" if g.after.ok else "FAILED")
+        verdict = "" if g.result.ok else " FAILED"
+        lines.append(f"| {g.model} | {g.label} | {len(g.result.verdicts)} | "
+                     f"{(w.err / w.bound) if w else float('nan'):.3g}{verdict} | "
+                     f"{w.what if w else '-'} | {after} |")
+        n += 1
+    return "\n".join(lines) if n else ""
+
+
+def markdown(results: list[Result], gates: list[GateRecord], meta: dict, plans: list[Plan],
+             cfg: Config) -> str:
+    recs = report.records(results, meta)
+    impls = report._impls_in(results)
+    first_impl, first_label = next(((n, lb) for n, lb in impls if n != impls_mod.TORCH),
+                                   (None, None))
+    batches = {}
+    for pl in plans:
+        batches.setdefault(pl.batch, []).append(pl.display)
+    common = max(batches, key=lambda b: len(batches[b])) if batches else 0
+    others = "; ".join(f"{', '.join(v)}: batch {b}" for b, v in batches.items() if b != common)
+    b = cfg.budget
+    out = ["# dlkern model benchmarks", "",
+           f"{meta['date'][:10]} · torch {meta['torch']} · dlkern CPU path "
+           f"{meta['dlkern'].get('cpu_isa')} · git {meta['git_commit'][:12]}  ",
+           f"command: `{meta['command']}`  ",
+           f"Input: batch {common}{f' ({others})' if others else ''}, 3x{cfg.image}x{cfg.image}, "
+           f"{cfg.num_classes} classes, float32.  ",
+           f"Each pass: {b.warmup_calls} warm-up call(s) per implementation, then "
+           f"{b.max_samples} interleaved samples each; times are medians, {report.NOISY_MARK} "
+           f"marks a spread (p80-p20)/median above {NOISY_SPREAD:.0%}; "
+           f"malloc {meta.get('malloc', 'default')}.  ",
+           f"Gate before timing: batch {cfg.gate_batch}, train mode with dropout off; logits, "
+           "every parameter's gradient and the running statistics within the registry's "
+           "tolerances of torch float32/float64."]
+    if cfg.kinds != MODEL_KINDS:
+        out.append(f"dlkern layers in the custom models: {', '.join(cfg.kinds)}; the others "
+                   "are torch's.")
+    th = meta.get("threads") or {}
+    if th and not th.get("consistent", True):
+        out.append(f"\n**Warning**: thread counts disagree (torch {th.get('torch_intraop')}, "
+                   f"OpenMP {th.get('omp')}, MKL {th.get('mkl')}): CPU ratios are skewed.")
+    for device in dict.fromkeys(r.device for r in results):
+        info = meta["devices"].get(device, {"device": device, "name": device})
+        out += ["", report.device_header(info), ""]
+        dev = [r for r in results if r.device == device]
+        out.append(report.layers_table(dev, device, SUITE, impls, cfg.passes, first="Model"))
+        rt = report.ratio_table(recs, device, first_impl, first_label) if first_impl else ""
+        if rt:
+            out += ["", f"### Ratio {first_label} / torch (< 1: {first_label} is faster)", "",
+                    rt]
+        out += ["", "### Throughput", "",
+                "FLOPs of the convolutions and linear layers (2 per multiply-add; backward "
+                "twice the forward), over the median time; % peak against the FMA peak above.",
+                "", report.roofline_table(recs, device)]
+        gt = gate_table(gates, device)
+        if gt:
+            out += ["", "### Gate", "",
+                    "err / bound: the largest error against torch float64 over the bound the "
+                    "registry allows (k x torch float32's own error), over every checked tensor; "
+                    "< 1 passes.", "", gt]
+        fails = list(dict.fromkeys(
+            f"- **FAILED** {r['case']} [{r['label']}]: {r['detail']}" for r in recs
+            if r["device"] == device and r["status"] == "failed"))
+        if fails:
+            out += ["", "### FAILED (not timed)", ""] + fails
+    return "\n".join(out) + "\n"
+
+
+# ---- command line --------------------------------------------------------------------------
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="python -m bench.models", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--impl", default="custom,torch",
+                    help="torch, custom (dlkern layers), custom:<variant> (a CPU path, e.g. "
+                         "custom:reference) (default: custom,torch)")
+    ap.add_argument("--models", default="all",
+                    help=f"comma-separated, or all: {', '.join(dm.MODELS)} (default: all)")
+    ap.add_argument("--batch", type=int, default=None,
+                    help="batch size for every model (default: 8, and 4 for ResNet101/152 as "
+                         "in the seeds)")
+    ap.add_argument("--image", type=int, default=224, help="image height and width (default 224)")
+    ap.add_argument("--classes", type=int, default=1000, help="output classes (default 1000)")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or both (default: cpu)")
+    ap.add_argument("--pass", dest="passes", default=",".join(DEFAULT_PASSES),
+                    help="forward, backward, total, inference (default: all four)")
+    ap.add_argument("--layers", default=",".join(MODEL_KINDS),
+                    help="which layer kinds the custom models take from dlkern: conv2d, "
+                         "batchnorm, linear (default: all; the rest are torch's)")
+    ap.add_argument("--reps", type=int, default=5,
+                    help="timed samples per implementation and pass (default 5)")
+    ap.add_argument("--warmup", type=int, default=1,
+                    help="warm-up calls per implementation and pass (default 1)")
+    ap.add_argument("--gate-batch", type=int, default=2,
+                    help="batch of the correctness gate (default 2)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads for torch and dlkern alike (default: torch's default)")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: 2 samples, 1 warm-up (numbers are indicative only)")
+    ap.add_argument("--out", default=None, help="directory for report files")
+    ap.add_argument("--format", default="md,csv,json",
+                    help="files written to --out: md, csv, json (default: all)")
+    ap.add_argument("--plot", action="store_true", help="also write a PNG bar chart to --out")
+    ap.add_argument("--keep-going", action="store_true",
+                    help="carry on past a FAILED model (the exit code is still 1)")
+    ap.add_argument("--no-peaks", action="store_true", help="skip measuring the machine's peaks")
+    ap.add_argument("--malloc", choices=("steady", "default"), default="steady",
+                    help="glibc malloc keeps freed memory (default steady), as in bench.layers")
+    ap.add_argument("--list", action="store_true", help="list the models")
+    return ap.parse_args(argv)
+
+
+def _list() -> str:
+    lines = ["models (name: display name, default batch, parameters, forward GFLOP per image "
+             "at 224x224):"]
+    for key, (_, display, batch) in dm.MODELS.items():
+        with torch.device("meta"):
+            n = sum(p.numel() for p in dm.create(key, "torch").parameters())
+        lines.append(f"  {key}: {display}, batch {batch}, {n / 1e6:.1f} M parameters, "
+                     f"{model_flops(key, 1, 224) / 1e9:.2f} GFLOP")
+    lines.append("implementations: torch, custom, custom:<variant> (" +
+                 ", ".join(registry.cpu_variants()) + ")")
+    return "\n".join(lines)
+
+
+def build(args) -> tuple[list[Plan], list[str], Config]:
+    passes = _csv(args.passes)
+    bad = [p for p in passes if p not in PASSES]
+    if bad or not passes:
+        raise UsageError(f"{PROG}: --pass: expected some of {', '.join(PASSES)}, got "
+                         f"{args.passes!r}")
+    names = list(dm.MODELS) if args.models.strip() == "all" else _csv(args.models)
+    if not names:
+        raise UsageError(f"{PROG}: --models: no model given")
+    keys = []
+    for n in names:
+        k = n.strip().lower().replace(" ", "_").replace("-", "_")
+        if k not in dm.MODELS:
+            raise UsageError(f"{PROG}: --models: unknown model {n!r}; known: "
+                             f"{', '.join(dm.MODELS)}, all")
+        keys.append(k)
+    kinds = tuple(_csv(args.layers))
+    if not kinds or any(k not in MODEL_KINDS for k in kinds):
+        raise UsageError(f"{PROG}: --layers: expected some of {', '.join(MODEL_KINDS)}, got "
+                         f"{args.layers!r}")
+    kinds = tuple(k for k in MODEL_KINDS if k in kinds)
+    for flag, v, lo in (("--batch", args.batch, 1), ("--reps", args.reps, 1),
+                        ("--warmup", args.warmup, 0), ("--gate-batch", args.gate_batch, 2),
+                        ("--classes", args.classes, 1), ("--threads", args.threads, 1)):
+        if v is not None and v < lo:
+            raise UsageError(f"{PROG}: {flag} must be >= {lo}, got {v}")
+    if args.image < 32:
+        raise UsageError(f"{PROG}: --image must be >= 32 (VGG halves it five times, ResNet "
+                         f"divides it by 32), got {args.image}")
+    impl_names = _csv(args.impl)
+    if not impl_names or len(set(impl_names)) != len(impl_names):
+        raise UsageError(f"{PROG}: --impl: expected distinct implementations, got {args.impl!r}")
+    devices = _devices(args.device, PROG)
+    for d in devices:
+        for n in impl_names:
+            resolve_impl(n, d, kinds)
+    fmts = _csv(args.format)
+    if any(f not in ("md", "csv", "json") for f in fmts):
+        raise UsageError(f"{PROG}: --format: expected md, csv and/or json, got {args.format!r}")
+    if args.plot:
+        if not args.out:
+            raise UsageError(f"{PROG}: --plot writes a PNG file: give --out DIR")
+        why = plot.available()
+        if why:
+            raise UsageError(why.replace("bench.layers", PROG))
+    reps, warm = (2, 1) if args.quick else (args.reps, args.warmup)
+    budget = Budget(warmup_s=0.0, min_sample_s=0.05, min_samples=reps, max_samples=reps,
+                    target_spread=0.0, budget_s=float("inf"), warmup_calls=warm)
+    plans = []
+    for k in keys:
+        batch = args.batch or dm.MODELS[k][2]
+        plans.append(Plan(k, dm.MODELS[k][1], batch, model_flops(k, batch, args.image),
+                          model_flops(k, args.gate_batch, args.image)))
+    cfg = Config(impls=impl_names, kinds=kinds, passes=passes, budget=budget, image=args.image,
+                 gate_batch=args.gate_batch, num_classes=args.classes,
+                 keep_going=args.keep_going)
+    return plans, devices, cfg
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    if args.list:
+        print(_list())
+        return 0
+    try:
+        if args.threads is not None:
+            if args.threads < 1:
+                raise UsageError(f"{PROG}: --threads must be >= 1, got {args.threads}")
+            torch.set_num_threads(args.threads)
+        plans, devices, cfg = build(args)
+    except UsageError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    threads = machine.threads_info()
+    alloc = machine.steady_malloc() if args.malloc == "steady" else {"malloc": "default"}
+    if "cuda" in devices:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    dev_info, rate = {}, 0.0
+    for d in devices:
+        if d == "cpu":
+            dev_info[d] = machine.cpu_info(threads["torch_intraop"], not args.no_peaks, 0.2)
+            peak = (dev_info[d].get("peaks") or {}).get("peak_gflops")
+            # whole models run at about 40% of the FMA peak here (ResNet18 measured 41%)
+            r = 0.4 * peak if peak else 40.0 * threads["torch_intraop"]
+        else:
+            dev_info[d] = machine.gpu_info(not args.no_peaks, 0.3)
+            peak = (dev_info[d].get("peaks") or {}).get("peak_gflops")
+            r = 0.3 * peak if peak else 5000.0
+        rate = r if not rate else min(rate, r)
+    est = estimate_s(plans, cfg, rate) * len(devices)
+    print(f"{PROG}: {len(plans)} model(s) x {len(devices)} device(s) x {len(cfg.passes)} passes, "
+          f"impls {','.join(cfg.impls)}, {cfg.budget.max_samples} samples, "
+          f"{threads['torch_intraop']} threads; about {_fmt_s(est)} "
+          f"(from the models' FLOPs at ~{rate:.0f} GFLOP/s)", file=sys.stderr)
+    steps = len(plans) * len(devices) * (2 + len(cfg.passes))
+    prog = Progress(steps, est)
+    results: list[Result] = []
+    gates: list[GateRecord] = []
+    stopped = False
+    try:
+        for d in devices:
+            for pl in plans:
+                t0 = time.perf_counter()
+                res, gs = run_model(pl, d, cfg, prog)
+                results += res
+                gates += gs
+                prog.note_row(f"{d} {pl.display} (batch {pl.batch})", res,
+                              time.perf_counter() - t0)
+                if not cfg.keep_going and any(r.status == "failed" for r in res):
+                    stopped = True
+                    break
+            if stopped:
+                break
+    finally:
+        prog.close()
+    meta = report.make_meta(argv, dev_info, threads, cfg.budget, cfg.impls, cfg.passes,
+                            {"dtype": "float32", "quick": args.quick, "image": cfg.image,
+                             "gate_batch": cfg.gate_batch, "layers": list(cfg.kinds), **alloc},
+                            prog="python -m bench.models")
+    md = markdown(results, gates, meta, plans, cfg)
+    print(md)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        fmts = _csv(args.format)
+        written = []
+        if "md" in fmts:
+            written.append(_write(args.out, "models.md", md))
+        if "csv" in fmts:
+            written.append(_write(args.out, "models.csv", report.to_csv(results, meta)))
+        if "json" in fmts:
+            doc = report.to_json(results, meta)
+            doc["gates"] = [{"device": g.device, "model": g.model, "impl": g.impl,
+                             "ok": g.result.ok, "checked": len(g.result.verdicts),
+                             "worst": str(g.result.worst) if g.result.worst else None,
+                             "detail": g.result.detail,
+                             "after_ok": None if g.after is None else g.after.ok}
+                            for g in gates]
+            written.append(_write(args.out, "models.json", json.dumps(doc, indent=1)))
+        if args.plot:
+            written += plot.plot_models(report.records(results, meta), args.out)
+        print(f"{PROG}: wrote " + ", ".join(written), file=sys.stderr)
+    failed = sorted({(r.device, r.row.case.name, r.impl) for r in results
+                     if r.status == "failed"})
+    if failed:
+        print(f"{PROG}: {len(failed)} (model, implementation) pair(s) FAILED the correctness "
+              "check and were not timed:", file=sys.stderr)
+        for d, m, impl in failed:
+            print(f"  {d} {m} [{impl}]", file=sys.stderr)
+        if stopped:
+            print(f"{PROG}: stopped at the first FAILED model (--keep-going carries on)",
+                  file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
