@@ -146,6 +146,35 @@ static void gather_rows(const Gather& g, int64_t k0, int64_t kc, const Piece* pc
   }
 }
 
+// gather_rows for the common panel: 16 positions in one output row at column stride 1. Each k
+// row is then one 16-float copy (two loads, two stores) unless it touches the padding. With 64
+// output channels the GEMM spends only 8 FMA instructions per gathered float, so the generic
+// gather's per-row calls were a fifth of a 3x3 convolution's time.
+static void gather_rows16(const Gather& g, int64_t k0, int64_t kc, const Piece& pc, float* dst) {
+  const int64_t RS = g.R * g.S;
+  int64_t c = k0 / RS, rem = k0 - c * RS, r = rem / g.S, t = rem - r * g.S;
+  for (int64_t k = 0; k < kc; ++k, dst += NR) {
+    const int64_t ih = pc.ih0 + r * g.dh, iw = pc.iw0 + t * g.dw;
+    if (ih < 0 || ih >= g.H) {
+      _mm256_store_ps(dst, _mm256_setzero_ps());
+      _mm256_store_ps(dst + 8, _mm256_setzero_ps());
+    } else if (iw >= 0 && iw + NR <= g.W) {
+      const float* src = pc.x + c * g.plane + ih * g.W + iw;
+      _mm256_store_ps(dst, _mm256_loadu_ps(src));
+      _mm256_store_ps(dst + 8, _mm256_loadu_ps(src + 8));
+    } else {
+      gather_row(pc.x + c * g.plane + ih * g.W, g.W, (g.H - ih) * g.W, iw, 1, NR, dst);
+    }
+    if (++t == g.S) {
+      t = 0;
+      if (++r == g.R) {
+        r = 0;
+        ++c;
+      }
+    }
+  }
+}
+
 // The GEMM's B packer (gemm.h BPacker): NR-column micro-panels of B[k0:k0+kc][n0:n0+nc].
 void gather_panels(const void* ctx, int64_t k0, int64_t kc, int64_t n0, int64_t nc, float* bp) {
   const Gather& g = *static_cast<const Gather*>(ctx);
@@ -153,6 +182,10 @@ void gather_panels(const void* ctx, int64_t k0, int64_t kc, int64_t n0, int64_t 
   for (int64_t jr = 0; jr < nc; jr += NR, bp += NR * kc) {
     const int64_t nr = std::min<int64_t>(NR, nc - jr);
     const int64_t np = make_pieces(g, n0 + jr, nr, pc);
+    if (np == 1 && nr == NR && g.sw == 1) {
+      gather_rows16(g, k0, kc, pc[0], bp);
+      continue;
+    }
     gather_rows(g, k0, kc, pc, np, bp, NR);
     if (nr < NR)
       for (int64_t k = 0; k < kc; ++k) zero(bp + k * NR + nr, NR - nr);
