@@ -12,7 +12,9 @@ Per model and device:
    off, so batchnorm uses batch statistics and both sides draw no random masks). Its logits, the
    gradient of every parameter and the updated running statistics must be within the registry's
    tolerance of the op that owns them (dlkern.testing's rule: k x torch float32's own error
-   against torch float64 on the same inputs). A model that fails is FAILED and not timed.
+   against torch float64 on the same inputs; the references take the checked model's ReLU masks
+   and max-pool argmaxes, so that a value within rounding of a branch point cannot route a
+   gradient elsewhere on one side only). A model that fails is FAILED and not timed.
 2. Timing, interleaved as in bench.layers (bench/timing.py): per pass, --warmup calls per
    implementation, then --reps samples per implementation in alternating order. Forward: train
    mode, building the graph; Backward: the gradients of every parameter over a graph kept from
@@ -411,9 +413,10 @@ def markdown(results: list[Result], gates: list[GateRecord], meta: dict, plans: 
         if gt:
             out += ["", "### Gate", "",
                     "worst err / bound: over every checked tensor, the largest ratio of an error "
-                    "against torch float64 to the bound the registry allows (k x torch float32's "
-                    "own error; element-wise and norm-wise for logits and running statistics, "
-                    "norm-wise for parameter gradients, see dlkern/testing.py); < 1 passes.", "",
+                    "against torch float64 (element-wise and in relative L2 norm) to the bound "
+                    "the registry allows (k x torch float32's own error); < 1 passes. The "
+                    "references follow the checked model's ReLU masks and max-pool argmaxes "
+                    "(dlkern/testing.py check_model).", "",
                     gt]
         fails = list(dict.fromkeys(
             f"- **FAILED** {r['case']} [{r['label']}]: {r['detail']}" for r in recs
