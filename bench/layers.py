@@ -179,10 +179,7 @@ def main(argv=None) -> int:
         print(_list())
         return 0
     try:
-        if args.threads is not None:
-            if args.threads < 1:
-                raise UsageError(f"bench.layers: --threads must be >= 1, got {args.threads}")
-            torch.set_num_threads(args.threads)   # intra-op, OpenMP and MKL together
+        apply_threads(args.threads, "bench.layers")
         rows, devices, cfg = build(args)
     except UsageError as e:
         print(str(e), file=sys.stderr)
@@ -217,32 +214,18 @@ def main(argv=None) -> int:
     md = report.markdown(results, meta, cfg.passes)
     print(md)
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        fmts = _csv(args.format)
-        written = []
-        if "md" in fmts:
-            written.append(_write(args.out, "report.md", md))
-        if "csv" in fmts:
-            written.append(_write(args.out, "results.csv", report.to_csv(results, meta)))
-        if "json" in fmts:
-            doc = report.to_json(results, meta)
-            written.append(_write(args.out, "results.json", json.dumps(doc, indent=1)))
-        if args.plot:
-            sweep = {r.row.key: r.row.case.sweep for r in results if r.row.case.sweep}
-            written += plot.plot(report.records(results, meta), args.out, sweep)
-        print("bench.layers: wrote " + ", ".join(written), file=sys.stderr)
+        sweep = {r.row.key: r.row.case.sweep for r in results if r.row.case.sweep}
+        write_reports(args.out, _csv(args.format), {
+            "md": ("report.md", md),
+            "csv": ("results.csv", lambda: report.to_csv(results, meta)),
+            "json": ("results.json", lambda: json.dumps(report.to_json(results, meta), indent=1))},
+            "bench.layers",
+            (lambda: plot.plot(report.records(results, meta), args.out, sweep)) if args.plot
+            else None)
     failed = sorted({(r.device, r.row.op, r.row.case.name, r.impl) for r in results
                      if r.status == "failed"})
-    if failed:
-        print(f"bench.layers: {len(failed)} (row, implementation) pair(s) FAILED the correctness "
-              "check and were not timed:", file=sys.stderr)
-        for d, op, case, impl in failed:
-            print(f"  {d} {op} {case} [{impl}]", file=sys.stderr)
-        if stopped:
-            print("bench.layers: stopped at the first FAILED row (--keep-going carries on)",
-                  file=sys.stderr)
-        return 1
-    return 0
+    return report_failed("bench.layers", [f"{d} {op} {case} [{impl}]" for d, op, case, impl
+                                          in failed], "row", stopped)
 
 
 def _write(d: str, name: str, text: str) -> str:
@@ -250,6 +233,43 @@ def _write(d: str, name: str, text: str) -> str:
     with open(path, "w") as f:
         f.write(text)
     return path
+
+
+# ---- shared by the command lines (bench.layers, bench.models) --------------------------------
+
+def apply_threads(threads: int | None, prog: str) -> None:
+    """--threads: torch's intra-op count, which OpenMP, MKL and dlkern's kernels follow."""
+    if threads is not None:
+        if threads < 1:
+            raise UsageError(f"{prog}: --threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+
+
+def write_reports(out: str, fmts: list[str], files: dict, prog: str, plots=None) -> None:
+    """Writes {fmt: (file name, text or a callable making it)} for the formats asked for, and the
+    plot files `plots()` writes; prints what was written."""
+    os.makedirs(out, exist_ok=True)
+    written = []
+    for fmt, (name, text) in files.items():
+        if fmt in fmts:
+            written.append(_write(out, name, text() if callable(text) else text))
+    if plots is not None:
+        written += plots()
+    print(f"{prog}: wrote " + ", ".join(written), file=sys.stderr)
+
+
+def report_failed(prog: str, failed: list[str], what: str, stopped: bool) -> int:
+    """Lists the FAILED (what, implementation) pairs on stderr; the exit code (1, or 0)."""
+    if not failed:
+        return 0
+    print(f"{prog}: {len(failed)} ({what}, implementation) pair(s) FAILED the correctness check "
+          "and were not timed:", file=sys.stderr)
+    for line in failed:
+        print(f"  {line}", file=sys.stderr)
+    if stopped:
+        print(f"{prog}: stopped at the first FAILED {what} (--keep-going carries on)",
+              file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ import argparse
 import contextlib
 import copy
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -45,7 +44,7 @@ from dlkern.registry import Case
 
 from . import impls as impls_mod
 from . import machine, plot, report
-from .layers import UsageError, _csv, _devices, _write
+from .layers import UsageError, _csv, _devices, apply_threads, report_failed, write_reports
 from .progress import Progress, _fmt_s
 from .runner import PASS_TITLES, PASSES, Result
 from .timing import NOISY_SPREAD, Budget, Stats, time_interleaved
@@ -549,10 +548,7 @@ def main(argv=None) -> int:
         print(_list())
         return 0
     try:
-        if args.threads is not None:
-            if args.threads < 1:
-                raise UsageError(f"{PROG}: --threads must be >= 1, got {args.threads}")
-            torch.set_num_threads(args.threads)
+        apply_threads(args.threads, PROG)
         plans, devices, cfg = build(args)
     except UsageError as e:
         print(str(e), file=sys.stderr)
@@ -607,14 +603,7 @@ def main(argv=None) -> int:
     md = markdown(results, gates, meta, plans, cfg)
     print(md)
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        fmts = _csv(args.format)
-        written = []
-        if "md" in fmts:
-            written.append(_write(args.out, "models.md", md))
-        if "csv" in fmts:
-            written.append(_write(args.out, "models.csv", report.to_csv(results, meta)))
-        if "json" in fmts:
+        def json_doc():
             doc = report.to_json(results, meta)
             doc["gates"] = [{"device": g.device, "model": g.model, "impl": g.impl,
                              "ok": g.result.ok, "checked": len(g.result.verdicts),
@@ -622,22 +611,15 @@ def main(argv=None) -> int:
                              "detail": g.result.detail,
                              "after_ok": None if g.after is None else g.after.ok}
                             for g in gates]
-            written.append(_write(args.out, "models.json", json.dumps(doc, indent=1)))
-        if args.plot:
-            written += plot.plot_models(report.records(results, meta), args.out)
-        print(f"{PROG}: wrote " + ", ".join(written), file=sys.stderr)
+            return json.dumps(doc, indent=1)
+        write_reports(args.out, _csv(args.format), {
+            "md": ("models.md", md), "csv": ("models.csv", lambda: report.to_csv(results, meta)),
+            "json": ("models.json", json_doc)}, PROG,
+            (lambda: plot.plot_models(report.records(results, meta), args.out)) if args.plot
+            else None)
     failed = sorted({(r.device, r.row.case.name, r.impl) for r in results
                      if r.status == "failed"})
-    if failed:
-        print(f"{PROG}: {len(failed)} (model, implementation) pair(s) FAILED the correctness "
-              "check and were not timed:", file=sys.stderr)
-        for d, m, impl in failed:
-            print(f"  {d} {m} [{impl}]", file=sys.stderr)
-        if stopped:
-            print(f"{PROG}: stopped at the first FAILED model (--keep-going carries on)",
-                  file=sys.stderr)
-        return 1
-    return 0
+    return report_failed(PROG, [f"{d} {m} [{impl}]" for d, m, impl in failed], "model", stopped)
 
 
 if __name__ == "__main__":
