@@ -191,18 +191,7 @@ def main(argv=None) -> int:
     print(f"bench.layers: {len(rows)} rows x {len(devices)} device(s) x {len(cfg.passes)} passes, "
           f"impls {','.join(cfg.impls)}, {threads['torch_intraop']} threads; about {est:.0f} s",
           file=sys.stderr)
-    if "cuda" in devices:
-        # dlkern's CUDA kernels are true float32: compare them with cuBLAS/cuDNN in float32 too
-        # (cuDNN's default is TF32 on Ampere and later, a different, less precise arithmetic)
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-    dev_info = {}
-    seconds = 0.1 if args.quick else 0.3
-    for d in devices:
-        if d == "cpu":
-            dev_info[d] = machine.cpu_info(threads["torch_intraop"], not args.no_peaks, seconds)
-        else:
-            dev_info[d] = machine.gpu_info(not args.no_peaks, seconds)
+    dev_info = devices_info(devices, threads, not args.no_peaks, 0.1 if args.quick else 0.3)
     steps = len(rows) * len(devices) * (1 + len(cfg.passes))
     prog = Progress(steps, est)
     try:
@@ -236,6 +225,18 @@ def _write(d: str, name: str, text: str) -> str:
 
 
 # ---- shared by the command lines (bench.layers, bench.models) --------------------------------
+
+def devices_info(devices: list[str], threads: dict, measure: bool, seconds: float) -> dict:
+    """{device: its description and (with `measure`) measured peaks}. With CUDA rows, TF32 is
+    turned off for torch: dlkern's CUDA kernels are true float32, so cuBLAS/cuDNN are compared
+    in float32 too (cuDNN's default is TF32 on Ampere and later, a different, less precise
+    arithmetic)."""
+    if "cuda" in devices:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    return {d: machine.cpu_info(threads["torch_intraop"], measure, seconds) if d == "cpu"
+            else machine.gpu_info(measure, seconds) for d in devices}
+
 
 def apply_threads(threads: int | None, prog: str) -> None:
     """--threads: torch's intra-op count, which OpenMP, MKL and dlkern's kernels follow."""

@@ -44,7 +44,8 @@ from dlkern.registry import Case
 
 from . import impls as impls_mod
 from . import machine, plot, report
-from .layers import UsageError, _csv, _devices, apply_threads, report_failed, write_reports
+from .layers import (UsageError, _csv, _devices, apply_threads, devices_info, report_failed,
+                     write_reports)
 from .progress import Progress, _fmt_s
 from .runner import PASS_TITLES, PASSES, Result
 from .timing import NOISY_SPREAD, Budget, Stats, time_interleaved
@@ -555,19 +556,14 @@ def main(argv=None) -> int:
         return 2
     threads = machine.threads_info()
     alloc = machine.steady_malloc() if args.malloc == "steady" else {"malloc": "default"}
-    if "cuda" in devices:
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-    dev_info, rate = {}, 0.0
+    dev_info = devices_info(devices, threads, not args.no_peaks, 0.3)
+    rate = 0.0
     for d in devices:
+        peak = (dev_info[d].get("peaks") or {}).get("peak_gflops")
         if d == "cpu":
-            dev_info[d] = machine.cpu_info(threads["torch_intraop"], not args.no_peaks, 0.2)
-            peak = (dev_info[d].get("peaks") or {}).get("peak_gflops")
             # whole models run at about 40% of the FMA peak here (ResNet18 measured 41%)
             r = 0.4 * peak if peak else 40.0 * threads["torch_intraop"]
         else:
-            dev_info[d] = machine.gpu_info(not args.no_peaks, 0.3)
-            peak = (dev_info[d].get("peaks") or {}).get("peak_gflops")
             r = 0.3 * peak if peak else 5000.0
         rate = r if not rate else min(rate, r)
     est = estimate_s(plans, cfg, rate) * len(devices)

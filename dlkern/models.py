@@ -73,10 +73,12 @@ class _Layers:
 
     def __init__(self, impl: Impl):
         which = _resolve(impl)
-        pick = {k: pairs[0][1 if which[k] == "dlkern" else 0] for k, pairs in _PAIRS.items()}
-        self.Conv2d, self.Linear = pick["conv2d"], pick["linear"]
-        self.BatchNorm2d = (dnn.BatchNorm2d if which["batchnorm"] == "dlkern"
-                            else tnn.BatchNorm2d)
+
+        def pick(kind, torch_cls):
+            return dict(_PAIRS[kind])[torch_cls] if which[kind] == "dlkern" else torch_cls
+        self.Conv2d = pick("conv2d", tnn.Conv2d)
+        self.BatchNorm2d = pick("batchnorm", tnn.BatchNorm2d)
+        self.Linear = pick("linear", tnn.Linear)
 
 
 def set_impl(model: tnn.Module, impl: Impl) -> tnn.Module:
@@ -214,19 +216,17 @@ class ResNet(tnn.Module):
     def __init__(self, block, layers, num_classes: int = 1000, impl: Impl = "dlkern"):
         super().__init__()
         L = _Layers(impl)
-        self._L = L
         self.inplanes = 64
         self.conv1 = L.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = L.BatchNorm2d(64)
         self.relu = tnn.ReLU(inplace=True)
         self.maxpool = tnn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.layer1 = self._make_layer(block, 64, layers[0])
-        self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
-        self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
-        self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
+        self.layer1 = self._make_layer(L, block, 64, layers[0])
+        self.layer2 = self._make_layer(L, block, 128, layers[1], stride=2)
+        self.layer3 = self._make_layer(L, block, 256, layers[2], stride=2)
+        self.layer4 = self._make_layer(L, block, 512, layers[3], stride=2)
         self.avgpool = tnn.AdaptiveAvgPool2d((1, 1))
         self.fc = L.Linear(512 * block.expansion, num_classes)
-        del self._L
         for m in self.modules():
             if isinstance(m, tnn.Conv2d):
                 tnn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -234,8 +234,8 @@ class ResNet(tnn.Module):
                 tnn.init.constant_(m.weight, 1)
                 tnn.init.constant_(m.bias, 0)
 
-    def _make_layer(self, block, planes: int, blocks: int, stride: int = 1) -> tnn.Sequential:
-        L = self._L
+    def _make_layer(self, L: _Layers, block, planes: int, blocks: int,
+                    stride: int = 1) -> tnn.Sequential:
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = tnn.Sequential(
