@@ -22,6 +22,13 @@ TORCHVISION_PARAMS = {"vgg16": 138357544, "vgg16_bn": 138365992, "vgg19": 143667
                       "vgg19_bn": 143678248, "resnet18": 11689512, "resnet34": 21797672,
                       "resnet50": 25557032, "resnet101": 44549160, "resnet152": 60192808}
 
+# The training-mode checks run at 64x64, not 32x32: at 32x32 ResNet's last stage is 1x1, so its
+# batchnorms normalise N*H*W = 2 values per channel, y = +-d / sqrt(d^2 + eps), whose sensitivity
+# to d grows without bound as d nears sqrt(eps). There both torch's and dlkern's float32 logits
+# were ~1e-3 from float64 (1000x their error at 64x64), and which of the two happened to be
+# closer decided pass or fail by the seed. At 64x64 (8 values per channel) both sit near 3e-6.
+TRAIN_IMAGE = 64
+
 
 def _pair(name, num_classes=1000, seed=0):
     torch.manual_seed(seed)
@@ -61,11 +68,11 @@ def test_architecture_matches_torchvision(name):
 
 @pytest.mark.parametrize("name", list(TORCHVISION_PARAMS))
 def test_model_parity(name):
-    """32x32, batch 2: logits, every parameter gradient and the running statistics of the dlkern
+    """64x64 (TRAIN_IMAGE), batch 2: logits, every parameter gradient and the running statistics of the dlkern
     model against the torch model in float32 and float64."""
     d, t = _pair(name, num_classes=10)
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(2, 3, 32, 32, generator=g)
+    x = torch.randn(2, 3, TRAIN_IMAGE, TRAIN_IMAGE, generator=g)
     go = torch.randn(2, 10, generator=g, dtype=torch.float64)
     ref = testing.model_reference(t, x, go)
     assert set(dm.impl_of(d).values()) == {"dlkern"} and set(dm.impl_of(t).values()) == {"torch"}
@@ -108,7 +115,7 @@ def test_check_model_refuses_a_wrong_layer(monkeypatch):
     """The model check must be able to fail: a convolution 0.1% off, a batchnorm whose running
     mean is not updated, and a wrong linear gradient are each refused."""
     d, t = _pair("resnet18", num_classes=5)
-    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    x = torch.randn(2, 3, TRAIN_IMAGE, TRAIN_IMAGE, generator=torch.Generator().manual_seed(3))
     go = torch.randn(2, 5, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     ref = testing.model_reference(t, x, go)
     import copy
