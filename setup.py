@@ -1,6 +1,10 @@
 """Builds dlkern._C against the torch already installed.
 
-    pip install --no-build-isolation -e .
+    pip install -e .
+
+pip runs this through buildsys/backend.py, which lets pip's isolated build environment see the
+torch installed where dlkern is being installed (why: that file's docstring).
+`pip install --no-build-isolation -e .` works as well and skips the isolated environment.
 
 Environment variables:
     DLKERN_FORCE_CPU=1     build only the CPU kernels even with a CUDA torch and nvcc
@@ -14,22 +18,13 @@ import sys
 
 from setuptools import find_packages, setup
 
-NO_TORCH = """
-dlkern builds its kernels against the torch that is already installed, and this build
-environment has no torch: plain `pip install -e .` builds in an isolated environment, and letting
-pip install torch there would download a different (multi-GB CUDA) torch. Run instead:
-
-    pip install torch==2.13.0          # if torch is not installed yet
-    pip install --no-build-isolation -e .
-"""
-
 try:
     import torch
     from torch.utils import cpp_extension
-except ImportError:
-    sys.stderr.write(NO_TORCH)
-    raise SystemExit("dlkern: torch is not importable in this build environment; "
-                     "use `pip install --no-build-isolation -e .`")
+except ImportError as e:
+    raise SystemExit(f"dlkern: torch is not importable ({e}); dlkern compiles against the torch "
+                     "that will load it, so install it first (e.g. `pip install torch==2.13.0`), "
+                     "then `pip install -e .`")
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -74,7 +69,7 @@ print(f"dlkern: building {'CPU + CUDA' if with_cuda else 'CPU'} kernels against 
       f"{torch.__version__}" + (" (DLKERN_FORCE_CPU=1)" if force_cpu else ""), file=sys.stderr)
 
 setup(
-    packages=find_packages(include=["dlkern", "dlkern.*"]),
+    packages=find_packages(include=["dlkern", "dlkern.*", "bench", "bench.*"]),
     ext_modules=[ext],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
 )

@@ -1,7 +1,7 @@
 """Loads dlkern._C and turns every way that can fail into an ImportError that says what to run."""
 import importlib
 
-BUILD_CMD = "pip install --no-build-isolation -e .   (in the dlkern checkout, torch installed)"
+BUILD_CMD = "pip install -e .   (in the dlkern checkout, with torch installed)"
 
 
 def build_info() -> dict:
