@@ -12,11 +12,11 @@ import dlkern
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _python(code, env=None):
+def _python(code, env=None, cwd=ROOT):
     e = dict(os.environ)
     e.update(env or {})
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, env=e, cwd=ROOT, timeout=120)
+                          text=True, env=e, cwd=cwd, timeout=120)
 
 
 def test_capabilities():
@@ -56,6 +56,16 @@ def test_env_var_invalid_value_is_an_import_error_naming_it():
     r = _python("import dlkern", {"DLKERN_CPU_ISA": "sse9"})
     assert r.returncode != 0
     assert "DLKERN_CPU_ISA='sse9'" in r.stderr, r.stderr
+
+
+def test_harness_runs_from_outside_the_checkout(tmp_path):
+    # `python -m bench.layers` as a user types it elsewhere: the harness is installed with
+    # dlkern, not merely importable from the checkout's directory.
+    for module in ("bench.layers", "bench.models"):
+        r = subprocess.run([sys.executable, "-m", module, "--list"], capture_output=True,
+                           text=True, cwd=tmp_path, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert "implementations:" in r.stdout, r.stdout
 
 
 def test_missing_extension_says_how_to_build():
