@@ -8,8 +8,8 @@
 Every (workload, implementation, device) is first checked on several seeded inputs (forward and
 every gradient against torch float32 and float64); one that fails is reported FAILED and not
 timed, and the exit code is 1 (also with --keep-going, which only carries on past it). Timing is
-interleaved (see bench/timing.py and the README); the first non-torch implementation listed in
---impl is the one the ratio tables compare with torch.
+interleaved (see bench/timing.py and docs/benchmarks.md); the first non-torch implementation
+listed in --impl is the one the ratio tables compare with torch.
 
 Exit codes: 0 all checked and timed, 1 a row FAILED, 2 bad arguments or unavailable device.
 """

@@ -16,7 +16,7 @@ def available() -> str | None:
         import matplotlib  # noqa: F401
     except ImportError:
         return ("bench.layers: --plot needs matplotlib, which is not installed "
-                "(pip install matplotlib, or pip install --no-build-isolation -e .[plot])")
+                "(pip install matplotlib, or pip install -e '.[plot]')")
     return None
 
 

@@ -1,6 +1,6 @@
 """Interleaved timing of several implementations of one workload.
 
-Method (why; the README's "Timing method" says the same for users):
+Method (why; docs/benchmarks.md, "Timing method", says the same for users):
 - The machine is shared and noisy, so absolute times drift; a ratio is only meaningful when both
   sides see the same drift. Implementations are timed in alternating blocks (A B A B ..., the
   order flipped every round so neither always goes first).

@@ -1,6 +1,6 @@
 """Workloads: which (op, case) rows a run times.
 
-The suites of ../shared/WORKLOADS.md are not listed here: each op's registry entry tags its
+The suites of docs/workloads.md are not listed here: each op's registry entry tags its
 benchmark cases with the suites they belong to, so an op that lands is benchmarked without an
 edit to the harness. This module only selects rows (by suite and op) and reads user shape files.
 
@@ -26,7 +26,7 @@ from typing import Any, Iterable
 from dlkern import registry
 from dlkern.registry import Case, OpSpec
 
-# The suites of WORKLOADS.md, in report order. Ops may tag cases with further suites of their own
+# The suites of docs/workloads.md, in report order. Ops may tag cases with further suites of their own
 # (softmax has "softmax": larger and non-last-dim cases); `--suite all` takes every suite.
 STANDARD_SUITES = ("layers", "dense-sweep", "tensorgrad")
 DEFAULT_SUITES = ("layers", "tensorgrad")

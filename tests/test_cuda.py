@@ -16,7 +16,7 @@ def _skip_reason():
                 "False); the CUDA kernels are compile-checked by CMake and .ci/check-cuda-bindings")
     if not dlkern.capabilities()["cuda_built"]:
         return ("dlkern was built without its CUDA kernels; rebuild with a CUDA torch and nvcc: "
-                "pip install --no-build-isolation -e .")
+                "pip install -e .")
     return None
 
 
