@@ -27,6 +27,9 @@ namespace bind = dlkern::bind;
 using OptTensor = c10::optional<at::Tensor>;
 
 bool has(const OptTensor& t) { return t.has_value() && t->defined(); }
+// The core reads per-channel vectors as dense arrays: a strided, expanded or offset view (a slice
+// of a flattened parameter buffer) is copied first. ptr() is only ever given dense() results.
+OptTensor dense(const OptTensor& t) { return has(t) ? OptTensor(t->contiguous()) : t; }
 const float* ptr(const OptTensor& t) { return has(t) ? t->const_data_ptr<float>() : nullptr; }
 
 void check_channel_vector(const char* op, const char* arg, const OptTensor& t,
@@ -65,6 +68,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_any(
   check_input(op, input);
   check_channel_vector(op, "weight", weight, input);
   check_channel_vector(op, "bias", bias, input);
+  const OptTensor w = dense(weight), b = dense(bias);
   check_channel_vector(op, "running_mean", running_mean, input);
   check_channel_vector(op, "running_var", running_var, input);
   TORCH_CHECK_VALUE(has(running_mean) == has(running_var), "dlkern.batch_norm: running_mean and ",
@@ -90,14 +94,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_any(
       const c10::cuda::CUDAGuard guard(x.device());
       const at::Tensor ws = bind::cuda_workspace(dlkern::batchnorm_cuda_workspace(s), x);
       bind::check_status(op, dlkern::batchnorm_fwd_train_cuda(
-          s, x.const_data_ptr<float>(), ptr(weight), ptr(bias), eps, momentum, rmp, rvp,
+          s, x.const_data_ptr<float>(), ptr(w), ptr(b), eps, momentum, rmp, rvp,
           y.mutable_data_ptr<float>(), save_mean.mutable_data_ptr<float>(),
           save_invstd.mutable_data_ptr<float>(), ws.mutable_data_ptr(), ws.numel(),
           bind::cuda_stream()));
     } else
 #endif
     bind::check_status(op, dlkern::batchnorm_fwd_train_cpu(
-        s, x.const_data_ptr<float>(), ptr(weight), ptr(bias), eps, momentum, rmp, rvp,
+        s, x.const_data_ptr<float>(), ptr(w), ptr(b), eps, momentum, rmp, rvp,
         y.mutable_data_ptr<float>(), save_mean.mutable_data_ptr<float>(),
         save_invstd.mutable_data_ptr<float>(), at::get_num_threads()));
     if (rm.defined() && !rm.is_same(*running_mean)) running_mean->copy_(rm);
@@ -111,14 +115,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_any(
       const c10::cuda::CUDAGuard guard(x.device());
       const at::Tensor ws = bind::cuda_workspace(dlkern::batchnorm_cuda_workspace(s), x);
       bind::check_status(op, dlkern::batchnorm_fwd_eval_cuda(
-          s, x.const_data_ptr<float>(), ptr(weight), ptr(bias), rm.const_data_ptr<float>(),
+          s, x.const_data_ptr<float>(), ptr(w), ptr(b), rm.const_data_ptr<float>(),
           rv.const_data_ptr<float>(), eps, y.mutable_data_ptr<float>(),
           save_mean.mutable_data_ptr<float>(), save_invstd.mutable_data_ptr<float>(),
           ws.mutable_data_ptr(), ws.numel(), bind::cuda_stream()));
     } else
 #endif
     bind::check_status(op, dlkern::batchnorm_fwd_eval_cpu(
-        s, x.const_data_ptr<float>(), ptr(weight), ptr(bias), rm.const_data_ptr<float>(),
+        s, x.const_data_ptr<float>(), ptr(w), ptr(b), rm.const_data_ptr<float>(),
         rv.const_data_ptr<float>(), eps, y.mutable_data_ptr<float>(),
         save_mean.mutable_data_ptr<float>(), save_invstd.mutable_data_ptr<float>(),
         at::get_num_threads()));
@@ -146,6 +150,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_any(
   check_channel_vector(op, "weight", weight, input);
   check_channel_vector(op, "save_mean", save_mean, input);
   check_channel_vector(op, "save_invstd", save_invstd, input);
+  const OptTensor w = dense(weight);
   const at::Tensor x = input.contiguous(), g = grad_output.contiguous();
   const at::Tensor m = save_mean.contiguous(), is = save_invstd.contiguous();
   const dlkern::BatchNormShape s = shape_of(x);
@@ -161,14 +166,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_any(
     const c10::cuda::CUDAGuard guard(x.device());
     const at::Tensor ws = bind::cuda_workspace(dlkern::batchnorm_cuda_workspace(s), x);
     bind::check_status(op, dlkern::batchnorm_bwd_cuda(
-        s, x.const_data_ptr<float>(), g.const_data_ptr<float>(), ptr(weight),
+        s, x.const_data_ptr<float>(), g.const_data_ptr<float>(), ptr(w),
         m.const_data_ptr<float>(), is.const_data_ptr<float>(), training, dxp, dwp, dbp,
         ws.mutable_data_ptr(), ws.numel(), bind::cuda_stream()));
     return {dx, dw, db};
   }
 #endif
   bind::check_status(op, dlkern::batchnorm_bwd_cpu(
-      s, x.const_data_ptr<float>(), g.const_data_ptr<float>(), ptr(weight),
+      s, x.const_data_ptr<float>(), g.const_data_ptr<float>(), ptr(w),
       m.const_data_ptr<float>(), is.const_data_ptr<float>(), training, dxp, dwp, dbp,
       at::get_num_threads()));
   return {dx, dw, db};
