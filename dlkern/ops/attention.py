@@ -143,11 +143,25 @@ def multi_head_attention_forward(
                         f"shape {tuple(mask.shape)}")
     if kpm is not None and tuple(kpm.shape) != (N, S):
         raise _fail("key_padding_mask", f"(N, S) = ({N}, {S})", tuple(kpm.shape))
-    for n, t in (("in_proj_weight", in_proj_weight), ("in_proj_bias", in_proj_bias),
-                 ("out_proj_weight", out_proj_weight), ("out_proj_bias", out_proj_bias)):
-        if t is not None and t.device != query.device:
+    params = (("in_proj_weight", in_proj_weight), ("in_proj_bias", in_proj_bias),
+              ("out_proj_weight", out_proj_weight), ("out_proj_bias", out_proj_bias),
+              ("q_proj_weight", q_proj_weight), ("k_proj_weight", k_proj_weight),
+              ("v_proj_weight", v_proj_weight), ("bias_k", bias_k), ("bias_v", bias_v),
+              ("static_k", static_k), ("static_v", static_v))
+    for n, t in params:
+        if t is None:
+            continue
+        if t.device != query.device:
             raise ValueError(f"{_OP}: arguments 'query' and '{n}' must be on the same device, "
                              f"got {query.device} and {t.device}")
+        if t.dtype != torch.float32:
+            raise _fail(n, "a float32 tensor", t.dtype)
+    if out_proj_weight is None or tuple(out_proj_weight.shape) != (E, E):
+        raise _fail("out_proj_weight", f"a ({E}, {E}) tensor",
+                    None if out_proj_weight is None else tuple(out_proj_weight.shape))
+    for n, b, rows in (("in_proj_bias", in_proj_bias, 3 * E), ("out_proj_bias", out_proj_bias, E)):
+        if b is not None and tuple(b.shape) != (rows,):
+            raise _fail(n, f"a ({rows},) tensor", tuple(b.shape))
 
     q, k, v = _project(query, key, value, in_proj_weight, in_proj_bias,
                        use_separate_proj_weight, q_proj_weight, k_proj_weight, v_proj_weight)

@@ -97,10 +97,13 @@ def algorithm(input: torch.Tensor, weight: torch.Tensor, stride=1, padding=0, di
 
 # ---- fake kernels --------------------------------------------------------------------------
 
-def _out_shape(op, input, weight, stride, padding, dilation, groups):
-    for name, t in (("input", input), ("weight", weight)):
+def _out_shape(op, input, weight, stride, padding, dilation, groups, bias=None):
+    for name, t in (("input", input), ("weight", weight)) + ((("bias", bias),) if bias is not None else ()):
         torch._check(t.dtype == torch.float32,
                      lambda: f"dlkern.{op}: argument '{name}' must be a float32 tensor, got {t.dtype}")
+        torch._check(t.device == input.device, lambda: (
+            f"dlkern.{op}: arguments 'input' and '{name}' must be on the same device, got "
+            f"{input.device} and {t.device}"))
     torch._check(input.dim() == 4 and weight.dim() == 4,
                  lambda: f"dlkern.{op}: input and weight must be 4-D, got {tuple(input.shape)} "
                          f"and {tuple(weight.shape)}")
@@ -117,7 +120,8 @@ def _out_shape(op, input, weight, stride, padding, dilation, groups):
 
 @torch.library.register_fake("dlkern::conv2d")
 def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups):
-    return input.new_empty(_out_shape("conv2d", input, weight, stride, padding, dilation, groups))
+    return input.new_empty(_out_shape("conv2d", input, weight, stride, padding, dilation, groups,
+                                      bias))
 
 
 @torch.library.register_fake("dlkern::conv2d_backward")
