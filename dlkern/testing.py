@@ -63,11 +63,13 @@ def _to(inputs: Inputs, dtype) -> dict:
     return out
 
 
-def _run(fn, kwargs: dict, grad_names, grad_out):
+def _run(fn, kwargs: dict, grad_names, grad_out, grad_layout: str | None = None):
     out = fn(**kwargs)
     grads = {}
     if grad_names:
         go = grad_out(out.shape).to(out.device, out.dtype)
+        if grad_layout is not None and grad_layout in layouts_for(go, keep_values=True):
+            go = relayout(go, grad_layout)
         wrt = [kwargs[n] for n in grad_names]
         gs = torch.autograd.grad(out, wrt, go, allow_unused=True)
         grads = {n: gr for n, gr in zip(grad_names, gs)}
@@ -159,19 +161,100 @@ def _judge(what: str, got, f32, f64, tol: Tolerance) -> Verdict:
     return Verdict(what, ok, err_max, terr_max, bound, rel, trel, detail, max_rel, where, margin)
 
 
+# ---- layouts: every tensor argument as a view that is not plain contiguous memory -------------
+# A kernel that reads a view as if it were dense computes from the wrong elements without any
+# error. The views below keep the argument's values (except "expanded") and fill whatever lies
+# between its elements with NaN, so that any read outside the view turns the result into NaN.
+LAYOUTS = ("strided", "permuted", "offset", "expanded")
+
+
+def _gap_fill(t: torch.Tensor):
+    return float("nan") if t.is_floating_point() else 0
+
+
+def relayout(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """`t` as a `layout` view: "strided" every other element of a buffer twice as long in the
+    last dim; "permuted" dims reversed in memory (a transpose for 2-D); "offset" at storage offset
+    1 (4 bytes: no vector alignment); "expanded" the first element of the last dim repeated along
+    it (stride 0; other values than t's)."""
+    if layout == "strided":
+        base = t.new_full((*t.shape[:-1], 2 * t.shape[-1]), _gap_fill(t))
+        view = base[..., ::2]
+    elif layout == "permuted":
+        order = tuple(reversed(range(t.dim())))
+        return t.permute(order).contiguous().permute(order)
+    elif layout == "offset":
+        base = t.new_full((t.numel() + 1,), _gap_fill(t))
+        view = base[1:].view(t.shape)
+    elif layout == "expanded":
+        return t[..., :1].expand(t.shape)
+    else:
+        raise ValueError(f"dlkern.testing.relayout: unknown layout {layout!r}; known: {LAYOUTS}")
+    view.copy_(t)
+    return view
+
+
+def layouts_for(t: torch.Tensor, keep_values: bool) -> tuple[str, ...]:
+    """The layouts that give `t` another memory layout (none for an empty tensor). keep_values:
+    the values must stay as made -- the upstream gradient, or an argument the op writes in place
+    (no stride-0 view): no "expanded"."""
+    if t.numel() == 0:
+        return ()
+    out = ["offset"]
+    if t.dim() >= 1:
+        out.append("strided")
+    if sum(n > 1 for n in t.shape) >= 2:
+        out.append("permuted")
+    if t.dim() >= 1 and t.shape[-1] > 1 and not keep_values:
+        out.append("expanded")
+    return tuple(layout for layout in LAYOUTS if layout in out)
+
+
+def layout_plans(spec: OpSpec, case: Case, device: str = "cpu") -> list[dict]:
+    """One plan per layout: every tensor argument of the case, and the upstream gradient, as a
+    non-contiguous view at once, argument j taking its allowed layouts in turn, so that across the
+    plans each argument meets every layout it allows."""
+    inputs = spec.make_inputs(case.params, device, 0)
+    tensors = [(k, v) for k, v in inputs.kwargs.items() if isinstance(v, torch.Tensor)]
+    value_keeping = [layout for layout in LAYOUTS if layout != "expanded"]
+    plans = []
+    for i in range(len(LAYOUTS)):
+        plan = {}
+        for j, (name, t) in enumerate(tensors):
+            allowed = layouts_for(t, keep_values=name in spec.mutates)
+            if allowed:
+                plan[name] = allowed[(i + j) % len(allowed)]
+        if inputs.grad:
+            plan["grad_output"] = value_keeping[i % len(value_keeping)]
+        plans.append(plan)
+    return plans
+
+
 def check(spec: OpSpec, case: Case, device: str = "cpu", seed: int = 0,
-          fn=None) -> list[Verdict]:
+          fn=None, layouts: dict | None = None, grad: tuple[str, ...] | None = None
+          ) -> list[Verdict]:
     """Forward and every gradient of `fn` (default: the op's dlkern function) against torch in
-    float32 and float64 on one seeded input of `case`. Also verifies the inputs were not written."""
+    float32 and float64 on one seeded input of `case`. Also verifies the inputs were not written.
+
+    `layouts` ({argument name or "grad_output": layout}) gives those arguments, and the upstream
+    gradient, to every run as `relayout` views (the references see the same values). `grad`
+    names the arguments that require grad instead of the generator's choice."""
     fn = fn or spec.fn
     inputs = spec.make_inputs(case.params, device, seed)
+    if grad is not None:
+        inputs = Inputs(inputs.kwargs, tuple(grad))
+    layouts = dict(layouts or {})
+    grad_layout = layouts.pop("grad_output", None)
+    if layouts:
+        inputs = Inputs({k: relayout(v, layouts[k]) if k in layouts else v
+                         for k, v in inputs.kwargs.items()}, inputs.grad)
     snapshot = {k: v.clone() for k, v in inputs.kwargs.items() if isinstance(v, torch.Tensor)}
     kw32 = _to(inputs, torch.float32)
     kw64 = _to(inputs, torch.float64)   # both copied before dlkern runs (it may update its inputs)
     # dlkern gets the generator's tensors themselves (layout and strides as made), with grads.
     go = _grad_out(seed + 1000)
     try:
-        out, grads = _run(fn, leaf_kwargs(inputs), inputs.grad, go)
+        out, grads = _run(fn, leaf_kwargs(inputs), inputs.grad, go, grad_layout)
     except Exception as e:  # a kernel that raises (or breaks autograd) on valid input is wrong
         return [Verdict("run", False, float("nan"), 0.0, 0.0, float("nan"), 0.0,
                         f"raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")]

@@ -48,6 +48,13 @@ def test_parity_cuda(spec, case):
             assert v.ok, f"{spec.name} {case.name} seed {seed} (cuda): {v}"
 
 
+@pytest.mark.parametrize("spec,case", CASES)
+def test_every_argument_in_every_layout_cuda(spec, case):
+    for plan in testing.layout_plans(spec, case, "cuda"):
+        for v in testing.check(spec, case, "cuda", 0, layouts=plan):
+            assert v.ok, f"{spec.name} {case.name} {plan} (cuda): {v}"
+
+
 @pytest.mark.parametrize("spec", registry.ops(), ids=lambda s: s.name)
 def test_bench_cases_cuda(spec):
     """The benchmark shapes themselves (large tiles, split-K, many slices) pass the same check."""

@@ -1,6 +1,8 @@
 """Registry-driven parity: every op, every edge case, every CPU path, several seeds, against
 torch float32 and a float64 reference (dlkern.testing holds the rule). New ops are picked up
 from the registry without edits here."""
+import re
+
 import pytest
 import torch
 
@@ -17,6 +19,124 @@ def test_parity(spec, case, isa):
     for seed in SEEDS:
         for v in testing.check(spec, case, "cpu", seed):
             assert v.ok, f"{spec.name} {case.name} seed {seed} ({isa}): {v}"
+
+
+@pytest.mark.parametrize("spec,case", CASES)
+def test_every_argument_in_every_layout(spec, case, isa):
+    """A kernel that reads a view as dense memory is wrong without an error: every tensor
+    argument is given strided, permuted, at an unaligned offset and stride-0 (testing.relayout,
+    NaN between the elements), the running statistics updated through their views."""
+    for plan in testing.layout_plans(spec, case):
+        for v in testing.check(spec, case, "cpu", 0, layouts=plan):
+            assert v.ok, f"{spec.name} {case.name} {plan} ({isa}): {v}"
+
+
+@pytest.mark.parametrize("layout", testing.LAYOUTS)
+def test_relayout_makes_the_layout_it_names(layout):
+    t = torch.randn(3, 4, 5)
+    v = testing.relayout(t, layout)
+    assert v.shape == t.shape
+    assert v.is_contiguous() == (layout == "offset")
+    if layout == "expanded":
+        assert v.stride(-1) == 0 and torch.equal(v, t[..., :1].expand_as(t))
+    else:
+        assert torch.equal(v, t)
+    if layout == "offset":
+        assert v.storage_offset() == 1
+    if layout == "strided":
+        assert torch.isnan(v.as_strided((t.numel(),), (1,))).any()   # NaN between elements
+
+
+def _tensors(spec, case):
+    kw = spec.make_inputs(case.params, "cpu", 0).kwargs
+    return {k: v for k, v in kw.items() if isinstance(v, torch.Tensor)}
+
+
+@pytest.mark.parametrize("name", ["linear", "batch_norm", "softmax", "conv2d"])
+def test_layout_rule_refuses_a_kernel_that_reads_views_as_dense(name):
+    def as_dense(v):
+        if not isinstance(v, torch.Tensor) or v.is_contiguous():
+            return v
+        return v.as_strided(v.shape, torch.empty(v.shape).stride(), v.storage_offset())
+    spec = registry.get(name)
+    case = next(c for c in spec.edge_cases
+                if all(t.numel() > 1 for t in _tensors(spec, c).values()))
+    wrong = lambda **kw: spec.fn(**{k: as_dense(v) for k, v in kw.items()})  # noqa: E731
+    assert all(v.ok for v in testing.check(spec, case, "cpu", 0, wrong)), "right when dense"
+    plan = {k: "strided" for k in _tensors(spec, case)}
+    assert not all(v.ok for v in testing.check(spec, case, "cpu", 0, wrong, plan))
+
+
+@pytest.mark.parametrize("spec", registry.ops(), ids=lambda s: s.name)
+def test_gradients_through_views_land_in_the_base(spec):
+    """The issue's case: parameters given as every other element of a larger leaf tensor (as
+    parameter-flattening optimisers make them); each leaf's gradient must equal torch's, with
+    zeros between the elements the view reads."""
+    case = _representative(spec)
+    inputs = spec.make_inputs(case.params, "cpu", 0)
+
+    def grads(fn):
+        bases = {n: inputs.kwargs[n].detach().repeat_interleave(2, -1).requires_grad_()
+                 for n in inputs.grad}
+        kw = {**inputs.kwargs, **{n: b[..., ::2] for n, b in bases.items()}}
+        out = fn(**{k: v.clone() if k in spec.mutates else v for k, v in kw.items()})
+        go = torch.linspace(-1, 1, out.numel()).reshape(out.shape)
+        return torch.autograd.grad(out, list(bases.values()), go)
+    for n, got, want in zip(inputs.grad, grads(spec.fn), grads(spec.ref)):
+        assert torch.equal(got[..., 1::2], torch.zeros_like(got[..., 1::2])), (spec.name, n)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4, msg=f"{spec.name}: {n}")
+
+
+# Each tensor argument in turn made wrong in one property the checks might silently ignore.
+MISMATCHES = {"float64": lambda t: t.double(), "float16": lambda t: t.half(),
+              "meta device": lambda t: t.to("meta"), "zero-size": lambda t: t[:0]}
+
+
+def _representative(spec):
+    return next(c for c in spec.edge_cases
+                if all(t.numel() > 1 for t in _tensors(spec, c).values()))
+
+
+@pytest.mark.parametrize("spec", registry.ops(), ids=lambda s: s.name)
+def test_mismatched_arguments_are_right_or_a_clear_error(spec):
+    """Another dtype, another device (meta stands in for one where no GPU is), a zero-size
+    tensor: dlkern raises an error that starts with 'dlkern.' and names the argument, or returns
+    what torch returns -- never a result where torch refuses."""
+    case = _representative(spec)
+    for name in _tensors(spec, case):
+        for what, change in MISMATCHES.items():
+            def call(fn):
+                kw = spec.make_inputs(case.params, "cpu", 0).kwargs   # fresh: batch_norm writes
+                kw[name] = change(kw[name])
+                return fn(**kw)
+            try:
+                got = call(spec.fn)
+            except Exception as e:  # noqa: BLE001 - the message is what is judged
+                msg = str(e).splitlines()[0]
+                assert msg.startswith("dlkern.") and re.search(rf"\b{name}\b", msg), \
+                    f"{spec.name}: {name} {what}: the error does not name dlkern and the argument: {msg}"
+                continue
+            try:
+                want = call(spec.ref)
+            except Exception as e:  # noqa: BLE001
+                pytest.fail(f"{spec.name}: {name} {what}: dlkern returned a result where torch "
+                            f"raises ({str(e).splitlines()[0]})")
+            assert (got.shape, got.dtype, got.device) == (want.shape, want.dtype, want.device), \
+                f"{spec.name}: {name} {what}"
+            if got.device.type != "meta":
+                torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, equal_nan=True)
+
+
+@pytest.mark.parametrize("spec", registry.ops(), ids=lambda s: s.name)
+def test_gradients_for_part_of_the_arguments(spec, isa):
+    """Only the input requires grad, or only the parameters: the gradients asked for are right
+    (a backward that assumed all or nothing would read or write a missing one)."""
+    cases = [c for c in spec.edge_cases if len(spec.make_inputs(c.params, "cpu", 0).grad) >= 2]
+    for case in cases[:6]:
+        grad = spec.make_inputs(case.params, "cpu", 0).grad
+        for part in ((grad[0],), grad[1:]):
+            for v in testing.check(spec, case, "cpu", 0, grad=part):
+                assert v.ok, f"{spec.name} {case.name} grad only {part} ({isa}): {v}"
 
 
 def _outputs(spec, case, seed=0):
