@@ -34,6 +34,13 @@ def _stats(c):
      r"dlkern.batch_norm: argument 'input' must be a float32 tensor, got Double"),
     (lambda: DF.batch_norm(torch.randn(4, 3), *_stats(3), momentum=None, training=True),
      TypeError, r"dlkern.batch_norm: argument 'momentum' must be a float"),
+    # updated in place: a stride-0 view cannot hold three different values (torch writes one)
+    (lambda: DF.batch_norm(torch.randn(4, 3), torch.zeros(1).expand(3), torch.ones(3),
+                           training=True), ValueError,
+     r"dlkern.batch_norm: argument 'running_mean' is updated in place in training, but its "
+     r"elements share memory"),
+    (lambda: DF.batch_norm(torch.randn(4, 3), torch.zeros(3), torch.ones(1).expand(3),
+                           training=True), ValueError, r"argument 'running_var' is updated in place"),
 ])
 def test_bad_input_raises_naming_the_op(call, exc, message):
     with pytest.raises(exc, match=message):

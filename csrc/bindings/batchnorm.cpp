@@ -2,6 +2,7 @@
 // hand-written autograd node. The op returns (output, save_mean, save_invstd) and updates the
 // running statistics in place (they are declared mutable in the schema). Fake kernels are in
 // dlkern/ops/batchnorm.py.
+#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 
 #include <mutex>
@@ -82,6 +83,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_any(
     TORCH_CHECK_VALUE(s.N * s.S != 1, "dlkern.batch_norm: expected more than 1 value ",
                       "per channel when training, got input size ", input.sizes());
     // the core updates running stats in place; non-contiguous ones go through a copy
+    for (const auto& [arg, t] : {std::pair{"running_mean", &running_mean},
+                                 std::pair{"running_var", &running_var}}) {
+      TORCH_CHECK_VALUE(!has(*t) || at::has_internal_overlap(**t) != at::MemOverlap::Yes,
+                        "dlkern.batch_norm: argument '", arg, "' is updated in place in ",
+                        "training, but its elements share memory (a stride-0 view such as ",
+                        "expand()); give it memory of its own, e.g. .clone()");
+    }
     at::Tensor rm, rv;
     if (has(running_mean)) {
       rm = running_mean->is_contiguous() ? *running_mean : running_mean->contiguous();
