@@ -38,6 +38,8 @@ def _float_mask(mask, name: str, dtype):
             mask, float("-inf"))
     if not mask.is_floating_point():
         raise _fail(name, "a bool or floating-point tensor", mask.dtype)
+    if mask.dtype != dtype:
+        raise _fail(name, f"a bool tensor or a {dtype} tensor (the query's dtype)", mask.dtype)
     return mask
 
 
@@ -92,6 +94,11 @@ def multi_head_attention_forward(
             raise TypeError(f"{_OP}: argument '{n}' must be a tensor, got {type(t).__name__}")
         if t.dtype != torch.float32:
             raise _fail(n, "a float32 tensor", t.dtype)
+    for n, t in (("key", key), ("value", value), ("key_padding_mask", key_padding_mask),
+                 ("attn_mask", attn_mask)):
+        if t is not None and t.device != query.device:
+            raise ValueError(f"{_OP}: arguments 'query' and '{n}' must be on the same device, "
+                             f"got {query.device} and {t.device}")
     batched = query.dim() == 3
     if query.dim() not in (2, 3):
         raise _fail("query", "(L, N, E) or unbatched (L, E)", f"shape {tuple(query.shape)}")
