@@ -165,7 +165,7 @@ def _judge(what: str, got, f32, f64, tol: Tolerance) -> Verdict:
 # A kernel that reads a view as if it were dense computes from the wrong elements without any
 # error. The views below keep the argument's values (except "expanded") and fill whatever lies
 # between its elements with NaN, so that any read outside the view turns the result into NaN.
-LAYOUTS = ("strided", "permuted", "offset", "expanded")
+LAYOUTS = ("strided", "padded", "permuted", "offset", "expanded")
 
 
 def _gap_fill(t: torch.Tensor):
@@ -174,12 +174,16 @@ def _gap_fill(t: torch.Tensor):
 
 def relayout(t: torch.Tensor, layout: str) -> torch.Tensor:
     """`t` as a `layout` view: "strided" every other element of a buffer twice as long in the
-    last dim; "permuted" dims reversed in memory (a transpose for 2-D); "offset" at storage offset
-    1 (4 bytes: no vector alignment); "expanded" the first element of the last dim repeated along
-    it (stride 0; other values than t's)."""
+    last dim (W[::2]); "padded" rows of unit stride spaced wider than they are long (x[:, :k] of
+    a wider buffer); "permuted" dims reversed in memory (a transpose for 2-D); "offset" at
+    storage offset 1 (4 bytes: no vector alignment); "expanded" the first element of the last dim
+    repeated along it (stride 0; other values than t's)."""
     if layout == "strided":
         base = t.new_full((*t.shape[:-1], 2 * t.shape[-1]), _gap_fill(t))
         view = base[..., ::2]
+    elif layout == "padded":
+        base = t.new_full((*t.shape[:-1], t.shape[-1] + 3), _gap_fill(t))
+        view = base[..., :t.shape[-1]]
     elif layout == "permuted":
         order = tuple(reversed(range(t.dim())))
         return t.permute(order).contiguous().permute(order)
@@ -203,6 +207,8 @@ def layouts_for(t: torch.Tensor, keep_values: bool) -> tuple[str, ...]:
     out = ["offset"]
     if t.dim() >= 1:
         out.append("strided")
+    if t.dim() >= 2 and t.shape[:-1].numel() > 1:
+        out.append("padded")
     if sum(n > 1 for n in t.shape) >= 2:
         out.append("permuted")
     if t.dim() >= 1 and t.shape[-1] > 1 and not keep_values:
@@ -216,6 +222,9 @@ def layout_plans(spec: OpSpec, case: Case, device: str = "cpu") -> list[dict]:
     plans each argument meets every layout it allows."""
     inputs = spec.make_inputs(case.params, device, 0)
     tensors = [(k, v) for k, v in inputs.kwargs.items() if isinstance(v, torch.Tensor)]
+    # the upstream gradient keeps its values: a stride-0 one is constant along a dim, where
+    # softmax's gradient is exactly 0 and no tolerance can judge it (tests/test_ops.py checks
+    # stride-0 upstream gradients against their contiguous copies instead)
     value_keeping = [layout for layout in LAYOUTS if layout != "expanded"]
     plans = []
     for i in range(len(LAYOUTS)):
@@ -245,6 +254,11 @@ def check(spec: OpSpec, case: Case, device: str = "cpu", seed: int = 0,
         inputs = Inputs(inputs.kwargs, tuple(grad))
     layouts = dict(layouts or {})
     grad_layout = layouts.pop("grad_output", None)
+    for k, layout in layouts.items():
+        if not isinstance(inputs.kwargs.get(k), torch.Tensor) or layout not in layouts_for(
+                inputs.kwargs[k], keep_values=k in spec.mutates):
+            raise ValueError(f"dlkern.testing.check: {spec.name} {case.name}: no {layout!r} view "
+                             f"of argument {k!r}")
     if layouts:
         inputs = Inputs({k: relayout(v, layouts[k]) if k in layouts else v
                          for k, v in inputs.kwargs.items()}, inputs.grad)

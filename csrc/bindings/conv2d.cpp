@@ -47,6 +47,9 @@ dlkern::Conv2dShape check_conv(const char* op, const at::Tensor& input, const at
                     "values (top, bottom, left, right), got ", padding);
   TORCH_CHECK_VALUE(groups >= 1, "dlkern.", op, ": argument 'groups' must be positive, got ", groups);
   const int64_t C = input.size(1), K = weight.size(0);
+  // as torch: a convolution without output channels is refused, not an empty result
+  TORCH_CHECK_VALUE(K >= 1, "dlkern.", op, ": argument 'weight' must have at least one output ",
+                    "channel (dim 0), got shape ", weight.sizes());
   TORCH_CHECK_VALUE(C % groups == 0, "dlkern.", op, ": groups=", groups, " must divide the input's ",
                     C, " channels (input shape ", input.sizes(), ")");
   TORCH_CHECK_VALUE(K % groups == 0, "dlkern.", op, ": groups=", groups, " must divide the weight's ",

@@ -139,17 +139,19 @@ def multi_head_attention_forward(
     if mask is not None:
         if mask.dim() == 2:
             if tuple(mask.shape) != (L, S):
-                raise _fail("attn_mask", f"(L, S) = ({L}, {S}) when 2-D", tuple(mask.shape))
+                raise _fail("attn_mask", f"(L, S) = ({L}, {S}) (from query and key) when 2-D",
+                            tuple(mask.shape))
             mask = mask.unsqueeze(0)
         elif mask.dim() == 3:
             if tuple(mask.shape) != (N * num_heads, L, S):
                 raise _fail("attn_mask", f"(N*num_heads, L, S) = ({N * num_heads}, {L}, {S}) "
-                            "when 3-D", tuple(mask.shape))
+                            "(from query and key) when 3-D", tuple(mask.shape))
         else:
             raise _fail("attn_mask", "2-D (L, S) or 3-D (N*num_heads, L, S)",
                         f"shape {tuple(mask.shape)}")
     if kpm is not None and tuple(kpm.shape) != (N, S):
-        raise _fail("key_padding_mask", f"(N, S) = ({N}, {S})", tuple(kpm.shape))
+        raise _fail("key_padding_mask", f"(N, S) = ({N}, {S}) (from query and key)",
+                    tuple(kpm.shape))
     params = (("in_proj_weight", in_proj_weight), ("in_proj_bias", in_proj_bias),
               ("out_proj_weight", out_proj_weight), ("out_proj_bias", out_proj_bias),
               ("q_proj_weight", q_proj_weight), ("k_proj_weight", k_proj_weight),
@@ -201,7 +203,8 @@ def multi_head_attention_forward(
         raise ValueError(f"{_OP}: keys ({S}) and values ({v.shape[1]}) differ in length")
     if kpm is not None:
         if kpm.shape[-1] != S:
-            raise _fail("key_padding_mask", f"(N, S) = ({N}, {S})", tuple(kpm.shape))
+            raise _fail("key_padding_mask", f"(N, S) = ({N}, {S}) (from query and key)",
+                    tuple(kpm.shape))
         kpm = kpm.reshape(N, 1, 1, S).expand(N, num_heads, 1, S).reshape(N * num_heads, 1, S)
         mask = kpm if mask is None else mask + kpm
 

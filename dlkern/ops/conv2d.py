@@ -107,6 +107,8 @@ def _out_shape(op, input, weight, stride, padding, dilation, groups, bias=None):
     torch._check(input.dim() == 4 and weight.dim() == 4,
                  lambda: f"dlkern.{op}: input and weight must be 4-D, got {tuple(input.shape)} "
                          f"and {tuple(weight.shape)}")
+    torch._check(weight.shape[0] >= 1, lambda: f"dlkern.{op}: argument 'weight' must have at "
+                 f"least one output channel (dim 0), got shape {list(weight.shape)}")
     torch._check(weight.shape[1] * groups == input.shape[1],
                  lambda: f"dlkern.{op}: input has {input.shape[1]} channels but weight "
                          f"{tuple(weight.shape)} with groups={groups} expects "
