@@ -94,11 +94,19 @@ def multi_head_attention_forward(
             raise TypeError(f"{_OP}: argument '{n}' must be a tensor, got {type(t).__name__}")
         if t.dtype != torch.float32:
             raise _fail(n, "a float32 tensor", t.dtype)
+    params = (("in_proj_weight", in_proj_weight), ("in_proj_bias", in_proj_bias),
+              ("out_proj_weight", out_proj_weight), ("out_proj_bias", out_proj_bias),
+              ("q_proj_weight", q_proj_weight), ("k_proj_weight", k_proj_weight),
+              ("v_proj_weight", v_proj_weight), ("bias_k", bias_k), ("bias_v", bias_v),
+              ("static_k", static_k), ("static_v", static_v))
     for n, t in (("key", key), ("value", value), ("key_padding_mask", key_padding_mask),
-                 ("attn_mask", attn_mask)):
+                 ("attn_mask", attn_mask), *params):
         if t is not None and t.device != query.device:
             raise ValueError(f"{_OP}: arguments 'query' and '{n}' must be on the same device, "
                              f"got {query.device} and {t.device}")
+    for n, t in params:
+        if t is not None and t.dtype != torch.float32:
+            raise _fail(n, "a float32 tensor", t.dtype)
     batched = query.dim() == 3
     if query.dim() not in (2, 3):
         raise _fail("query", "(L, N, E) or unbatched (L, E)", f"shape {tuple(query.shape)}")
@@ -152,19 +160,6 @@ def multi_head_attention_forward(
     if kpm is not None and tuple(kpm.shape) != (N, S):
         raise _fail("key_padding_mask", f"(N, S) = ({N}, {S}) (from query and key)",
                     tuple(kpm.shape))
-    params = (("in_proj_weight", in_proj_weight), ("in_proj_bias", in_proj_bias),
-              ("out_proj_weight", out_proj_weight), ("out_proj_bias", out_proj_bias),
-              ("q_proj_weight", q_proj_weight), ("k_proj_weight", k_proj_weight),
-              ("v_proj_weight", v_proj_weight), ("bias_k", bias_k), ("bias_v", bias_v),
-              ("static_k", static_k), ("static_v", static_v))
-    for n, t in params:
-        if t is None:
-            continue
-        if t.device != query.device:
-            raise ValueError(f"{_OP}: arguments 'query' and '{n}' must be on the same device, "
-                             f"got {query.device} and {t.device}")
-        if t.dtype != torch.float32:
-            raise _fail(n, "a float32 tensor", t.dtype)
     if out_proj_weight is None or tuple(out_proj_weight.shape) != (E, E):
         raise _fail("out_proj_weight", f"a ({E}, {E}) tensor",
                     None if out_proj_weight is None else tuple(out_proj_weight.shape))

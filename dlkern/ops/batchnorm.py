@@ -11,6 +11,7 @@ import torch
 
 from .. import registry
 from ..registry import Case, Inputs, OpSpec, Tolerance
+from ._fake import check_tensors
 
 _bn = torch.ops.dlkern.batch_norm.default
 _bn_eager = _bn._op
@@ -40,22 +41,16 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None,
 
 @torch.library.register_fake("dlkern::batch_norm")
 def _bn_fake(input, weight, bias, running_mean, running_var, training, momentum, eps):
-    torch._check(input.dtype == torch.float32, lambda: "dlkern.batch_norm: argument 'input' must "
-                 f"be a float32 tensor, got {input.dtype}")
+    check_tensors("batch_norm", input, weight=weight, bias=bias, running_mean=running_mean,
+                  running_var=running_var)
     torch._check(2 <= input.dim() <= 5, lambda: "dlkern.batch_norm: argument 'input' must be "
                  f"(N, C), (N, C, L), (N, C, H, W) or (N, C, D, H, W), got {tuple(input.shape)}")
     c = input.shape[1]
     for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
                     ("running_var", running_var)):
-        if t is None:
-            continue
-        torch._check(t.dtype == torch.float32, lambda: f"dlkern.batch_norm: argument '{name}' "
-                     f"must be a float32 tensor, got {t.dtype}")
-        torch._check(t.device == input.device, lambda: "dlkern.batch_norm: arguments 'input' "
-                     f"and '{name}' must be on the same device, got {input.device} and {t.device}")
-        torch._check(t.dim() == 1 and t.shape[0] == c, lambda: f"dlkern.batch_norm: argument "
-                     f"'{name}' must have shape [{c}] (the channels of input "
-                     f"{list(input.shape)}), got {list(t.shape)}")
+        torch._check(t is None or (t.dim() == 1 and t.shape[0] == c), lambda: (
+            f"dlkern.batch_norm: argument '{name}' must have shape [{c}] (the channels of input "
+            f"{list(input.shape)}), got {list(t.shape)}"))
     return (torch.empty_like(input, memory_format=torch.contiguous_format),
             input.new_empty((c,)), input.new_empty((c,)))
 

@@ -14,6 +14,7 @@ import torch
 
 from .. import registry
 from ..registry import Case, Inputs, Tolerance
+from ._fake import check_tensors
 
 _conv2d = torch.ops.dlkern.conv2d.default
 _conv2d_eager = _conv2d._op
@@ -98,12 +99,7 @@ def algorithm(input: torch.Tensor, weight: torch.Tensor, stride=1, padding=0, di
 # ---- fake kernels --------------------------------------------------------------------------
 
 def _out_shape(op, input, weight, stride, padding, dilation, groups, bias=None):
-    for name, t in (("input", input), ("weight", weight)) + ((("bias", bias),) if bias is not None else ()):
-        torch._check(t.dtype == torch.float32,
-                     lambda: f"dlkern.{op}: argument '{name}' must be a float32 tensor, got {t.dtype}")
-        torch._check(t.device == input.device, lambda: (
-            f"dlkern.{op}: arguments 'input' and '{name}' must be on the same device, got "
-            f"{input.device} and {t.device}"))
+    check_tensors(op, input, weight=weight, bias=bias)
     torch._check(input.dim() == 4 and weight.dim() == 4,
                  lambda: f"dlkern.{op}: input and weight must be 4-D, got {tuple(input.shape)} "
                          f"and {tuple(weight.shape)}")

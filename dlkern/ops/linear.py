@@ -11,6 +11,7 @@ import torch
 
 from .. import registry
 from ..registry import Case, Inputs, OpSpec, Tolerance
+from ._fake import check_tensors
 
 _linear = torch.ops.dlkern.linear.default
 _linear_eager = _linear._op
@@ -30,13 +31,7 @@ def linear(input: torch.Tensor, weight: torch.Tensor,
 # ---- fake kernels --------------------------------------------------------------------------
 
 def _fake_checks(op, input, weight, bias):
-    for name, t in (("input", input), ("weight", weight)) + ((("bias", bias),) if bias is not None else ()):
-        torch._check(t.dtype == torch.float32,
-                     lambda: f"dlkern.{op}: argument '{name}' must be a float32 tensor, got {t.dtype}")
-    for name, t in (("weight", weight),) + ((("bias", bias),) if bias is not None else ()):
-        torch._check(t.device == input.device, lambda: (
-            f"dlkern.{op}: arguments 'input' and '{name}' must be on the same device, got "
-            f"{input.device} and {t.device}"))
+    check_tensors(op, input, weight=weight, bias=bias)
     torch._check(weight.dim() == 2, lambda: f"dlkern.{op}: argument 'weight' must be 2-D "
                  f"(out_features, in_features), got shape {tuple(weight.shape)}")
     torch._check(input.dim() >= 1, lambda: f"dlkern.{op}: argument 'input' must have at least 1 "
