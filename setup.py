@@ -45,6 +45,13 @@ force_cpu = truthy("DLKERN_FORCE_CPU")
 with_cuda = (not force_cpu and torch.version.cuda is not None
              and cpp_extension.CUDA_HOME is not None)
 
+if with_cuda and not os.path.isfile(os.path.join(cpp_extension.CUDA_HOME, "include",
+                                                  "cuda_runtime.h")):
+    raise SystemExit(f"dlkern: the CUDA toolkit torch found at CUDA_HOME={cpp_extension.CUDA_HOME} "
+                     "has no include/cuda_runtime.h (is nvcc a wrapper script?); set CUDA_HOME to "
+                     "the toolkit's folder (e.g. CUDA_HOME=/usr/local/cuda), or build the CPU "
+                     "kernels only with DLKERN_FORCE_CPU=1")
+
 cpu_sources = sources("csrc/core/*.cpp", "csrc/core/ref/*.cpp", "csrc/core/cpu/*.cpp",
                       "csrc/bindings/*.cpp")
 cuda_sources = sources("csrc/core/cuda/*.cu") if with_cuda else []

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -37,15 +38,18 @@ NOISY_MARK = "†"
 # ---- metadata ------------------------------------------------------------------------------
 
 def git_commit() -> str:
+    """HEAD of dlkern's checkout (+dirty), or DLKERN_GIT_COMMIT where there is no git repository
+    (a copy of the tree, as the GPU machine gets), else 'unknown'."""
+    fallback = os.environ.get("DLKERN_GIT_COMMIT", "unknown")
     try:
         here = __file__.rsplit("/", 2)[0]
         sha = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True,
                              text=True, timeout=5).stdout.strip()
         dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=5).stdout.strip()
-        return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
+        return (sha + ("+dirty" if dirty else "")) if sha else fallback
     except Exception:
-        return "unknown"
+        return fallback
 
 
 def make_meta(argv: list[str], devices: dict[str, dict], threads: dict, budget, impls,

@@ -2,13 +2,39 @@
 // Each test binary returns non-zero when any CHECK failed; ctest reads the exit code.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <vector>
 
 namespace dlkern_test {
 inline int& failures() {
   static int n = 0;
   return n;
+}
+
+struct Err {
+  double max_abs = 0, max_rel = 0;
+};
+
+// Elementwise |a - r| <= atol + rtol * |r|; NaN positions must agree (a NaN where r is finite,
+// or a number where r is NaN, fails). The worst errors go to *err.
+inline bool close(const std::vector<float>& a, const std::vector<float>& r, double atol,
+                  double rtol, Err* err) {
+  bool ok = a.size() == r.size();
+  for (size_t i = 0; i < a.size() && i < r.size(); ++i) {
+    const bool an = std::isnan(a[i]), rn = std::isnan(r[i]);
+    if (an || rn) {
+      ok &= an == rn;
+      continue;
+    }
+    const double d = std::fabs(double(a[i]) - double(r[i]));
+    err->max_abs = std::max(err->max_abs, d);
+    if (r[i] != 0) err->max_rel = std::max(err->max_rel, d / std::fabs(double(r[i])));
+    ok &= d <= atol + rtol * std::fabs(double(r[i]));
+  }
+  return ok;
 }
 }  // namespace dlkern_test
 

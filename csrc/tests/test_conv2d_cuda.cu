@@ -1,6 +1,7 @@
 // CUDA conv2d (forward, backward data, backward weight, bias gradient) against the CPU reference
 // (double accumulation): the kernel/stride/padding/dilation grid, groups and depthwise, the 1x1
-// GEMM path, tile edges, split-K with and without a workspace, empty batches. Runs twice and
+// GEMM path, tile edges, split-K with and without a workspace, empty batches, no output channels or
+// positions (dy empty and null: every gradient zero, not stale). Runs twice and
 // requires identical bits (no atomics anywhere). Exits 77 (skipped) without a GPU.
 #include <cuda_runtime.h>
 
@@ -101,7 +102,9 @@ int main() {
   check_shape(make(4, 64, 28, 28, 64, 3, 3, 1, 1, 1, 1), rng);    // split-K weight gradient
   check_shape(make(2, 130, 9, 9, 129, 3, 3, 1, 1, 1, 1), rng);    // channels past the tiles
   check_shape(make(0, 3, 5, 5, 4, 3, 3, 1, 1, 1, 1), rng);        // empty batch
-  check_shape(make(2, 3, 5, 5, 0, 3, 3, 1, 1, 1, 1), rng);        // no output channels
+  check_shape(make(2, 3, 5, 5, 0, 3, 3, 1, 1, 1, 1), rng);        // no output channels (dy null)
+  check_shape(make(2, 3, 2, 2, 4, 3, 3, 1, 0, 1, 1), rng);        // no output positions (dy null)
+  check_shape(make(2, 0, 5, 5, 4, 3, 3, 1, 1, 1, 1), rng);        // no input channels
   std::printf("%d shapes compared\n", g_compared);
   TEST_MAIN_END();
 }

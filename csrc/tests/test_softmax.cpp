@@ -16,6 +16,8 @@
 using dlkern::CpuIsa;
 using dlkern::SoftmaxShape;
 using dlkern::Status;
+using dlkern_test::close;
+using dlkern_test::Err;
 
 namespace {
 
@@ -32,28 +34,6 @@ std::vector<float> hard_input(int64_t n, uint32_t seed) {
     if (p == 2) x += 1e4f;           // large magnitude: x - max must be exact-ish
   }
   return v;
-}
-
-struct Err {
-  double max_abs = 0, max_rel = 0;
-};
-
-// Elementwise |a - r| <= atol + rtol * |r|, NaN positions must agree.
-bool close(const std::vector<float>& a, const std::vector<float>& r, double atol, double rtol,
-           Err* err) {
-  bool ok = true;
-  for (size_t i = 0; i < a.size(); ++i) {
-    const bool an = std::isnan(a[i]), rn = std::isnan(r[i]);
-    if (an || rn) {
-      ok &= an == rn;
-      continue;
-    }
-    const double d = std::fabs(double(a[i]) - double(r[i]));
-    err->max_abs = std::max(err->max_abs, d);
-    if (r[i] != 0) err->max_rel = std::max(err->max_rel, d / std::fabs(double(r[i])));
-    ok &= d <= atol + rtol * std::fabs(double(r[i]));
-  }
-  return ok;
 }
 
 void compare_paths(const SoftmaxShape& s, uint32_t seed) {

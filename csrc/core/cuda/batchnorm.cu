@@ -170,8 +170,9 @@ __global__ void bn_finalize_bwd_kernel(const double2* __restrict__ part, int sli
   kc[c] = training && count > 0 ? static_cast<float>(-wc * is * g / count) : 0.0f;
 }
 
-// Forward: out = (x - mean) * scale + shift (dy == null).
-// Backward: out = ka * dy + kb * (x - mean) + kc (scale = ka, shift = kc, kb given).
+// Forward (dy == null): out = (x - mean) * scale + shift.
+// Training backward (kb given): out = ka * dy + kb * (x - mean) + kc (scale = ka, shift = kc).
+// Eval backward (kb == null): out = ka * dy + kc, x unread, so a NaN or inf in x stays out of dx.
 template <bool kVec>
 __global__ void __launch_bounds__(kThreads)
     bn_apply_kernel(const float* __restrict__ x, const float* __restrict__ dy,
@@ -184,24 +185,26 @@ __global__ void __launch_bounds__(kThreads)
     // unit u covers elements u*V .. u*V+V-1, all in one row (S % V == 0): row = u / (S / V)
     const uint32_t row = row_len.div(static_cast<uint32_t>(u));
     const uint32_t c = row - channels.div(row) * channels.d;
-    const float m = mean[c], sc = scale[c], sh = shift[c], bb = kb ? kb[c] : 0.0f;
+    const float sc = scale[c], sh = shift[c];
     const int64_t off = u * V;
-    if (kVec) {
-      const float4 q = *reinterpret_cast<const float4*>(x + off);
-      float4 r;
-      if (dy == nullptr) {
-        r = make_float4((q.x - m) * sc + sh, (q.y - m) * sc + sh, (q.z - m) * sc + sh,
-                        (q.w - m) * sc + sh);
-      } else {
-        const float4 g = *reinterpret_cast<const float4*>(dy + off);
-        r = make_float4(sc * g.x + bb * (q.x - m) + sh, sc * g.y + bb * (q.y - m) + sh,
-                        sc * g.z + bb * (q.z - m) + sh, sc * g.w + bb * (q.w - m) + sh);
-      }
-      *reinterpret_cast<float4*>(out + off) = r;
-    } else {
-      const float xv = x[off];
-      out[off] = dy == nullptr ? (xv - m) * sc + sh : sc * dy[off] + bb * (xv - m) + sh;
+    alignas(16) float q[V], g[V], r[V];
+    if (dy == nullptr || kb != nullptr) {
+      if (kVec) *reinterpret_cast<float4*>(q) = *reinterpret_cast<const float4*>(x + off);
+      else q[0] = x[off];
     }
+    if (dy != nullptr) {
+      if (kVec) *reinterpret_cast<float4*>(g) = *reinterpret_cast<const float4*>(dy + off);
+      else g[0] = dy[off];
+    }
+    const float m = dy == nullptr || kb != nullptr ? mean[c] : 0.0f;
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      if (dy == nullptr) r[i] = (q[i] - m) * sc + sh;
+      else if (kb == nullptr) r[i] = sc * g[i] + sh;
+      else r[i] = sc * g[i] + kb[c] * (q[i] - m) + sh;
+    }
+    if (kVec) *reinterpret_cast<float4*>(out + off) = *reinterpret_cast<const float4*>(r);
+    else out[off] = r[0];
   }
 }
 
@@ -367,7 +370,7 @@ Status batchnorm_bwd_cuda(const BatchNormShape& s, const float* x, const float* 
       db, ws.scale, ws.kb, ws.shift);
   st = cuda_launched("batchnorm backward (bn_finalize_bwd_kernel)");
   if (st != Status::kOk || dx == nullptr) return st;
-  return apply(s, x, dy, mean, ws.scale, ws.kb, ws.shift, dx, cs);
+  return apply(s, x, dy, mean, ws.scale, training ? ws.kb : nullptr, ws.shift, dx, cs);
 }
 
 }  // namespace dlkern

@@ -59,6 +59,21 @@ __global__ void channel_sum_kernel(const float* __restrict__ dy, int n_img, int 
   }
 }
 
+// dx, dw and db (each may be null) set to zero: the backward of a convolution with no outputs.
+Status zero_grads(const Conv2dShape& s, float* dx, float* dw, float* db, cudaStream_t cs) {
+  const size_t counts[3] = {static_cast<size_t>(s.N * s.C * s.H * s.W),
+                            static_cast<size_t>(s.K * (s.C / s.groups) * s.R * s.S),
+                            static_cast<size_t>(s.K)};
+  float* outs[3] = {dx, dw, db};
+  for (int i = 0; i < 3; ++i)
+    if (outs[i] != nullptr && counts[i] > 0) {
+      const Status st = cuda_status(cudaMemsetAsync(outs[i], 0, counts[i] * sizeof(float), cs),
+                                    "conv2d backward of an empty output (cudaMemsetAsync)");
+      if (st != Status::kOk) return st;
+    }
+  return Status::kOk;
+}
+
 bool plan_for(const Dims& d, size_t ws_bytes, Plan* p) {
   return cuda_gemm::plan(d.batch, d.M, d.N, d.K, ws_bytes, p);
 }
@@ -81,7 +96,8 @@ Status conv2d_fwd_cuda(const Conv2dShape& s, const float* x, const float* w, con
   Status st = conv2d_validate(s);
   if (st != Status::kOk) return st;
   if (s.N == 0 || s.K == 0 || s.P == 0 || s.Q == 0) return Status::kOk;
-  if (x == nullptr || w == nullptr || y == nullptr) return Status::kInvalidArgument;
+  // No input channels: x and w are empty (null allowed) and y is the bias (a GEMM of depth 0).
+  if (y == nullptr || (s.C > 0 && (x == nullptr || w == nullptr))) return Status::kInvalidArgument;
   if (!fits32(s)) return Status::kUnsupported;
   cudaStream_t cs = static_cast<cudaStream_t>(stream);
   float* ws = static_cast<float*>(workspace);
@@ -106,11 +122,11 @@ Status conv2d_bwd_cuda(const Conv2dShape& s, const float* x, const float* w, con
   Status st = conv2d_validate(s);
   if (st != Status::kOk) return st;
   if (!fits32(s)) return Status::kUnsupported;
-  const bool empty_out = s.N == 0 || s.P == 0 || s.Q == 0;  // dy is empty: gradients are zeros
-  if ((!empty_out && dy == nullptr) || (dx && s.N * s.C * s.H * s.W > 0 && s.K > 0 && !w) ||
-      (dw && !empty_out && s.C > 0 && !x))
-    return Status::kInvalidArgument;
   cudaStream_t cs = static_cast<cudaStream_t>(stream);
+  // No output positions or channels (dy is empty, null allowed): every gradient is zero.
+  if (s.N == 0 || s.K == 0 || s.P == 0 || s.Q == 0) return zero_grads(s, dx, dw, db, cs);
+  if (dy == nullptr || (dx && s.N * s.C * s.H * s.W > 0 && !w) || (dw && s.C > 0 && !x))
+    return Status::kInvalidArgument;
   float* ws = static_cast<float*>(workspace);
   const size_t wsb = ws == nullptr ? 0 : workspace_bytes;
   const Geo g = geo_of(s);
@@ -135,18 +151,13 @@ Status conv2d_bwd_cuda(const Conv2dShape& s, const float* x, const float* w, con
     Plan p;
     if (!plan_for(d, wsb, &p)) return Status::kUnsupported;
     const Dw o = dw_implicit(s, x, dy, dw);
-    // K = 0 (an empty batch) still runs: every tile stores its zero accumulators.
     st = cuda_status(cuda_gemm::launch(p, o.a, o.b, o.epi, d.batch, d.M, d.N, d.K, ws, cs),
                      "conv2d backward weight (gemm_tile_kernel)");
     if (st != Status::kOk) return st;
   }
-  if (db != nullptr && s.K > 0) {
-    if (empty_out) {
-      st = cuda_status(cudaMemsetAsync(db, 0, s.K * sizeof(float), cs), "conv2d bias gradient");
-    } else {
-      channel_sum_kernel<<<static_cast<unsigned>(s.K), 256, 0, cs>>>(dy, g.n_img, g.K, g.PQ, db);
-      st = cuda_launched("conv2d bias gradient (channel_sum_kernel)");
-    }
+  if (db != nullptr) {
+    channel_sum_kernel<<<static_cast<unsigned>(s.K), 256, 0, cs>>>(dy, g.n_img, g.K, g.PQ, db);
+    st = cuda_launched("conv2d bias gradient (channel_sum_kernel)");
   }
   return st;
 }
