@@ -105,6 +105,7 @@ int main() {
   check_shape(make(2, 3, 5, 5, 0, 3, 3, 1, 1, 1, 1), rng);        // no output channels (dy null)
   check_shape(make(2, 3, 2, 2, 4, 3, 3, 1, 0, 1, 1), rng);        // no output positions (dy null)
   check_shape(make(2, 0, 5, 5, 4, 3, 3, 1, 1, 1, 1), rng);        // no input channels
+  check_shape(make(2, 3, 0, 5, 4, 3, 3, 1, 2, 1, 1), rng);        // H = 0, padded: y = bias
   std::printf("%d shapes compared\n", g_compared);
   TEST_MAIN_END();
 }

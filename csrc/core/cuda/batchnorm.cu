@@ -334,6 +334,7 @@ Status batchnorm_fwd_eval_cuda(const BatchNormShape& s, const float* x, const fl
   if (s.N < 0 || s.C < 0 || s.S < 0 || running_mean == nullptr || running_var == nullptr)
     return Status::kInvalidArgument;
   if (s.C == 0) return Status::kOk;
+  if (s.N * s.S > 0 && (x == nullptr || y == nullptr)) return Status::kInvalidArgument;
   if (!fits(s)) return Status::kUnsupported;
   cudaStream_t cs = static_cast<cudaStream_t>(stream);
   Workspace ws;
@@ -357,6 +358,8 @@ Status batchnorm_bwd_cuda(const BatchNormShape& s, const float* x, const float* 
   cudaStream_t cs = static_cast<cudaStream_t>(stream);
   const int64_t count = s.N * s.S;
   const bool need_sums = (dw || db || (dx && training)) && count > 0;
+  if (count > 0 && (dy == nullptr || (x == nullptr && (need_sums || (dx && training)))))
+    return Status::kInvalidArgument;
   const int slices = need_sums ? slices_for(s) : 0;
   Workspace ws;
   if (!carve(s, slices, workspace, workspace_bytes, &ws)) return Status::kInvalidArgument;

@@ -96,8 +96,11 @@ Status conv2d_fwd_cuda(const Conv2dShape& s, const float* x, const float* w, con
   Status st = conv2d_validate(s);
   if (st != Status::kOk) return st;
   if (s.N == 0 || s.K == 0 || s.P == 0 || s.Q == 0) return Status::kOk;
-  // No input channels: x and w are empty (null allowed) and y is the bias (a GEMM of depth 0).
-  if (y == nullptr || (s.C > 0 && (x == nullptr || w == nullptr))) return Status::kInvalidArgument;
+  // An empty x (C, H or W = 0) or w may be null: y is then the bias (a GEMM of depth 0 or one
+  // that reads only padding).
+  if (y == nullptr || (s.N * s.C * s.H * s.W > 0 && x == nullptr) ||
+      (s.K * (s.C / s.groups) * s.R * s.S > 0 && w == nullptr))
+    return Status::kInvalidArgument;
   if (!fits32(s)) return Status::kUnsupported;
   cudaStream_t cs = static_cast<cudaStream_t>(stream);
   float* ws = static_cast<float*>(workspace);
@@ -125,7 +128,8 @@ Status conv2d_bwd_cuda(const Conv2dShape& s, const float* x, const float* w, con
   cudaStream_t cs = static_cast<cudaStream_t>(stream);
   // No output positions or channels (dy is empty, null allowed): every gradient is zero.
   if (s.N == 0 || s.K == 0 || s.P == 0 || s.Q == 0) return zero_grads(s, dx, dw, db, cs);
-  if (dy == nullptr || (dx && s.N * s.C * s.H * s.W > 0 && !w) || (dw && s.C > 0 && !x))
+  if (dy == nullptr || (dx && s.N * s.C * s.H * s.W > 0 && !w) ||
+      (dw && s.N * s.C * s.H * s.W > 0 && !x))
     return Status::kInvalidArgument;
   float* ws = static_cast<float*>(workspace);
   const size_t wsb = ws == nullptr ? 0 : workspace_bytes;
