@@ -54,7 +54,7 @@ from .workloads import Row
 PROG = "bench.models"
 SUITE = "models"
 DEFAULT_PASSES = PASSES                     # the seeds' four columns
-MODEL_KINDS = ("conv2d", "batchnorm", "linear")
+MODEL_KINDS = ("conv2d", "batch_norm", "linear")
 
 
 @dataclass(frozen=True)
@@ -446,7 +446,7 @@ def parse_args(argv):
                     help="forward, backward, total, inference (default: all four)")
     ap.add_argument("--layers", default=",".join(MODEL_KINDS),
                     help="which layer kinds the custom models take from dlkern: conv2d, "
-                         "batchnorm, linear (default: all; the rest are torch's)")
+                         "batch_norm, linear (default: all; the rest are torch's)")
     ap.add_argument("--reps", type=int, default=5,
                     help="timed samples per implementation and pass (default 5)")
     ap.add_argument("--warmup", type=int, default=1,

@@ -7,7 +7,7 @@ Markdown, per device:
   entry in bold;
 - the `tensorgrad` suite as tensorgrad-vs-torch's tables: per op and pass, reference time, custom
   time, "slower by", and an "overall" row with the medians over the inputs;
-- the `dense-sweep` suite as the raw lines of lux-vs-flux-dense;
+- the `linear-sweep` suite as the raw lines of lux-vs-flux-dense;
 - a ratio table (the first non-torch implementation against torch) and a roofline table (every
   implementation: GFLOP/s and GB/s from the registry's model, and their share of the peaks);
 - the FAILED rows with their errors.
@@ -289,7 +289,7 @@ def tensorgrad_tables(results, device, suite, impls, passes) -> str:
     return "\n".join(out).rstrip()
 
 
-def dense_raw_lines(results, device, suite, impls, passes) -> str:
+def linear_sweep_raw_lines(results, device, suite, impls, passes) -> str:
     """lux-vs-flux-dense's raw lines, one block per implementation and sweep group."""
     names = {"forward": "Forward Pass", "total": "Forward Pass + Backward Pass",
              "backward": "Backward Pass", "inference": "Inference"}
@@ -421,8 +421,8 @@ def markdown(results: list[Result], meta: dict, passes: list[str]) -> str:
             out += ["", f"### Suite `{suite}`", ""]
             if suite == "tensorgrad":
                 out.append(tensorgrad_tables(dev_results, device, suite, impls, passes))
-            elif suite == "dense-sweep":
-                out.append(dense_raw_lines(dev_results, device, suite, impls, passes))
+            elif suite == "linear-sweep":
+                out.append(linear_sweep_raw_lines(dev_results, device, suite, impls, passes))
             else:
                 out.append(layers_table(dev_results, device, suite, impls, passes))
         rt = ratio_table(recs, device, first_impl, first_label) if first_impl else ""

@@ -28,7 +28,7 @@ from dlkern.registry import Case, OpSpec
 
 # The suites of docs/workloads.md, in report order. Ops may tag cases with further suites of their own
 # (softmax has "softmax": larger and non-last-dim cases); `--suite all` takes every suite.
-STANDARD_SUITES = ("layers", "dense-sweep", "tensorgrad")
+STANDARD_SUITES = ("layers", "linear-sweep", "tensorgrad")
 DEFAULT_SUITES = ("layers", "tensorgrad")
 USER_SUITE = "user"
 

@@ -14,7 +14,7 @@ bottleneck), so a torchvision checkpoint loads as it is. Convolution, batch norm
 dropout and the residual additions are torch's.
 
 `impl` is "dlkern" or "torch" for every layer, or a mapping from a layer kind ("conv2d",
-"batchnorm", "linear", "softmax", "attention") to "dlkern"/"torch" (kinds not named stay dlkern).
+"batch_norm", "linear", "softmax", "multihead_attention") to "dlkern"/"torch" (kinds not named stay dlkern).
 The dlkern modules subclass their torch.nn namesakes, so switching an existing model
 (`set_impl`) swaps the modules' classes and keeps every parameter and buffer.
 """
@@ -36,11 +36,11 @@ Impl = Union[str, Mapping[str, str]]
 # layer kind -> (torch class, dlkern class); the dlkern class subclasses the torch one
 _PAIRS: dict[str, tuple[tuple[type, type], ...]] = {
     "conv2d": ((tnn.Conv2d, dnn.Conv2d),),
-    "batchnorm": ((tnn.BatchNorm1d, dnn.BatchNorm1d), (tnn.BatchNorm2d, dnn.BatchNorm2d),
-                  (tnn.BatchNorm3d, dnn.BatchNorm3d)),
+    "batch_norm": ((tnn.BatchNorm1d, dnn.BatchNorm1d), (tnn.BatchNorm2d, dnn.BatchNorm2d),
+                   (tnn.BatchNorm3d, dnn.BatchNorm3d)),
     "linear": ((tnn.Linear, dnn.Linear),),
     "softmax": ((tnn.Softmax, dnn.Softmax),),
-    "attention": ((tnn.MultiheadAttention, dnn.MultiheadAttention),),
+    "multihead_attention": ((tnn.MultiheadAttention, dnn.MultiheadAttention),),
 }
 KINDS = tuple(_PAIRS)
 IMPLS = ("dlkern", "torch")
@@ -77,12 +77,12 @@ class _Layers:
         def pick(kind, torch_cls):
             return dict(_PAIRS[kind])[torch_cls] if which[kind] == "dlkern" else torch_cls
         self.Conv2d = pick("conv2d", tnn.Conv2d)
-        self.BatchNorm2d = pick("batchnorm", tnn.BatchNorm2d)
+        self.BatchNorm2d = pick("batch_norm", tnn.BatchNorm2d)
         self.Linear = pick("linear", tnn.Linear)
 
 
 def set_impl(model: tnn.Module, impl: Impl) -> tnn.Module:
-    """Switches every conv2d / batchnorm / linear / softmax / attention module of `model` (any
+    """Switches every conv2d / batch_norm / linear / softmax / multihead_attention module of `model` (any
     module, not only this file's) to dlkern's or torch's class in place, keeping its parameters,
     buffers and hooks. Returns the model."""
     which = _resolve(impl)

@@ -179,13 +179,13 @@ def test_tensorgrad_tables_golden():
 
 
 def test_dense_raw_lines_golden():
-    rows = [_row(f"bias b{b}", ("dense-sweep",), shape=(b, 784), group="Dense 784 => 1024 with bias",
+    rows = [_row(f"bias b{b}", ("linear-sweep",), shape=(b, 784), group="Dense 784 => 1024 with bias",
                  sweep=("Batch Size", b)) for b in (1, 4)]
     res = []
     for row, t in zip(rows, (1.25e-4, 2.5e-4)):
         res += [_res(row, "custom", "dlkern avx2", "forward", t),
                 _res(row, "custom", "dlkern avx2", "total", 3 * t)]
-    text = report.dense_raw_lines(res, "cpu", "dense-sweep", [("custom", "dlkern avx2")],
+    text = report.linear_sweep_raw_lines(res, "cpu", "linear-sweep", [("custom", "dlkern avx2")],
                                   ["forward", "total"])
     assert text == (
         "```text\n"

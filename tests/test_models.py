@@ -173,7 +173,7 @@ def test_set_impl_switches_classes_and_keeps_parameters():
     d, _ = _pair("resnet18", num_classes=4)
     before = {k: v.clone() for k, v in d.state_dict().items()}
     dm.set_impl(d, {"conv2d": "torch"})
-    assert dm.impl_of(d) == {"conv2d": "torch", "batchnorm": "dlkern", "linear": "dlkern"}
+    assert dm.impl_of(d) == {"conv2d": "torch", "batch_norm": "dlkern", "linear": "dlkern"}
     assert type(d.conv1) is torch.nn.Conv2d and type(d.bn1) is dlkern.nn.BatchNorm2d
     dm.set_impl(d, "torch")
     assert set(dm.impl_of(d).values()) == {"torch"}

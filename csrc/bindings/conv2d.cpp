@@ -1,31 +1,19 @@
-// dlkern::conv2d and dlkern::conv2d_backward: CPU kernels (csrc/core/conv2d.h) and a hand-written
-// autograd node. Fake kernels, 'same'/'valid' padding, unbatched inputs and padding modes are
-// handled in dlkern/ops/conv2d.py; here padding is explicit: [top, bottom, left, right].
-#include <ATen/Parallel.h>
-
-#include <array>
-#include <mutex>
-#include <tuple>
-#include <vector>
-#include <ATen/core/Tensor.h>
-#include <ATen/core/dispatch/Dispatcher.h>
-#include <ATen/ops/empty.h>
+// dlkern::conv2d and dlkern::conv2d_backward: schemas, one device-generic kernel each
+// (csrc/core/conv2d.h, CPU and CUDA) and a hand-written autograd node. Fake kernels, 'same' /
+// 'valid' padding, unbatched inputs and padding modes are handled in dlkern/ops/conv2d.py; here
+// padding is explicit: [top, bottom, left, right].
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
-#include <torch/csrc/autograd/function.h>
-#include <torch/csrc/autograd/functions/utils.h>
-#include <torch/csrc/autograd/saved_variable.h>
-#include <torch/library.h>
+
+#include <vector>
 
 #include "../core/conv2d.h"
-#include "autograd_node.h"
-#include "checks.h"
+#include "binding.h"
 
 namespace {
 
 namespace bind = dlkern::bind;
-using OptTensor = c10::optional<at::Tensor>;
-
-bool has(const OptTensor& t) { return t.has_value() && t->defined(); }
+using bind::Grads3;
+using bind::OptTensor;
 
 // Checks every argument and returns the core's shape description.
 dlkern::Conv2dShape check_conv(const char* op, const at::Tensor& input, const at::Tensor& weight,
@@ -76,13 +64,12 @@ dlkern::Conv2dShape check_conv(const char* op, const at::Tensor& input, const at
   return s;
 }
 
-// One body for both devices; only the core call differs.
-at::Tensor conv2d_any(const at::Tensor& input, const at::Tensor& weight, const OptTensor& bias,
-                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                      int64_t groups, bool cuda) {
+at::Tensor conv2d(const at::Tensor& input, const at::Tensor& weight, const OptTensor& bias,
+                  at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                  int64_t groups) {
   const auto s = check_conv("conv2d", input, weight, stride, padding, dilation, groups);
   at::Tensor b;
-  if (has(bias)) {
+  if (bind::has(bias)) {
     bind::check_float32("conv2d", "bias", *bias);
     bind::check_same_device("conv2d", "input", input, "bias", *bias);
     TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == s.K, "dlkern.conv2d: argument 'bias' ",
@@ -92,92 +79,41 @@ at::Tensor conv2d_any(const at::Tensor& input, const at::Tensor& weight, const O
   }
   const at::Tensor x = input.contiguous(), w = weight.contiguous();
   at::Tensor y = at::empty({s.N, s.K, s.P, s.Q}, input.options());
-  const float* bp = b.defined() ? b.const_data_ptr<float>() : nullptr;
-#ifdef DLKERN_WITH_CUDA
-  if (cuda) {
-    const c10::cuda::CUDAGuard guard(x.device());
-    const at::Tensor ws = bind::cuda_workspace(dlkern::conv2d_cuda_workspace(s), x);
-    bind::check_status("conv2d", dlkern::conv2d_fwd_cuda(s, x.const_data_ptr<float>(),
-                                                         w.const_data_ptr<float>(), bp,
-                                                         y.mutable_data_ptr<float>(),
-                                                         ws.mutable_data_ptr(), ws.numel(),
-                                                         bind::cuda_stream()));
-    return y;
-  }
-#endif
-  bind::check_status("conv2d", dlkern::conv2d_fwd_cpu(s, x.const_data_ptr<float>(),
-                                                      w.const_data_ptr<float>(), bp,
-                                                      y.mutable_data_ptr<float>(),
-                                                      at::get_num_threads()));
+  const float *xp = x.const_data_ptr<float>(), *wp = w.const_data_ptr<float>(),
+              *bp = bind::in_ptr(b);
+  float* yp = y.mutable_data_ptr<float>();
+  bind::run(
+      "conv2d", x, [&](int threads) { return dlkern::conv2d_fwd_cpu(s, xp, wp, bp, yp, threads); },
+      [&](bind::Cuda& c) {
+        void* ws = c.scratch(dlkern::conv2d_cuda_workspace(s));
+        return dlkern::conv2d_fwd_cuda(s, xp, wp, bp, yp, ws, c.scratch_bytes(), c.stream());
+      });
   return y;
 }
 
-at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const OptTensor& bias,
-                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                      int64_t groups) {
-  return conv2d_any(input, weight, bias, stride, padding, dilation, groups, false);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_any(
-    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
-    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-    std::array<bool, 3> mask, bool cuda) {
-  const auto s = check_conv("conv2d_backward", input, weight, stride, padding, dilation, groups);
-  bind::check_float32("conv2d_backward", "grad_output", grad_output);
-  bind::check_same_device("conv2d_backward", "grad_output", grad_output, "input", input);
-  const std::vector<int64_t> ys = {s.N, s.K, s.P, s.Q};
-  TORCH_CHECK_VALUE(grad_output.sizes() == at::IntArrayRef(ys), "dlkern.conv2d_backward: argument ",
-                    "'grad_output' must have shape ", at::IntArrayRef(ys), ", got ",
-                    grad_output.sizes());
+Grads3 conv2d_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                       const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
+                       at::IntArrayRef dilation, int64_t groups, std::array<bool, 3> mask) {
+  const char* op = "conv2d_backward";
+  const auto s = check_conv(op, input, weight, stride, padding, dilation, groups);
+  bind::check_grad_output(op, grad_output, input, {s.N, s.K, s.P, s.Q});
   const at::Tensor g = grad_output.contiguous(), x = input.contiguous(), w = weight.contiguous();
-  at::Tensor dx, dw, db;
-  if (mask[0]) dx = at::empty(input.sizes(), input.options());
-  if (mask[1]) dw = at::empty(weight.sizes(), weight.options());
-  if (mask[2]) db = at::empty({s.K}, weight.options());
-  float* dxp = bind::out_ptr(dx);
-  float* dwp = bind::out_ptr(dw);
-  float* dbp = bind::out_ptr(db);
-#ifdef DLKERN_WITH_CUDA
-  if (cuda) {
-    const c10::cuda::CUDAGuard guard(x.device());
-    const at::Tensor ws = bind::cuda_workspace(dlkern::conv2d_cuda_workspace(s), x);
-    bind::check_status("conv2d_backward",
-                       dlkern::conv2d_bwd_cuda(s, x.const_data_ptr<float>(),
-                                               w.const_data_ptr<float>(), g.const_data_ptr<float>(),
-                                               dxp, dwp, dbp, ws.mutable_data_ptr(), ws.numel(),
-                                               bind::cuda_stream()));
-    return {dx, dw, db};
-  }
-#endif
-  bind::check_status("conv2d_backward",
-                     dlkern::conv2d_bwd_cpu(s, x.const_data_ptr<float>(), w.const_data_ptr<float>(),
-                                            g.const_data_ptr<float>(), dxp, dwp, dbp,
-                                            at::get_num_threads()));
-  return {dx, dw, db};
+  auto grads = bind::empty_grads(mask, input.sizes(), weight.sizes(), {s.K}, weight.options());
+  float* dx = bind::out_ptr(std::get<0>(grads));
+  float* dw = bind::out_ptr(std::get<1>(grads));
+  float* db = bind::out_ptr(std::get<2>(grads));
+  const float *xp = x.const_data_ptr<float>(), *wp = w.const_data_ptr<float>(),
+              *gp = g.const_data_ptr<float>();
+  bind::run(
+      op, x,
+      [&](int threads) { return dlkern::conv2d_bwd_cpu(s, xp, wp, gp, dx, dw, db, threads); },
+      [&](bind::Cuda& c) {
+        void* ws = c.scratch(dlkern::conv2d_cuda_workspace(s));
+        return dlkern::conv2d_bwd_cuda(s, xp, wp, gp, dx, dw, db, ws, c.scratch_bytes(),
+                                       c.stream());
+      });
+  return grads;
 }
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
-    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
-    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-    std::array<bool, 3> mask) {
-  return conv2d_backward_any(grad_output, input, weight, stride, padding, dilation, groups, mask,
-                             false);
-}
-
-#ifdef DLKERN_WITH_CUDA
-at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& weight, const OptTensor& bias,
-                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                       int64_t groups) {
-  return conv2d_any(input, weight, bias, stride, padding, dilation, groups, true);
-}
-std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cuda(
-    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
-    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-    std::array<bool, 3> mask) {
-  return conv2d_backward_any(grad_output, input, weight, stride, padding, dilation, groups, mask,
-                             true);
-}
-#endif
 
 // The algorithm kAuto picks for these arguments (dlkern.ops.conv2d.algorithm).
 std::string conv2d_algorithm(const at::Tensor& input, const at::Tensor& weight,
@@ -187,66 +123,22 @@ std::string conv2d_algorithm(const at::Tensor& input, const at::Tensor& weight,
   return dlkern::conv2d_algo_name(dlkern::conv2d_pick_algo(s));
 }
 
-#ifndef DLKERN_WITH_CUDA
-// A build without CUDA: a CUDA tensor gets a clear error naming the rebuild command.
-at::Tensor conv2d_no_cuda(const at::Tensor&, const at::Tensor&, const OptTensor&, at::IntArrayRef,
-                          at::IntArrayRef, at::IntArrayRef, int64_t) {
-  bind::no_cuda_kernels("conv2d");
-}
-std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_no_cuda(
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, at::IntArrayRef, at::IntArrayRef,
-    at::IntArrayRef, int64_t, std::array<bool, 3>) {
-  bind::no_cuda_kernels("conv2d_backward");
-}
-#endif
+// ---- autograd -------------------------------------------------------------------------------
 
-// ---- autograd ---------------------------------------------------------------------------
-
-using torch::autograd::variable_list;
-
-at::Tensor call_conv2d(const at::Tensor& x, const at::Tensor& w, const OptTensor& b,
-                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                       int64_t groups) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("dlkern::conv2d", "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const OptTensor&,
-                                         at::IntArrayRef, at::IntArrayRef, at::IntArrayRef,
-                                         int64_t)>();
-  return op.call(x, w, b, stride, padding, dilation, groups);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> call_conv2d_backward(
-    const at::Tensor& g, const at::Tensor& x, const at::Tensor& w, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, std::array<bool, 3> mask) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("dlkern::conv2d_backward", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-                           const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                           at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, int64_t,
-                           std::array<bool, 3>)>();
-  return op.call(g, x, w, stride, padding, dilation, groups, mask);
-}
-
-struct Conv2dBackwardNode final : public torch::autograd::Node {
-  torch::autograd::SavedVariable input_, weight_;
-  std::vector<int64_t> stride_, padding_, dilation_;
-  int64_t groups_ = 1;
+// saved: input, weight
+struct Conv2dBackwardNode final : public bind::SavingNode<2> {
+  std::vector<int64_t> stride, padding, dilation;
+  int64_t groups = 1;
 
   std::string name() const override { return "DlkernConv2dBackward"; }
-  void release_variables() override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    input_.reset_data();
-    weight_.reset_data();
-  }
-  variable_list apply(variable_list&& grads) override {
+  torch::autograd::variable_list apply(torch::autograd::variable_list&& grads) override {
     const at::Tensor& g = grads[0];
     if (!g.defined()) return {at::Tensor(), at::Tensor(), at::Tensor()};
     TORCH_CHECK_NOT_IMPLEMENTED(!at::GradMode::is_enabled(), "dlkern.conv2d: double backward ",
                                 "(create_graph=True) is not implemented");
-    const std::array<bool, 3> mask = {should_compute_output(0), should_compute_output(1),
-                                      should_compute_output(2)};
-    auto [dx, dw, db] = call_conv2d_backward(g, input_.unpack(), weight_.unpack(), stride_,
-                                             padding_, dilation_, groups_, mask);
+    auto [dx, dw, db] = bind::call<conv2d_backward>(
+        "dlkern::conv2d_backward", g, saved[0].unpack(), saved[1].unpack(), stride, padding,
+        dilation, groups, wanted<3>());
     return {dx, dw, db};
   }
 };
@@ -257,42 +149,34 @@ at::Tensor conv2d_autograd(const at::Tensor& x, const at::Tensor& w, const OptTe
   at::Tensor y;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
-    y = call_conv2d(x, w, b, stride, padding, dilation, groups);
+    y = bind::call<conv2d>("dlkern::conv2d", x, w, b, stride, padding, dilation, groups);
   }
-  const at::Tensor bt = has(b) ? *b : at::Tensor();
-  if (bind::needs_graph(x) || bind::needs_graph(w) || bind::needs_graph(bt)) {
-    auto node = bind::make_node<Conv2dBackwardNode>();
-    node->set_next_edges(torch::autograd::collect_next_edges(x, w, bt));
-    node->input_ = torch::autograd::SavedVariable(x, false);
-    node->weight_ = torch::autograd::SavedVariable(w, false);
-    node->stride_ = stride.vec();
-    node->padding_ = padding.vec();
-    node->dilation_ = dilation.vec();
-    node->groups_ = groups;
-    torch::autograd::set_history(y, node);
-  }
+  bind::record_backward<Conv2dBackwardNode>(
+      y,
+      [&](Conv2dBackwardNode& n) {
+        n.saved[0] = torch::autograd::SavedVariable(x, false);
+        n.saved[1] = torch::autograd::SavedVariable(w, false);
+        n.stride = stride.vec(), n.padding = padding.vec(), n.dilation = dilation.vec();
+        n.groups = groups;
+      },
+      x, w, bind::or_undefined(b));
   return y;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(dlkern, CPU, m) {
-  m.impl("conv2d", &conv2d_cpu);
-  m.impl("conv2d_backward", &conv2d_backward_cpu);
-  m.impl("_conv2d_algorithm", &conv2d_algorithm);
-}
-
-TORCH_LIBRARY_IMPL(dlkern, CUDA, m) {
-#ifdef DLKERN_WITH_CUDA
-  m.impl("conv2d", &conv2d_cuda);
-  m.impl("conv2d_backward", &conv2d_backward_cuda);
-#else
-  m.impl("conv2d", &conv2d_no_cuda);
-  m.impl("conv2d_backward", &conv2d_backward_no_cuda);
-#endif
-}
-
-TORCH_LIBRARY_IMPL(dlkern, Autograd, m) {
-  m.impl("conv2d", &conv2d_autograd);
-  m.impl("conv2d_backward", torch::autograd::autogradNotImplementedFallback());
+TORCH_LIBRARY_FRAGMENT(dlkern, m) {
+  // padding is [top, bottom, left, right]
+  m.def("conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[4] padding, "
+        "int[2] dilation, int groups) -> Tensor");
+  m.def("conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, "
+        "int[4] padding, int[2] dilation, int groups, bool[3] output_mask) "
+        "-> (Tensor, Tensor, Tensor)");
+  // the algorithm conv2d picks for these arguments (gemm1x1, im2col or depthwise)
+  m.def("_conv2d_algorithm(Tensor input, Tensor weight, int[2] stride, int[4] padding, "
+        "int[2] dilation, int groups) -> str");
+  bind::register_op(m, "conv2d", &conv2d, &conv2d_autograd);
+  bind::register_op(m, "conv2d_backward", &conv2d_backward,
+                    torch::autograd::autogradNotImplementedFallback());
+  m.impl("_conv2d_algorithm", torch::dispatch(c10::DispatchKey::CPU, &conv2d_algorithm));
 }

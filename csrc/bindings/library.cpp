@@ -1,6 +1,7 @@
-// The one place that declares dlkern's operator schemas, plus the Python module stub that makes
-// `import dlkern._C` load this library (which runs the registrations below). Each op's kernels
-// are registered in its own file (softmax.cpp, ...) with TORCH_LIBRARY_IMPL.
+// The dlkern library itself (TORCH_LIBRARY: what is not per op: introspection and machine
+// probes), plus the Python module stub that makes `import dlkern._C` load this extension (which
+// runs every registration). Each op's schemas, kernels and autograd are in its own file
+// (softmax.cpp, ...), added to the library with TORCH_LIBRARY_FRAGMENT.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -8,7 +9,6 @@
 
 #include "../core/common.h"
 #include "../core/machine.h"
-#include "checks.h"
 
 #ifndef DLKERN_TORCH_VERSION
 #error "setup.py defines DLKERN_TORCH_VERSION (the torch this extension is built against)"
@@ -68,33 +68,6 @@ double cpu_stream_bandwidth(int64_t bytes, int64_t threads, double seconds) {
 }  // namespace
 
 TORCH_LIBRARY(dlkern, m) {
-  // softmax (csrc/bindings/softmax.cpp)
-  m.def("softmax(Tensor input, int dim) -> Tensor");
-  m.def("softmax_backward(Tensor grad_output, Tensor output, int dim) -> Tensor");
-
-  // linear (csrc/bindings/linear.cpp)
-  m.def("linear(Tensor input, Tensor weight, Tensor? bias=None) -> Tensor");
-  m.def("linear_backward(Tensor grad_output, Tensor input, Tensor weight, bool[3] output_mask) "
-        "-> (Tensor, Tensor, Tensor)");
-
-  // batch_norm (csrc/bindings/batchnorm.cpp): returns (output, save_mean, save_invstd) and
-  // updates the running statistics in place when training
-  m.def("batch_norm(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
-        "Tensor(b!)? running_var, bool training, float momentum, float eps) "
-        "-> (Tensor, Tensor, Tensor)");
-  m.def("batch_norm_backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor save_mean, "
-        "Tensor save_invstd, bool training, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
-
-  // conv2d (csrc/bindings/conv2d.cpp): padding is [top, bottom, left, right]
-  m.def("conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[4] padding, "
-        "int[2] dilation, int groups) -> Tensor");
-  m.def("conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, "
-        "int[4] padding, int[2] dilation, int groups, bool[3] output_mask) "
-        "-> (Tensor, Tensor, Tensor)");
-  // the algorithm conv2d picks for these arguments (gemm1x1, im2col or depthwise)
-  m.def("_conv2d_algorithm(Tensor input, Tensor weight, int[2] stride, int[4] padding, "
-        "int[2] dilation, int groups) -> str");
-
   // introspection, used by dlkern.capabilities() and dlkern.set_cpu_isa()
   m.def("_cpu_isa() -> str", &cpu_isa);
   m.def("_cpu_isa_best() -> str", &cpu_isa_best);

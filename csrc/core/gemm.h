@@ -63,7 +63,7 @@ Status colsum_ref(int64_t M, int64_t N, const float* x, int64_t ld, float* out, 
 Status colsum_avx2(int64_t M, int64_t N, const float* x, int64_t ld, float* out, bool accumulate,
                    int threads);
 
-// CUDA (csrc/core/cuda/dense.cu): the same product on device pointers, any strides (128-bit
+// CUDA (csrc/core/cuda/linear.cu): the same product on device pointers, any strides (128-bit
 // loads where the contiguous dimension allows), bias / row_bias / accumulate fused; pack_b is a
 // CPU feature and gives kUnsupported. `workspace` (device memory, may be null) lets problems with
 // too few output tiles for the GPU split K; gemm_cuda_workspace says how many bytes it would use.

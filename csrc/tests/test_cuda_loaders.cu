@@ -5,7 +5,7 @@
 // rows and k must read 0, and every in-range element must be written exactly once. The GEMMs are
 // then done in double here and stored through the epilogues, and the results must match the
 // reference convolution (ref/conv2d_ref.cpp) for forward, backward data and backward weight.
-// Also checked: FastDiv (batchnorm.cu's channel and row division) and the split-K plan.
+// Also checked: FastDiv (batch_norm.cu's channel and row division) and the split-K plan.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>

@@ -10,7 +10,7 @@
 #include <random>
 #include <vector>
 
-#include "../core/dense.h"
+#include "../core/linear.h"
 #include "../core/gemm.h"
 #include "check.h"
 

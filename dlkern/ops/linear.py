@@ -1,6 +1,6 @@
 """linear: dlkern.functional.linear mirrors torch.nn.functional.linear (y = x W^T + b).
 
-Kernels: csrc/core/{gemm.h, dense.h, ref/gemm_ref.cpp, cpu/gemm_avx2.cpp, cpu/dense_cpu.cpp};
+Kernels: csrc/core/{gemm.h, linear.h, ref/gemm_ref.cpp, cpu/gemm_avx2.cpp, cpu/linear_cpu.cpp};
 bindings and autograd: csrc/bindings/linear.cpp.
 """
 from __future__ import annotations
@@ -134,11 +134,11 @@ def _bench_cases():
         for b in (1, 4, 16, 64, 256, 1024):
             cases.append(Case(f"784->1024 {'bias' if bias else 'no bias'} batch {b}",
                               {"shape": (b, 784), "out": 1024, "bias": bias},
-                              suites=("dense-sweep",), group=group, sweep=("Batch Size", b)))
+                              suites=("linear-sweep",), group=group, sweep=("Batch Size", b)))
     for b, n_in, n_out in ((32, 64, 128), (64, 1024, 2048), (128, 2048, 4096)):
         cases.append(Case(f"input={b}x{n_in}, features={n_out}", {"shape": (b, n_in), "out": n_out},
                           suites=("tensorgrad",)))
-    cases.append(Case("1024->512 batch 256", {"shape": (256, 1024), "out": 512}, suites=("dense",)))
+    cases.append(Case("1024->512 batch 256", {"shape": (256, 1024), "out": 512}, suites=("linear",)))
     # a plain 2048^3 GEMM through the core: x @ w.t() with w a transposed view is x @ B for a
     # row-major B, which torch runs as torch.mm
     cases.append(Case("GEMM 2048x2048x2048", {"shape": (2048, 2048), "out": 2048, "bias": False,

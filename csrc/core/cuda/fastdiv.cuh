@@ -1,5 +1,5 @@
 // Division by a divisor fixed for a whole kernel launch, as a multiply-high and a shift
-// (batchnorm.cu's channel and row indices). Host-callable so that csrc/tests/test_cuda_loaders.cu
+// (batch_norm.cu's channel and row indices). Host-callable so that csrc/tests/test_cuda_loaders.cu
 // checks it on the CPU.
 #pragma once
 

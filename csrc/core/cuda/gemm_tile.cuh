@@ -1,4 +1,4 @@
-// The CUDA GEMM main loop shared by dense (dense.cu) and conv2d (conv2d.cu):
+// The CUDA GEMM main loop shared by dense (linear.cu) and conv2d (conv2d.cu):
 //   C[b][m, n] = sum_k A[b](m, k) * B[b](n, k),   b = a batch index (conv groups or images).
 //
 // The loop knows nothing of where A and B come from. Each operand is a *loader*: given a row

@@ -1,5 +1,5 @@
 // Batch normalization forward (training and inference) and backward, CUDA, float32, over an
-// input viewed as N x C x S (batchnorm.h). Semantics and numerics follow the CPU path:
+// input viewed as N x C x S (batch_norm.h). Semantics and numerics follow the CPU path:
 //
 // Statistics are shifted sums: each channel's values are summed as (x - K), K the channel's first
 // value, so a large mean (1e4 with unit spread) keeps its variance's digits; a thread sums in
@@ -27,13 +27,13 @@
 #include <cmath>
 #include <cstdint>
 
-#include "../batchnorm.h"
+#include "../batch_norm.h"
 #include "check.cuh"
 #include "fastdiv.cuh"
 
 namespace dlkern {
 namespace cuda_gemm {
-int sm_count();  // dense.cu
+int sm_count();  // linear.cu
 }
 
 namespace {
@@ -293,15 +293,15 @@ unsigned channel_blocks(int64_t C) { return static_cast<unsigned>((C + 127) / 12
 
 }  // namespace
 
-size_t batchnorm_cuda_workspace(const BatchNormShape& s) {
+size_t batch_norm_cuda_workspace(const BatchNormShape& s) {
   if (s.N < 0 || s.C <= 0 || s.S < 0) return 0;
   return ws_floats_bytes(s.C) + static_cast<size_t>(s.C) * slices_for(s) * sizeof(double2);
 }
 
-Status batchnorm_fwd_train_cuda(const BatchNormShape& s, const float* x, const float* w,
-                                const float* b, double eps, double momentum, float* running_mean,
-                                float* running_var, float* y, float* save_mean, float* save_invstd,
-                                void* workspace, size_t workspace_bytes, void* stream) {
+Status batch_norm_fwd_train_cuda(const BatchNormShape& s, const float* x, const float* w,
+                                 const float* b, double eps, double momentum, float* running_mean,
+                                 float* running_var, float* y, float* save_mean, float* save_invstd,
+                                 void* workspace, size_t workspace_bytes, void* stream) {
   if (s.N < 0 || s.C < 0 || s.S < 0 || !(eps >= 0)) return Status::kInvalidArgument;
   if (s.C == 0) return Status::kOk;
   const int64_t count = s.N * s.S;
@@ -327,10 +327,10 @@ Status batchnorm_fwd_train_cuda(const BatchNormShape& s, const float* x, const f
   return apply(s, x, nullptr, save_mean, ws.scale, nullptr, ws.shift, y, cs);
 }
 
-Status batchnorm_fwd_eval_cuda(const BatchNormShape& s, const float* x, const float* w,
-                               const float* b, const float* running_mean, const float* running_var,
-                               double eps, float* y, float* save_mean, float* save_invstd,
-                               void* workspace, size_t workspace_bytes, void* stream) {
+Status batch_norm_fwd_eval_cuda(const BatchNormShape& s, const float* x, const float* w,
+                                const float* b, const float* running_mean, const float* running_var,
+                                double eps, float* y, float* save_mean, float* save_invstd,
+                                void* workspace, size_t workspace_bytes, void* stream) {
   if (s.N < 0 || s.C < 0 || s.S < 0 || running_mean == nullptr || running_var == nullptr)
     return Status::kInvalidArgument;
   if (s.C == 0) return Status::kOk;
@@ -347,10 +347,10 @@ Status batchnorm_fwd_eval_cuda(const BatchNormShape& s, const float* x, const fl
   return apply(s, x, nullptr, ws.mean, ws.scale, nullptr, ws.shift, y, cs);
 }
 
-Status batchnorm_bwd_cuda(const BatchNormShape& s, const float* x, const float* dy, const float* w,
-                          const float* mean, const float* invstd, bool training, float* dx,
-                          float* dw, float* db, void* workspace, size_t workspace_bytes,
-                          void* stream) {
+Status batch_norm_bwd_cuda(const BatchNormShape& s, const float* x, const float* dy, const float* w,
+                           const float* mean, const float* invstd, bool training, float* dx,
+                           float* dw, float* db, void* workspace, size_t workspace_bytes,
+                           void* stream) {
   if (s.N < 0 || s.C < 0 || s.S < 0) return Status::kInvalidArgument;
   if (s.C == 0) return Status::kOk;
   if (mean == nullptr || invstd == nullptr) return Status::kInvalidArgument;

@@ -6,7 +6,7 @@
 #include <cmath>
 #include <vector>
 
-#include "../batchnorm.h"
+#include "../batch_norm.h"
 #include "parallel.h"
 
 namespace dlkern {
@@ -73,10 +73,10 @@ void normalize_all(const BatchNormKernels& k, const BatchNormShape& s, const Ite
 
 }  // namespace
 
-Status batchnorm_fwd_train_cpu(const BatchNormShape& s, const float* x, const float* w,
-                               const float* b, double eps, double momentum, float* running_mean,
-                               float* running_var, float* y, float* save_mean, float* save_invstd,
-                               int threads) {
+Status batch_norm_fwd_train_cpu(const BatchNormShape& s, const float* x, const float* w,
+                                const float* b, double eps, double momentum, float* running_mean,
+                                float* running_var, float* y, float* save_mean, float* save_invstd,
+                                int threads) {
   if (validate(s) != Status::kOk || !(eps >= 0)) return Status::kInvalidArgument;
   const int64_t count = s.N * s.S;
   if (s.C == 0) return Status::kOk;
@@ -122,10 +122,10 @@ Status batchnorm_fwd_train_cpu(const BatchNormShape& s, const float* x, const fl
   return Status::kOk;
 }
 
-Status batchnorm_fwd_eval_cpu(const BatchNormShape& s, const float* x, const float* w,
-                              const float* b, const float* running_mean, const float* running_var,
-                              double eps, float* y, float* save_mean, float* save_invstd,
-                              int threads) {
+Status batch_norm_fwd_eval_cpu(const BatchNormShape& s, const float* x, const float* w,
+                               const float* b, const float* running_mean, const float* running_var,
+                               double eps, float* y, float* save_mean, float* save_invstd,
+                               int threads) {
   if (validate(s) != Status::kOk || running_mean == nullptr || running_var == nullptr)
     return Status::kInvalidArgument;
   const BatchNormKernels& k = kernels();
@@ -143,9 +143,9 @@ Status batchnorm_fwd_eval_cpu(const BatchNormShape& s, const float* x, const flo
   return Status::kOk;
 }
 
-Status batchnorm_bwd_cpu(const BatchNormShape& s, const float* x, const float* dy, const float* w,
-                         const float* mean, const float* invstd, bool training, float* dx,
-                         float* dw, float* db, int threads) {
+Status batch_norm_bwd_cpu(const BatchNormShape& s, const float* x, const float* dy, const float* w,
+                          const float* mean, const float* invstd, bool training, float* dx,
+                          float* dw, float* db, int threads) {
   if (validate(s) != Status::kOk) return Status::kInvalidArgument;
   const BatchNormKernels& k = kernels();
   const Items it(s);

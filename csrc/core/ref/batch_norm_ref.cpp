@@ -1,5 +1,5 @@
 // Reference batchnorm chunk kernels: scalar, accumulating in double.
-#include "../batchnorm.h"
+#include "../batch_norm.h"
 
 namespace dlkern {
 namespace {

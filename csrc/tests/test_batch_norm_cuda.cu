@@ -8,7 +8,7 @@
 #include <random>
 #include <vector>
 
-#include "../core/batchnorm.h"
+#include "../core/batch_norm.h"
 #include "cuda_util.cuh"
 
 using dlkern::BatchNormShape;
@@ -32,28 +32,28 @@ void check(const BatchNormShape& s, int kind, std::mt19937& rng) {
   for (bool training : {true, false}) {
     if (training && s.N * s.S == 1) continue;
     std::vector<float> ry(E), rmean(C), rinv(C), rdx(E), rdw(C), rdb(C), rrm = rm, rrv = rv;
-    Status st = training ? dlkern::batchnorm_fwd_train_cpu(s, x.data(), w.data(), b.data(), eps, mom,
-                                                           rrm.data(), rrv.data(), ry.data(),
-                                                           rmean.data(), rinv.data(), 1)
-                         : dlkern::batchnorm_fwd_eval_cpu(s, x.data(), w.data(), b.data(), rm.data(),
-                                                          rv.data(), eps, ry.data(), rmean.data(),
-                                                          rinv.data(), 1);
+    Status st = training ? dlkern::batch_norm_fwd_train_cpu(s, x.data(), w.data(), b.data(), eps, mom,
+                                                            rrm.data(), rrv.data(), ry.data(),
+                                                            rmean.data(), rinv.data(), 1)
+                         : dlkern::batch_norm_fwd_eval_cpu(s, x.data(), w.data(), b.data(), rm.data(),
+                                                           rv.data(), eps, ry.data(), rmean.data(),
+                                                           rinv.data(), 1);
     CHECK(st == Status::kOk, "ref fwd");
-    CHECK(dlkern::batchnorm_bwd_cpu(s, x.data(), dy.data(), w.data(), rmean.data(), rinv.data(),
-                                    training, rdx.data(), rdw.data(), rdb.data(), 1) == Status::kOk,
+    CHECK(dlkern::batch_norm_bwd_cpu(s, x.data(), dy.data(), w.data(), rmean.data(), rinv.data(),
+                                     training, rdx.data(), rdw.data(), rdb.data(), 1) == Status::kOk,
           "ref bwd");
     std::vector<float> got[2][7];
     for (int run = 0; run < 2; ++run) {
       DevBuf X(x), DY(dy), Wd(w), B(b), RM(rm), RV(rv), Y(E, 7.f), M(C, 7.f), I(C, 7.f), DX(E, 7.f),
           DW(C, 7.f), DB(C, 7.f);
-      DevBytes ws(dlkern::batchnorm_cuda_workspace(s));
-      st = training ? dlkern::batchnorm_fwd_train_cuda(s, X.p, Wd.p, B.p, eps, mom, RM.p, RV.p, Y.p,
-                                                       M.p, I.p, ws.p, ws.n, nullptr)
-                    : dlkern::batchnorm_fwd_eval_cuda(s, X.p, Wd.p, B.p, RM.p, RV.p, eps, Y.p, M.p,
-                                                      I.p, ws.p, ws.n, nullptr);
+      DevBytes ws(dlkern::batch_norm_cuda_workspace(s));
+      st = training ? dlkern::batch_norm_fwd_train_cuda(s, X.p, Wd.p, B.p, eps, mom, RM.p, RV.p, Y.p,
+                                                        M.p, I.p, ws.p, ws.n, nullptr)
+                    : dlkern::batch_norm_fwd_eval_cuda(s, X.p, Wd.p, B.p, RM.p, RV.p, eps, Y.p, M.p,
+                                                       I.p, ws.p, ws.n, nullptr);
       CHECK(st == Status::kOk, "fwd launch: %s", dlkern::status_detail());
-      CHECK(dlkern::batchnorm_bwd_cuda(s, X.p, DY.p, Wd.p, M.p, I.p, training, DX.p, DW.p, DB.p,
-                                       ws.p, ws.n, nullptr) == Status::kOk,
+      CHECK(dlkern::batch_norm_bwd_cuda(s, X.p, DY.p, Wd.p, M.p, I.p, training, DX.p, DW.p, DB.p,
+                                        ws.p, ws.n, nullptr) == Status::kOk,
             "bwd launch: %s", dlkern::status_detail());
       sync_ok("batchnorm kernels");
       got[run][0] = Y.host(), got[run][1] = M.host(), got[run][2] = I.host();

@@ -14,7 +14,7 @@
 // the kernel and the CUDA error.
 #include <cuda_runtime.h>
 
-#include "../dense.h"
+#include "../linear.h"
 #include "check.cuh"
 #include "gemm_tile.cuh"
 
@@ -131,7 +131,7 @@ Status colsum_cuda(int64_t M, int64_t N, const float* x, int64_t ld, float* out,
   return cuda_status(cudaGetLastError(), "colsum_kernel");
 }
 
-size_t dense_cuda_workspace(const DenseShape& s) {
+size_t linear_cuda_workspace(const LinearShape& s) {
   if (s.batch <= 0 || s.in < 0 || s.out <= 0) return 0;
   size_t w = cuda_gemm::workspace_wanted(1, s.batch, s.out, s.in);                  // y
   const size_t dx = cuda_gemm::workspace_wanted(1, s.batch, s.in, s.out);          // dx
@@ -141,8 +141,8 @@ size_t dense_cuda_workspace(const DenseShape& s) {
   return w;
 }
 
-Status dense_fwd_cuda(const DenseShape& s, MatrixRef x, MatrixRef w, const float* bias, float* y,
-                      void* workspace, size_t workspace_bytes, void* stream) {
+Status linear_fwd_cuda(const LinearShape& s, MatrixRef x, MatrixRef w, const float* bias, float* y,
+                       void* workspace, size_t workspace_bytes, void* stream) {
   if (s.batch < 0 || s.in < 0 || s.out < 0) return Status::kInvalidArgument;
   GemmArgs g;
   g.M = s.batch, g.N = s.out, g.K = s.in;
@@ -152,8 +152,8 @@ Status dense_fwd_cuda(const DenseShape& s, MatrixRef x, MatrixRef w, const float
   return gemm_cuda(g, workspace, workspace_bytes, stream);
 }
 
-Status dense_bwd_cuda(const DenseShape& s, MatrixRef x, MatrixRef w, const float* dy, float* dx,
-                      float* dw, float* db, void* workspace, size_t workspace_bytes, void* stream) {
+Status linear_bwd_cuda(const LinearShape& s, MatrixRef x, MatrixRef w, const float* dy, float* dx,
+                       float* dw, float* db, void* workspace, size_t workspace_bytes, void* stream) {
   if (s.batch < 0 || s.in < 0 || s.out < 0) return Status::kInvalidArgument;
   // The three products share the workspace: they run in order on one stream.
   if (dx != nullptr) {  // dx[b, i] = sum_o dy[b, o] * w[o, i]

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "../batchnorm.h"
+#include "../batch_norm.h"
 #include "vec_avx2.h"
 
 namespace dlkern {

@@ -9,10 +9,10 @@
 #include <vector>
 
 #include "../core/common.h"
-#include "../core/dense.h"
+#include "../core/linear.h"
 #include "cuda_util.cuh"
 
-using dlkern::DenseShape;
+using dlkern::LinearShape;
 using dlkern::MatrixRef;
 using dlkern::Status;
 using namespace dlkern_test;
@@ -34,13 +34,13 @@ void check_dense(int64_t batch, int64_t in, int64_t out, bool bias, bool w_t, in
   const auto x = randn(batch * x_rs), w = randn(in * out), b = randn(out), dy = randn(batch * out);
   const MatrixRef xh{x.data(), x_rs, 1};
   const MatrixRef wh = w_t ? MatrixRef{w.data(), 1, out} : MatrixRef{w.data(), in, 1};
-  const DenseShape s{batch, in, out};
+  const LinearShape s{batch, in, out};
   std::vector<float> y(batch * out), dx(batch * in), dw(out * in), db(out);
-  CHECK(dlkern::dense_fwd_cpu(s, xh, wh, bias ? b.data() : nullptr, y.data(), 1) == Status::kOk, "ref fwd");
-  CHECK(dlkern::dense_bwd_cpu(s, xh, wh, dy.data(), dx.data(), dw.data(), db.data(), 1) == Status::kOk, "ref bwd");
+  CHECK(dlkern::linear_fwd_cpu(s, xh, wh, bias ? b.data() : nullptr, y.data(), 1) == Status::kOk, "ref fwd");
+  CHECK(dlkern::linear_bwd_cpu(s, xh, wh, dy.data(), dx.data(), dw.data(), db.data(), 1) == Status::kOk, "ref bwd");
 
   DevBuf X(x), Wd(w), B(b), DY(dy);
-  DevBytes ws(dlkern::dense_cuda_workspace(s));
+  DevBytes ws(dlkern::linear_cuda_workspace(s));
   const MatrixRef xd{X.p, x_rs, 1};
   const MatrixRef wd = w_t ? MatrixRef{Wd.p, 1, out} : MatrixRef{Wd.p, in, 1};
   std::vector<float> got[2][4];
@@ -48,9 +48,9 @@ void check_dense(int64_t batch, int64_t in, int64_t out, bool bias, bool w_t, in
     void* wsp = run == 0 ? ws.p : nullptr;
     const size_t wsn = run == 0 ? ws.n : 0;
     DevBuf Y(batch * out, 7.f), DX(batch * in, 7.f), DW(out * in, 7.f), DB(out, 7.f);
-    CHECK(dlkern::dense_fwd_cuda(s, xd, wd, bias ? B.p : nullptr, Y.p, wsp, wsn, nullptr) == Status::kOk,
+    CHECK(dlkern::linear_fwd_cuda(s, xd, wd, bias ? B.p : nullptr, Y.p, wsp, wsn, nullptr) == Status::kOk,
           "fwd launch: %s", dlkern::status_detail());
-    CHECK(dlkern::dense_bwd_cuda(s, xd, wd, DY.p, DX.p, DW.p, DB.p, wsp, wsn, nullptr) == Status::kOk,
+    CHECK(dlkern::linear_bwd_cuda(s, xd, wd, DY.p, DX.p, DW.p, DB.p, wsp, wsn, nullptr) == Status::kOk,
           "bwd launch: %s", dlkern::status_detail());
     sync_ok("dense kernels");
     got[run][0] = Y.host(), got[run][1] = DX.host(), got[run][2] = DW.host(), got[run][3] = DB.host();

@@ -29,27 +29,27 @@ struct BatchNormShape {
 
 // w, b, running_mean, running_var may be null (no affine / no running stats). save_mean and
 // save_invstd (C values each) receive the batch statistics the backward needs.
-Status batchnorm_fwd_train_cpu(const BatchNormShape& s, const float* x, const float* w,
-                               const float* b, double eps, double momentum, float* running_mean,
-                               float* running_var, float* y, float* save_mean, float* save_invstd,
-                               int threads);
+Status batch_norm_fwd_train_cpu(const BatchNormShape& s, const float* x, const float* w,
+                                const float* b, double eps, double momentum, float* running_mean,
+                                float* running_var, float* y, float* save_mean, float* save_invstd,
+                                int threads);
 
 // Eval mode: y = (x - running_mean) * (w * invstd) + b with invstd from running_var. Writes the
 // mean and invstd used into save_mean / save_invstd when those are non-null (for backward).
-Status batchnorm_fwd_eval_cpu(const BatchNormShape& s, const float* x, const float* w,
-                              const float* b, const float* running_mean, const float* running_var,
-                              double eps, float* y, float* save_mean, float* save_invstd,
-                              int threads);
+Status batch_norm_fwd_eval_cpu(const BatchNormShape& s, const float* x, const float* w,
+                               const float* b, const float* running_mean, const float* running_var,
+                               double eps, float* y, float* save_mean, float* save_invstd,
+                               int threads);
 
 // Backward from the mean and invstd the forward used. training: the batch statistics depend on
 // x (the full formula); otherwise they are constants (dx = dy * w * invstd). Any of dx, dw, db
 // may be null.
-Status batchnorm_bwd_cpu(const BatchNormShape& s, const float* x, const float* dy, const float* w,
-                         const float* mean, const float* invstd, bool training, float* dx,
-                         float* dw, float* db, int threads);
+Status batch_norm_bwd_cpu(const BatchNormShape& s, const float* x, const float* dy, const float* w,
+                          const float* mean, const float* invstd, bool training, float* dx,
+                          float* dw, float* db, int threads);
 
-// Per-chunk kernels, one set per ISA (ref/batchnorm_ref.cpp, cpu/batchnorm_avx2.cpp); the
-// driver in cpu/batchnorm_cpu.cpp splits the work and combines the chunks' sums in double.
+// Per-chunk kernels, one set per ISA (ref/batch_norm_ref.cpp, cpu/batch_norm_avx2.cpp); the
+// driver in cpu/batch_norm_cpu.cpp splits the work and combines the chunks' sums in double.
 struct BatchNormKernels {
   // s1 = sum(x - k), s2 = sum((x - k)^2)
   void (*stats)(const float* x, int64_t n, float k, double* s1, double* s2);
@@ -77,22 +77,22 @@ struct BatchNormKernels {
 extern const BatchNormKernels kBatchNormRef;
 extern const BatchNormKernels kBatchNormAvx2;
 
-// CUDA (csrc/core/cuda/batchnorm.cu): the same contract on device pointers and a cudaStream_t,
-// plus a device workspace of batchnorm_cuda_workspace(s) bytes (16-byte aligned; per-channel
+// CUDA (csrc/core/cuda/batch_norm.cu): the same contract on device pointers and a cudaStream_t,
+// plus a device workspace of batch_norm_cuda_workspace(s) bytes (16-byte aligned; per-channel
 // constants and the per-slice partial sums of the grid-wide reductions). Results do not depend
 // on the GPU's size: partial sums are combined in a fixed order.
-size_t batchnorm_cuda_workspace(const BatchNormShape& s);
-Status batchnorm_fwd_train_cuda(const BatchNormShape& s, const float* x, const float* w,
-                                const float* b, double eps, double momentum, float* running_mean,
-                                float* running_var, float* y, float* save_mean, float* save_invstd,
+size_t batch_norm_cuda_workspace(const BatchNormShape& s);
+Status batch_norm_fwd_train_cuda(const BatchNormShape& s, const float* x, const float* w,
+                                 const float* b, double eps, double momentum, float* running_mean,
+                                 float* running_var, float* y, float* save_mean, float* save_invstd,
+                                 void* workspace, size_t workspace_bytes, void* stream);
+Status batch_norm_fwd_eval_cuda(const BatchNormShape& s, const float* x, const float* w,
+                                const float* b, const float* running_mean, const float* running_var,
+                                double eps, float* y, float* save_mean, float* save_invstd,
                                 void* workspace, size_t workspace_bytes, void* stream);
-Status batchnorm_fwd_eval_cuda(const BatchNormShape& s, const float* x, const float* w,
-                               const float* b, const float* running_mean, const float* running_var,
-                               double eps, float* y, float* save_mean, float* save_invstd,
-                               void* workspace, size_t workspace_bytes, void* stream);
-Status batchnorm_bwd_cuda(const BatchNormShape& s, const float* x, const float* dy, const float* w,
-                          const float* mean, const float* invstd, bool training, float* dx,
-                          float* dw, float* db, void* workspace, size_t workspace_bytes,
-                          void* stream);
+Status batch_norm_bwd_cuda(const BatchNormShape& s, const float* x, const float* dy, const float* w,
+                           const float* mean, const float* invstd, bool training, float* dx,
+                           float* dw, float* db, void* workspace, size_t workspace_bytes,
+                           void* stream);
 
 }  // namespace dlkern

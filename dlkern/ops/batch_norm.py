@@ -1,7 +1,7 @@
 """batch_norm: dlkern.functional.batch_norm mirrors torch.nn.functional.batch_norm.
 
-Kernels: csrc/core/{batchnorm.h, ref/batchnorm_ref.cpp, cpu/batchnorm_avx2.cpp,
-cpu/batchnorm_cpu.cpp}; bindings and autograd: csrc/bindings/batchnorm.cpp.
+Kernels: csrc/core/{batch_norm.h, ref/batch_norm_ref.cpp, cpu/batch_norm_avx2.cpp,
+cpu/batch_norm_cpu.cpp}; bindings and autograd: csrc/bindings/batch_norm.cpp.
 """
 from __future__ import annotations
 
@@ -134,10 +134,10 @@ def _edge_cases():
 
 
 _BENCH = (
-    Case("BatchNorm", {"shape": (1, 3, 224, 224)}, suites=("layers", "batchnorm")),
-    Case("8x64x56x56", {"shape": (8, 64, 56, 56)}, suites=("batchnorm",)),
-    Case("32x256x14x14", {"shape": (32, 256, 14, 14)}, suites=("batchnorm",)),
-    Case("8x512x7x7", {"shape": (8, 512, 7, 7)}, suites=("batchnorm",)),
+    Case("BatchNorm", {"shape": (1, 3, 224, 224)}, suites=("layers", "batch_norm")),
+    Case("8x64x56x56", {"shape": (8, 64, 56, 56)}, suites=("batch_norm",)),
+    Case("32x256x14x14", {"shape": (32, 256, 14, 14)}, suites=("batch_norm",)),
+    Case("8x512x7x7", {"shape": (8, 512, 7, 7)}, suites=("batch_norm",)),
 )
 
 

@@ -1,10 +1,10 @@
 // The dense layer's three products expressed as GEMMs (gemm.h); the ISA is chosen inside.
-#include "../dense.h"
+#include "../linear.h"
 
 namespace dlkern {
 
-Status dense_fwd_cpu(const DenseShape& s, MatrixRef x, MatrixRef w, const float* bias, float* y,
-                     int threads) {
+Status linear_fwd_cpu(const LinearShape& s, MatrixRef x, MatrixRef w, const float* bias, float* y,
+                      int threads) {
   if (s.batch < 0 || s.in < 0 || s.out < 0) return Status::kInvalidArgument;
   GemmArgs g;
   g.M = s.batch;
@@ -18,8 +18,8 @@ Status dense_fwd_cpu(const DenseShape& s, MatrixRef x, MatrixRef w, const float*
   return gemm_cpu(g, threads);
 }
 
-Status dense_bwd_cpu(const DenseShape& s, MatrixRef x, MatrixRef w, const float* dy, float* dx,
-                     float* dw, float* db, int threads) {
+Status linear_bwd_cpu(const LinearShape& s, MatrixRef x, MatrixRef w, const float* dy, float* dx,
+                      float* dw, float* db, int threads) {
   if (s.batch < 0 || s.in < 0 || s.out < 0) return Status::kInvalidArgument;
   if (dx != nullptr) {  // dx[b, i] = sum_o dy[b, o] * w[o, i]
     GemmArgs g;

@@ -7,7 +7,7 @@
 #include <random>
 #include <vector>
 
-#include "../core/batchnorm.h"
+#include "../core/batch_norm.h"
 #include "check.h"
 
 using dlkern::BatchNormShape;
@@ -27,18 +27,18 @@ Out run(const BatchNormShape& s, const std::vector<float>& x, const std::vector<
   o.y.resize(E), o.ye.resize(E), o.dx.resize(E), o.dxe.resize(E);
   o.mean.resize(C), o.invstd.resize(C), o.dw.resize(C), o.db.resize(C);
   o.rm.assign(C, 0.1f), o.rv.assign(C, 2.0f);
-  CHECK(dlkern::batchnorm_fwd_train_cpu(s, x.data(), w.data(), b.data(), 1e-5, 0.1, o.rm.data(),
-                                        o.rv.data(), o.y.data(), o.mean.data(), o.invstd.data(),
-                                        threads) == Status::kOk, "train fwd failed");
-  CHECK(dlkern::batchnorm_bwd_cpu(s, x.data(), g.data(), w.data(), o.mean.data(), o.invstd.data(),
-                                  true, o.dx.data(), o.dw.data(), o.db.data(), threads) == Status::kOk,
+  CHECK(dlkern::batch_norm_fwd_train_cpu(s, x.data(), w.data(), b.data(), 1e-5, 0.1, o.rm.data(),
+                                         o.rv.data(), o.y.data(), o.mean.data(), o.invstd.data(),
+                                         threads) == Status::kOk, "train fwd failed");
+  CHECK(dlkern::batch_norm_bwd_cpu(s, x.data(), g.data(), w.data(), o.mean.data(), o.invstd.data(),
+                                   true, o.dx.data(), o.dw.data(), o.db.data(), threads) == Status::kOk,
         "bwd failed");
   std::vector<float> em(C), ei(C);
-  CHECK(dlkern::batchnorm_fwd_eval_cpu(s, x.data(), w.data(), b.data(), o.rm.data(), o.rv.data(),
-                                       1e-5, o.ye.data(), em.data(), ei.data(), threads) == Status::kOk,
+  CHECK(dlkern::batch_norm_fwd_eval_cpu(s, x.data(), w.data(), b.data(), o.rm.data(), o.rv.data(),
+                                        1e-5, o.ye.data(), em.data(), ei.data(), threads) == Status::kOk,
         "eval fwd failed");
-  CHECK(dlkern::batchnorm_bwd_cpu(s, x.data(), g.data(), w.data(), em.data(), ei.data(), false,
-                                  o.dxe.data(), nullptr, nullptr, threads) == Status::kOk,
+  CHECK(dlkern::batch_norm_bwd_cpu(s, x.data(), g.data(), w.data(), em.data(), ei.data(), false,
+                                   o.dxe.data(), nullptr, nullptr, threads) == Status::kOk,
         "eval bwd failed");
   return o;
 }
@@ -100,11 +100,11 @@ int main() {
   check_shape(1, 2, 50000, 1e4f, rng);
   // invalid: one value per channel in training, negative sizes
   float v = 1, y = 0, m = 0, is = 0;
-  CHECK(dlkern::batchnorm_fwd_train_cpu({1, 1, 1}, &v, nullptr, nullptr, 1e-5, 0.1, nullptr,
-                                        nullptr, &y, &m, &is, 1) == Status::kInvalidArgument,
+  CHECK(dlkern::batch_norm_fwd_train_cpu({1, 1, 1}, &v, nullptr, nullptr, 1e-5, 0.1, nullptr,
+                                         nullptr, &y, &m, &is, 1) == Status::kInvalidArgument,
         "one value per channel accepted");
-  CHECK(dlkern::batchnorm_fwd_eval_cpu({-1, 1, 1}, &v, nullptr, nullptr, &v, &v, 1e-5, &y,
-                                       nullptr, nullptr, 1) == Status::kInvalidArgument,
+  CHECK(dlkern::batch_norm_fwd_eval_cpu({-1, 1, 1}, &v, nullptr, nullptr, &v, &v, 1e-5, &y,
+                                        nullptr, nullptr, 1) == Status::kInvalidArgument,
         "negative N accepted");
   dlkern::cpu_isa_select(dlkern::cpu_isa_best());
   TEST_MAIN_END();
