@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 import torch
@@ -27,16 +26,10 @@ from dlkern import registry
 
 from . import impls as impls_mod
 from . import machine, plot, report, runner, workloads
+from .cli import (UsageError, apply_threads, devices_info, parse_devices, report_failed,
+                  split_csv, write_reports)
 from .progress import Progress
 from .timing import Budget
-
-
-class UsageError(Exception):
-    pass
-
-
-def _csv(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
 
 
 def parse_args(argv):
@@ -82,21 +75,6 @@ def parse_args(argv):
     return ap.parse_args(argv)
 
 
-def _devices(arg: str | None, prog: str = "bench.layers") -> list[str]:
-    """The --device list: cpu, cuda or both; UsageError for a GPU that is not there."""
-    gpu = torch.cuda.is_available()
-    if arg is None:
-        return ["cpu"] + (["cuda"] if gpu else [])
-    devs = _csv(arg)
-    for d in devs:
-        if d not in ("cpu", "cuda"):
-            raise UsageError(f"{prog}: --device: expected cpu and/or cuda, got {d!r}")
-    if "cuda" in devs and not gpu:
-        raise UsageError(f"{prog}: --device cuda: no CUDA GPU is visible "
-                         f"(torch {torch.__version__}, torch.cuda.is_available() is False)")
-    return devs
-
-
 def _list() -> str:
     lines = ["suites: " + ", ".join(workloads.known_suites()) + ", all",
              "implementations: " + ", ".join(impls_mod.names()), "", "ops:"]
@@ -116,12 +94,12 @@ def build(args) -> tuple[list[workloads.Row], list[str], runner.Config]:
                          "kernels are float32 only")
     if args.seeds < 3:
         raise UsageError(f"bench.layers: --seeds must be >= 3, got {args.seeds}")
-    passes = _csv(args.passes)
+    passes = split_csv(args.passes)
     bad = [p for p in passes if p not in runner.PASSES]
     if bad or not passes:
         raise UsageError(f"bench.layers: --pass: expected some of {', '.join(runner.PASSES)}, "
                          f"got {args.passes!r}")
-    impl_names = _csv(args.impl)
+    impl_names = split_csv(args.impl)
     if not impl_names:
         raise UsageError("bench.layers: --impl: no implementation given")
     try:
@@ -133,7 +111,7 @@ def build(args) -> tuple[list[workloads.Row], list[str], runner.Config]:
         why = cupy_impl.available()
         if why:
             raise UsageError(f"bench.layers: --impl cupy: {why}")
-    fmts = _csv(args.format)
+    fmts = split_csv(args.format)
     if any(f not in ("md", "csv", "json") for f in fmts):
         raise UsageError(f"bench.layers: --format: expected md, csv and/or json, got {args.format!r}")
     if args.plot:
@@ -144,13 +122,13 @@ def build(args) -> tuple[list[workloads.Row], list[str], runner.Config]:
             raise UsageError(why)
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"bench.layers: --threads must be >= 1, got {args.threads}")
-    devices = _devices(args.device)
-    ops = _csv(args.ops)
+    devices = parse_devices(args.device)
+    ops = split_csv(args.ops)
     try:
         rows: list[workloads.Row] = []
         suite_arg = args.suite if args.suite is not None else (
             "" if args.shapes else ",".join(workloads.DEFAULT_SUITES))
-        suites = _csv(suite_arg)
+        suites = split_csv(suite_arg)
         if "all" in suites:
             suites = workloads.known_suites()
         if suites:
@@ -204,7 +182,7 @@ def main(argv=None) -> int:
     print(md)
     if args.out:
         sweep = {r.row.key: r.row.case.sweep for r in results if r.row.case.sweep}
-        write_reports(args.out, _csv(args.format), {
+        write_reports(args.out, split_csv(args.format), {
             "md": ("report.md", md),
             "csv": ("results.csv", lambda: report.to_csv(results, meta)),
             "json": ("results.json", lambda: json.dumps(report.to_json(results, meta), indent=1))},
@@ -215,62 +193,6 @@ def main(argv=None) -> int:
                      if r.status == "failed"})
     return report_failed("bench.layers", [f"{d} {op} {case} [{impl}]" for d, op, case, impl
                                           in failed], "row", stopped)
-
-
-def _write(d: str, name: str, text: str) -> str:
-    path = os.path.join(d, name)
-    with open(path, "w") as f:
-        f.write(text)
-    return path
-
-
-# ---- shared by the command lines (bench.layers, bench.models) --------------------------------
-
-def devices_info(devices: list[str], threads: dict, measure: bool, seconds: float) -> dict:
-    """{device: its description and (with `measure`) measured peaks}. With CUDA rows, TF32 is
-    turned off for torch: dlkern's CUDA kernels are true float32, so cuBLAS/cuDNN are compared
-    in float32 too (cuDNN's default is TF32 on Ampere and later, a different, less precise
-    arithmetic)."""
-    if "cuda" in devices:
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-    return {d: machine.cpu_info(threads["torch_intraop"], measure, seconds) if d == "cpu"
-            else machine.gpu_info(measure, seconds) for d in devices}
-
-
-def apply_threads(threads: int | None, prog: str) -> None:
-    """--threads: torch's intra-op count, which OpenMP, MKL and dlkern's kernels follow."""
-    if threads is not None:
-        if threads < 1:
-            raise UsageError(f"{prog}: --threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
-
-
-def write_reports(out: str, fmts: list[str], files: dict, prog: str, plots=None) -> None:
-    """Writes {fmt: (file name, text or a callable making it)} for the formats asked for, and the
-    plot files `plots()` writes; prints what was written."""
-    os.makedirs(out, exist_ok=True)
-    written = []
-    for fmt, (name, text) in files.items():
-        if fmt in fmts:
-            written.append(_write(out, name, text() if callable(text) else text))
-    if plots is not None:
-        written += plots()
-    print(f"{prog}: wrote " + ", ".join(written), file=sys.stderr)
-
-
-def report_failed(prog: str, failed: list[str], what: str, stopped: bool) -> int:
-    """Lists the FAILED (what, implementation) pairs on stderr; the exit code (1, or 0)."""
-    if not failed:
-        return 0
-    print(f"{prog}: {len(failed)} ({what}, implementation) pair(s) FAILED the correctness check "
-          "and were not timed:", file=sys.stderr)
-    for line in failed:
-        print(f"  {line}", file=sys.stderr)
-    if stopped:
-        print(f"{prog}: stopped at the first FAILED {what} (--keep-going carries on)",
-              file=sys.stderr)
-    return 1
 
 
 if __name__ == "__main__":

@@ -43,12 +43,12 @@ from dlkern import registry, testing
 from dlkern.registry import Case
 
 from . import impls as impls_mod
-from . import machine, plot, report
-from .layers import (UsageError, _csv, _devices, apply_threads, devices_info, report_failed,
-                     write_reports)
-from .progress import Progress, _fmt_s
+from . import machine, plot, report, runner
+from .cli import (UsageError, apply_threads, devices_info, parse_devices, report_failed,
+                  split_csv, write_reports)
+from .progress import Progress, fmt_s
 from .runner import PASS_TITLES, PASSES, Result
-from .timing import NOISY_SPREAD, Budget, Stats, time_interleaved
+from .timing import NOISY_SPREAD, Budget
 from .workloads import Row
 
 PROG = "bench.models"
@@ -174,13 +174,7 @@ def _callable(model, x, go, pass_: str, impl: ModelImpl):
     params = [p for p in model.parameters() if p.requires_grad]
     if pass_ == "inference":
         model.eval()
-
-        def ctx():
-            stack = contextlib.ExitStack()
-            stack.enter_context(impl.context())
-            stack.enter_context(torch.no_grad())
-            return stack
-        return (lambda: model(x)), ctx
+        return (lambda: model(x)), runner.no_grad_context(impl)
     model.train()
     if pass_ == "forward":
         return (lambda: model(x)), impl.context
@@ -271,60 +265,30 @@ def run_model(plan: Plan, device: str, cfg: Config, prog: Progress | None = None
     x = torch.randn(plan.batch, 3, cfg.image, cfg.image, generator=g)
     go = torch.randn(plan.batch, cfg.num_classes, generator=g)
     own = {n: (x.clone().to(device), go.clone().to(device)) for n in ready}
-    failed: dict[str, str] = {}
-    timed: dict[tuple[str, str], Stats] = {}
-    for p in cfg.passes:
-        fns, ctxs = {}, {}
-        for n, (impl, model) in ready.items():
-            if n in failed:
-                continue
-            try:
-                fns[n], ctxs[n] = _callable(model, *own[n], p, impl)
-            except Exception as e:
-                failed[n] = f"{p}: raised {type(e).__name__}: {e}"
-        if fns:
-            try:
-                for n, s in time_interleaved(fns, device=device, budget=cfg.budget,
-                                             contexts=ctxs).items():
-                    timed[(n, p)] = s
-            except Exception:
-                for n in fns:       # one at a time, to say which one raised
-                    try:
-                        timed[(n, p)] = time_interleaved({n: fns[n]}, device=device,
-                                                         budget=cfg.budget, contexts=ctxs)[n]
-                    except Exception as e1:
-                        failed[n] = f"{p}: raised during timing: {type(e1).__name__}: {e1}"
-                if not failed:
-                    raise
-        del fns, ctxs           # frees the graph kept for the Backward pass
-        tick(p)
-
-    # after timing: weights unchanged, and still right
+    timed, failed = runner.time_passes(
+        ready, cfg.passes, lambda n, p: _callable(ready[n][1], *own[n], p, ready[n][0]), device,
+        cfg.budget, tick)
     for n, (impl, model) in ready.items():
-        if n in failed or impl.is_baseline:
-            continue
-        for k, v in model.named_parameters():
-            if not torch.equal(v.detach().cpu(), pristine[k]):
-                failed[n] = f"after timing: the model's parameter {k!r} changed"
-                break
-        if n not in failed:
-            res = gate(model, ref, impl, buffers=False, when="after timing: ")
-            for rec in gates:
-                if rec.impl == n and rec.device == device and rec.model == plan.display:
-                    rec.after = res
-            if not res.ok:
-                failed[n] = res.detail
+        if n not in failed and not impl.is_baseline:
+            bad = _after_timing(model, pristine, ref, impl, [r for r in gates if r.impl == n])
+            if bad:
+                failed[n] = bad
     tick("after")
-    for n, (impl, _) in ready.items():
-        for p in cfg.passes:
-            if n in failed:
-                add(impl, p, "failed", detail=failed[n])
-            elif (n, p) in timed:
-                add(impl, p, "ok", timed[(n, p)])
-    order = {n: i for i, n in enumerate(cfg.impls)}
-    pidx = {p: i for i, p in enumerate(PASSES)}
-    results.sort(key=lambda r: (order.get(r.impl, 99), pidx[r.pass_]))
-    return results, gates
+    runner.collect({n: impl.label for n, (impl, _) in ready.items()}, cfg.passes, timed, failed,
+                   lambda n, label, p, st, stats, detail: add(ready[n][0], p, st, stats, detail))
+    return runner.in_order(results, cfg.impls), gates
+
+
+def _after_timing(model, pristine: dict, ref, impl: ModelImpl, records: list[GateRecord]) -> str:
+    """After timing: the model's weights unchanged, and its gate passing again (recorded in the
+    implementation's gate records)."""
+    for k, v in model.named_parameters():
+        if not torch.equal(v.detach().cpu(), pristine[k]):
+            return f"after timing: the model's parameter {k!r} changed"
+    res = gate(model, ref, impl, buffers=False, when="after timing: ")
+    for rec in records:
+        rec.after = res
+    return "" if res.ok else res.detail
 
 
 def estimate_s(plans: list[Plan], cfg: Config, gflops_rate: float) -> float:
@@ -484,12 +448,12 @@ def _list() -> str:
 
 
 def build(args) -> tuple[list[Plan], list[str], Config]:
-    passes = _csv(args.passes)
+    passes = split_csv(args.passes)
     bad = [p for p in passes if p not in PASSES]
     if bad or not passes:
         raise UsageError(f"{PROG}: --pass: expected some of {', '.join(PASSES)}, got "
                          f"{args.passes!r}")
-    names = list(dm.MODELS) if args.models.strip() == "all" else _csv(args.models)
+    names = list(dm.MODELS) if args.models.strip() == "all" else split_csv(args.models)
     if not names:
         raise UsageError(f"{PROG}: --models: no model given")
     keys = []
@@ -499,7 +463,7 @@ def build(args) -> tuple[list[Plan], list[str], Config]:
             raise UsageError(f"{PROG}: --models: unknown model {n!r}; known: "
                              f"{', '.join(dm.MODELS)}, all")
         keys.append(k)
-    kinds = tuple(_csv(args.layers))
+    kinds = tuple(split_csv(args.layers))
     if not kinds or any(k not in MODEL_KINDS for k in kinds):
         raise UsageError(f"{PROG}: --layers: expected some of {', '.join(MODEL_KINDS)}, got "
                          f"{args.layers!r}")
@@ -512,14 +476,14 @@ def build(args) -> tuple[list[Plan], list[str], Config]:
     if args.image < 32:
         raise UsageError(f"{PROG}: --image must be >= 32 (VGG halves it five times, ResNet "
                          f"divides it by 32), got {args.image}")
-    impl_names = _csv(args.impl)
+    impl_names = split_csv(args.impl)
     if not impl_names or len(set(impl_names)) != len(impl_names):
         raise UsageError(f"{PROG}: --impl: expected distinct implementations, got {args.impl!r}")
-    devices = _devices(args.device, PROG)
+    devices = parse_devices(args.device, PROG)
     for d in devices:
         for n in impl_names:
             resolve_impl(n, d, kinds)
-    fmts = _csv(args.format)
+    fmts = split_csv(args.format)
     if any(f not in ("md", "csv", "json") for f in fmts):
         raise UsageError(f"{PROG}: --format: expected md, csv and/or json, got {args.format!r}")
     if args.plot:
@@ -569,7 +533,7 @@ def main(argv=None) -> int:
     est = estimate_s(plans, cfg, rate) * len(devices)
     print(f"{PROG}: {len(plans)} model(s) x {len(devices)} device(s) x {len(cfg.passes)} passes, "
           f"impls {','.join(cfg.impls)}, {cfg.budget.max_samples} samples, "
-          f"{threads['torch_intraop']} threads; about {_fmt_s(est)} "
+          f"{threads['torch_intraop']} threads; about {fmt_s(est)} "
           f"(from the models' FLOPs at ~{rate:.0f} GFLOP/s)", file=sys.stderr)
     steps = len(plans) * len(devices) * (2 + len(cfg.passes))
     prog = Progress(steps, est)
@@ -608,7 +572,7 @@ def main(argv=None) -> int:
                              "after_ok": None if g.after is None else g.after.ok}
                             for g in gates]
             return json.dumps(doc, indent=1)
-        write_reports(args.out, _csv(args.format), {
+        write_reports(args.out, split_csv(args.format), {
             "md": ("models.md", md), "csv": ("models.csv", lambda: report.to_csv(results, meta)),
             "json": ("models.json", json_doc)}, PROG,
             (lambda: plot.plot_models(report.records(results, meta), args.out)) if args.plot

@@ -7,7 +7,7 @@ import sys
 import time
 
 
-def _fmt_s(s: float) -> str:
+def fmt_s(s: float) -> str:
     s = max(0, int(round(s)))
     return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
@@ -40,7 +40,7 @@ class Progress:
         width = 24
         fill = int(width * self.done / self.total)
         line = (f"\r[{'#' * fill}{'.' * (width - fill)}] {self.done}/{self.total} "
-                f"~{_fmt_s(self.left_s())} left  {what}")
+                f"~{fmt_s(self.left_s())} left  {what}")
         cols = 100
         self.stream.write(line[:cols].ljust(cols))
         self.stream.flush()
@@ -52,7 +52,7 @@ class Progress:
         bad = [r for r in results if r.status == "failed"]
         status = f"FAILED ({', '.join(sorted({r.impl for r in bad}))})" if bad else "ok"
         self.stream.write(f"[{self.done}/{self.total}] {label}: {status} in {seconds:.1f}s, "
-                          f"~{_fmt_s(self.left_s())} left\n")
+                          f"~{fmt_s(self.left_s())} left\n")
         self.stream.flush()
 
     def close(self) -> None:

@@ -101,13 +101,7 @@ def _callable(spec: OpSpec, impl: impls_mod.Impl, inputs, pass_: str, device: st
         kw = dict(inputs.kwargs)
         if spec.eval_kwargs:
             kw = spec.eval_kwargs(kw)
-
-        def ctx():
-            stack = contextlib.ExitStack()
-            stack.enter_context(impl.context())
-            stack.enter_context(torch.no_grad())
-            return stack
-        return (lambda: fn(**kw)), ctx
+        return (lambda: fn(**kw)), no_grad_context(impl)
     kwg = testing.leaf_kwargs(inputs)
     wrt = [kwg[n] for n in names]
     if pass_ == "forward":
@@ -122,6 +116,71 @@ def _callable(spec: OpSpec, impl: impls_mod.Impl, inputs, pass_: str, device: st
         return (lambda: torch.autograd.grad(out, wrt, go, retain_graph=True)), impl.context
     del probe
     return (lambda: torch.autograd.grad(fn(**kwg), wrt, go)), impl.context
+
+
+def no_grad_context(impl) -> Callable[[], contextlib.AbstractContextManager]:
+    """The context of an Inference block: the implementation's own, under torch.no_grad()."""
+    def ctx():
+        stack = contextlib.ExitStack()
+        stack.enter_context(impl.context())
+        stack.enter_context(torch.no_grad())
+        return stack
+    return ctx
+
+
+# ---- the skeleton both command lines share (bench.layers rows, bench.models models) ---------
+
+def time_passes(names, passes, make, device: str, budget: Budget, tick, flush=None
+                ) -> tuple[dict[tuple[str, str], Stats], dict[str, str]]:
+    """Per pass, make(name, pass) -> (callable, context) for every implementation not failed yet,
+    timed interleaved; when the joint timing raises, each one alone, to say which one raised.
+    Returns ({(name, pass): Stats}, {name: why it failed})."""
+    timed: dict[tuple[str, str], Stats] = {}
+    failed: dict[str, str] = {}
+    for p in passes:
+        fns, ctxs = {}, {}
+        for n in names:
+            if n in failed:
+                continue
+            try:
+                fns[n], ctxs[n] = make(n, p)
+            except Exception as e:
+                failed[n] = f"{p}: raised {type(e).__name__}: {e}"
+        if fns:
+            try:
+                timed.update({(n, p): st for n, st in time_interleaved(
+                    fns, device=device, budget=budget, contexts=ctxs, flush=flush).items()})
+            except Exception:
+                for n in fns:
+                    try:
+                        timed[(n, p)] = time_interleaved({n: fns[n]}, device=device, budget=budget,
+                                                         contexts=ctxs, flush=flush)[n]
+                    except Exception as e1:
+                        failed[n] = (f"{p}: raised during timing: {type(e1).__name__}: {e1}\n"
+                                     + traceback.format_exc(limit=3))
+                if not failed:
+                    raise
+        del fns, ctxs  # frees a graph kept for the Backward pass
+        tick(p)
+    return timed, failed
+
+
+def collect(labels: dict[str, str], passes, timed, failed, add) -> None:
+    """add(name, label, pass, status, stats, detail) for every implementation and pass that was
+    timed: FAILED with its reason where it failed during or after timing, else ok."""
+    for n, label in labels.items():
+        for p in passes:
+            if n in failed:
+                add(n, label, p, "failed", None, failed[n])
+            elif (n, p) in timed:
+                add(n, label, p, "ok", timed[(n, p)], "")
+
+
+def in_order(results: list[Result], impls: list[str]) -> list[Result]:
+    """Results sorted by implementation (as given on the command line), then pass."""
+    order = {n: i for i, n in enumerate(impls)}
+    pidx = {p: i for i, p in enumerate(PASSES)}
+    return sorted(results, key=lambda r: (order.get(r.impl, 99), pidx[r.pass_]))
 
 
 # ---- the run -------------------------------------------------------------------------------
@@ -168,61 +227,31 @@ def run_row(row: Row, device: str, cfg: Config, tick: Callable[[str], None] = la
         return results
     # every implementation gets its own inputs (same values and layout, own storage)
     own = {n: spec.make_inputs(case.params, device, 0) for n in ready}
-    timed: dict[tuple[str, str], Stats] = {}
-    failed: dict[str, str] = {}
     flush = None
     if cfg.flush_l2 and device.startswith("cuda"):
         from .machine import l2_flusher
         flush = l2_flusher()
-    for p in passes:
-        fns, ctxs = {}, {}
-        for n, impl in ready.items():
-            if n in failed:
-                continue
-            try:
-                fns[n], ctxs[n] = _callable(spec, impl, own[n], p, device)
-            except Exception as e:
-                failed[n] = f"{p}: raised {type(e).__name__}: {e}"
-        try:
-            stats = time_interleaved(fns, device=device, budget=cfg.budget, contexts=ctxs,
-                                     flush=flush)
-            for n, s in stats.items():
-                timed[(n, p)] = s
-        except Exception as e:
-            # which implementation raised: time them one by one to attribute the error
-            for n in fns:
-                try:
-                    timed[(n, p)] = time_interleaved({n: fns[n]}, device=device,
-                                                     budget=cfg.budget, contexts=ctxs, flush=flush)[n]
-                except Exception as e1:
-                    failed[n] = (f"{p}: raised during timing: {type(e1).__name__}: {e1}\n"
-                                 + traceback.format_exc(limit=3))
-            if not failed:
-                raise e
-        tick(p)
-
-    # after timing: inputs unchanged, and right again
+    timed, failed = time_passes(
+        ready, passes, lambda n, p: _callable(spec, ready[n], own[n], p, device), device,
+        cfg.budget, tick, flush)
     for n, impl in ready.items():
-        if n in failed:
-            continue
-        for k, v in pristine.kwargs.items():
-            if k not in spec.mutates and not testing.same_values(v, own[n].kwargs[k]):
-                failed[n] = f"after timing: the implementation wrote its input {k!r}"
-                break
-        if n not in failed and not impl.is_baseline:
-            bad = gate(spec, case, device, impl, cfg.seeds[:1], when="after timing: ")
+        if n not in failed:
+            bad = _after_timing(spec, case, device, impl, pristine, own[n], cfg)
             if bad:
                 failed[n] = bad
-    for n, impl in ready.items():
-        for p in passes:
-            if n in failed:
-                add(n, impl.label, p, "failed", detail=failed[n])
-            elif (n, p) in timed:
-                add(n, impl.label, p, "ok", timed[(n, p)])
-    order = {n: i for i, n in enumerate(cfg.impls)}
-    pidx = {p: i for i, p in enumerate(PASSES)}
-    results.sort(key=lambda r: (order.get(r.impl, 99), pidx[r.pass_]))
-    return results
+    collect({n: i.label for n, i in ready.items()}, passes, timed, failed,
+            lambda n, label, p, st, stats, detail: add(n, label, p, st, stats, detail))
+    return in_order(results, cfg.impls)
+
+
+def _after_timing(spec, case, device, impl, pristine, own, cfg: Config) -> str | None:
+    """After timing: the implementation's inputs unchanged, and its results right again."""
+    for k, v in pristine.kwargs.items():
+        if k not in spec.mutates and not testing.same_values(v, own.kwargs[k]):
+            return f"after timing: the implementation wrote its input {k!r}"
+    if impl.is_baseline:
+        return None
+    return gate(spec, case, device, impl, cfg.seeds[:1], when="after timing: ")
 
 
 def estimate_s(rows: list[Row], devices: list[str], cfg: Config) -> float:
