@@ -525,7 +525,7 @@ def main(argv=None) -> int:
     for d in devices:
         peak = (dev_info[d].get("peaks") or {}).get("peak_gflops")
         if d == "cpu":
-            # whole models run at about 40% of the FMA peak here (ResNet18 measured 41%)
+            # an estimate: whole models run at about 40% of the FMA peak on 2-core machines
             r = 0.4 * peak if peak else 40.0 * threads["torch_intraop"]
         else:
             r = 0.3 * peak if peak else 5000.0

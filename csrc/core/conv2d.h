@@ -16,7 +16,7 @@
 //              matrix never materialised: the GEMM's B-packing step calls an im2col packer
 //              (gemm.h BPacker) that writes each KC x NC block of it straight into the
 //              micro-kernel's panels. Workspace: the GEMM's packing buffers, KC x NC + MC x KC
-//              floats (3.1 MiB) per thread, whatever the image size.
+//              floats per thread (about 4 MiB with gemm_avx2.cpp's blocks), whatever the image size.
 //              Images under 256 output positions (kSmallImage) are batched: one GEMM per group
 //              whose columns are the whole batch's positions, into a workspace the size of the
 //              output, then moved to NCHW.

@@ -12,6 +12,7 @@ import torch
 from .. import registry
 from ..registry import Case, Inputs, OpSpec, Tolerance
 from ._fake import check_tensors
+from ._inputs import spaced
 
 _bn = torch.ops.dlkern.batch_norm.default
 _bn_eager = _bn._op
@@ -24,7 +25,7 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None,
                eps: float = 1e-5) -> torch.Tensor:
     """Like torch.nn.functional.batch_norm: normalises each channel of input (N, C, *) with the
     batch statistics (training; running statistics updated in place with the unbiased variance)
-    or the running statistics (eval). float32 on CPU."""
+    or the running statistics (eval). float32, on CPU or CUDA."""
     if not isinstance(momentum, (int, float)) or isinstance(momentum, bool):
         raise TypeError(f"dlkern.batch_norm: argument 'momentum' must be a float, got "
                         f"{type(momentum).__name__} (nn.BatchNorm's momentum=None is the module's "
@@ -80,8 +81,8 @@ def _make_inputs(p, device: str, seed: int) -> Inputs:
     x = torch.randn(make, generator=g) * 2 + 0.5
     if kind == "large_mean":
         x = torch.randn(make, generator=g) + 1e4
-    elif kind == "nan" and x.numel():
-        x.view(-1)[:: max(1, x.numel() // 4)] = float("nan")
+    elif kind == "nan":
+        x = spaced(x, 4, float("nan"))
     if layout == "strided":
         x = x[..., ::2]
     elif layout == "channels_last":

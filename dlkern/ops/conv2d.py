@@ -15,12 +15,12 @@ import torch
 from .. import registry
 from ..registry import Case, Inputs, Tolerance
 from ._fake import check_tensors
+from ._inputs import offset_with_outliers, spaced
 
 _conv2d = torch.ops.dlkern.conv2d.default
 _conv2d_eager = _conv2d._op
 _is_compiling = torch.compiler.is_compiling
 
-_PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 
 def _pair(name: str, value, minimum: int) -> tuple[int, int]:
@@ -64,7 +64,7 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     """conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1), like
     torch.nn.functional.conv2d: input (N, C, H, W) or unbatched (C, H, W), weight
     (out_channels, C / groups, kH, kW), bias (out_channels); stride, padding and dilation an int
-    or a pair, padding also 'same' or 'valid'. float32 on CPU."""
+    or a pair, padding also 'same' or 'valid'. float32, on CPU or CUDA."""
     if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
         raise ValueError(f"dlkern.conv2d: argument 'groups' must be a positive int, got {groups!r}")
     if not isinstance(input, torch.Tensor) or not isinstance(weight, torch.Tensor):
@@ -161,13 +161,10 @@ def _make_inputs(p, device: str, seed: int) -> Inputs:
     bound = 1 / math.sqrt(fan_in)
     w = (torch.rand(out, c // groups, kh, kw, generator=g) * 2 - 1).mul_(bound)
     b = (torch.rand(out, generator=g) * 2 - 1).mul_(bound) if p.get("bias", True) else None
-    if kind == "hard" and x.numel():
-        x = x + 100.0   # a large common offset: the products' sums cancel
-        u = torch.rand(x.shape, generator=g)
-        x = torch.where(u < 0.01, x * 50, x)
-    elif kind == "nan" and x.numel():
-        x = x.clone()
-        x.view(-1)[:: max(1, x.numel() // 3)] = float("nan")
+    if kind == "hard":
+        x = offset_with_outliers(x, g)
+    elif kind == "nan":
+        x = spaced(x, 3, float("nan"))
     elif kind == "inf" and x.numel():
         x = x.clone()
         x.view(-1)[x.numel() // 2] = float("inf")

@@ -12,6 +12,7 @@ import torch
 from .. import registry
 from ..registry import Case, Inputs, OpSpec, Tolerance
 from ._fake import check_tensors
+from ._inputs import offset_with_outliers, spaced
 
 _linear = torch.ops.dlkern.linear.default
 _linear_eager = _linear._op
@@ -22,7 +23,7 @@ def linear(input: torch.Tensor, weight: torch.Tensor,
            bias: torch.Tensor | None = None) -> torch.Tensor:
     """linear(input, weight, bias=None) = input @ weight.T + bias, like
     torch.nn.functional.linear: input (..., in_features), weight (out_features, in_features),
-    bias (out_features). float32 on CPU."""
+    bias (out_features). float32, on CPU or CUDA."""
     if _is_compiling():
         return _linear(input, weight, bias)
     return _linear_eager(input, weight, bias)
@@ -82,14 +83,10 @@ def _make_inputs(p, device: str, seed: int) -> Inputs:
     else:
         w = (torch.rand(out, in_f, generator=g) * 2 - 1).mul_(bound)
     b = (torch.rand(out, generator=g) * 2 - 1).mul_(bound) if p.get("bias", True) else None
-    if kind == "hard" and x.numel():
-        # a large common offset that cancels in the products' sum, plus outliers
-        x = x + 100.0
-        u = torch.rand(x.shape, generator=g)
-        x = torch.where(u < 0.01, x * 50, x)
-    elif kind == "nan" and x.numel():
-        x = x.clone()
-        x.view(-1)[:: max(1, x.numel() // 3)] = float("nan")
+    if kind == "hard":
+        x = offset_with_outliers(x, g)
+    elif kind == "nan":
+        x = spaced(x, 3, float("nan"))
     elif kind == "inf" and x.numel():
         x = x.clone()
         x.view(-1)[0] = float("inf")

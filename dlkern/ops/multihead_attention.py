@@ -72,6 +72,128 @@ def _project(query, key, value, in_proj_weight, in_proj_bias, separate, qw, kw, 
     return q, linear(key, wk, bk), linear(value, wv, bv)
 
 
+def _check_tensors(query, key, value, key_padding_mask, attn_mask, params, num_heads):
+    """dtype, device and rank of every tensor argument; num_heads a positive int."""
+    for n, t in (("query", query), ("key", key), ("value", value)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{_OP}: argument '{n}' must be a tensor, got {type(t).__name__}")
+        if t.dtype != torch.float32:
+            raise _fail(n, "a float32 tensor", t.dtype)
+    for n, t in (("key", key), ("value", value), ("key_padding_mask", key_padding_mask),
+                 ("attn_mask", attn_mask), *params):
+        if t is not None and t.device != query.device:
+            raise ValueError(f"{_OP}: arguments 'query' and '{n}' must be on the same device, "
+                             f"got {query.device} and {t.device}")
+    for n, t in params:
+        if t is not None and t.dtype != torch.float32:
+            raise _fail(n, "a float32 tensor", t.dtype)
+    if query.dim() not in (2, 3):
+        raise _fail("query", "(L, N, E) or unbatched (L, E)", f"shape {tuple(query.shape)}")
+    for n, t in (("key", key), ("value", value)):
+        if t.dim() != query.dim():
+            raise _fail(n, f"{query.dim()}-D like query {tuple(query.shape)}",
+                        f"shape {tuple(t.shape)}")
+    if not isinstance(num_heads, int) or num_heads < 1:
+        raise _fail("num_heads", "a positive int", num_heads)
+
+
+def _check_shapes(query, key, value, embed_dim_to_check, num_heads, use_separate_proj_weight):
+    """(L, N, E) of the batched query; embed_dim, heads and the keys' and values' shapes."""
+    L, N, E = query.shape
+    if E != embed_dim_to_check:
+        raise _fail("query", f"embedding size {embed_dim_to_check} (embed_dim_to_check)", E)
+    if E % num_heads:
+        raise _fail("num_heads", f"a divisor of embed_dim {E}", num_heads)
+    if key.shape[:2] != value.shape[:2] or key.shape[1] != N:
+        raise ValueError(f"{_OP}: arguments 'key' {tuple(key.shape)} and 'value' "
+                         f"{tuple(value.shape)} must share sequence length and batch "
+                         f"({N}, from query {tuple(query.shape)})")
+    if not use_separate_proj_weight and (key.shape[-1] != E or value.shape[-1] != E):
+        raise ValueError(f"{_OP}: arguments 'key' {tuple(key.shape)} and 'value' "
+                         f"{tuple(value.shape)} must have embed_dim {E} unless "
+                         "use_separate_proj_weight (kdim/vdim) is set")
+    return L, N, E
+
+
+def _masks(key_padding_mask, attn_mask, is_causal, L, N, S, num_heads, dtype):
+    """The additive masks: attn_mask as (1 or N·H, L, S), key_padding_mask as (N, S)."""
+    kpm = _float_mask(key_padding_mask, "key_padding_mask", dtype)
+    if is_causal and attn_mask is None:
+        raise ValueError(f"{_OP}: is_causal=True needs attn_mask (the causal mask itself, e.g. "
+                         "torch.nn.Transformer.generate_square_subsequent_mask(L)); is_causal "
+                         "is only a hint")
+    mask = _float_mask(attn_mask, "attn_mask", dtype)
+    if mask is not None:
+        if mask.dim() == 2:
+            if tuple(mask.shape) != (L, S):
+                raise _fail("attn_mask", f"(L, S) = ({L}, {S}) (from query and key) when 2-D",
+                            tuple(mask.shape))
+            mask = mask.unsqueeze(0)
+        elif mask.dim() == 3:
+            if tuple(mask.shape) != (N * num_heads, L, S):
+                raise _fail("attn_mask", f"(N*num_heads, L, S) = ({N * num_heads}, {L}, {S}) "
+                            "(from query and key) when 3-D", tuple(mask.shape))
+        else:
+            raise _fail("attn_mask", "2-D (L, S) or 3-D (N*num_heads, L, S)",
+                        f"shape {tuple(mask.shape)}")
+    if kpm is not None and tuple(kpm.shape) != (N, S):
+        raise _fail("key_padding_mask", f"(N, S) = ({N}, {S}) (from query and key)",
+                    tuple(kpm.shape))
+    return mask, kpm
+
+
+def _check_out_proj(out_proj_weight, in_proj_bias, out_proj_bias, E):
+    if out_proj_weight is None or tuple(out_proj_weight.shape) != (E, E):
+        raise _fail("out_proj_weight", f"a ({E}, {E}) tensor",
+                    None if out_proj_weight is None else tuple(out_proj_weight.shape))
+    for n, b, rows in (("in_proj_bias", in_proj_bias, 3 * E), ("out_proj_bias", out_proj_bias, E)):
+        if b is not None and tuple(b.shape) != (rows,):
+            raise _fail(n, f"a ({rows},) tensor", tuple(b.shape))
+
+
+def _pad_masks(mask, kpm):
+    """One more key (a bias_k or zero key): the masks let it through."""
+    pad = torch.nn.functional.pad
+    return None if mask is None else pad(mask, (0, 1)), None if kpm is None else pad(kpm, (0, 1))
+
+
+def _heads(q, k, v, mask, kpm, bias_k, bias_v, static_k, static_v, add_zero_attn, num_heads):
+    """q, k, v as (N·H, len, head_dim), head h of batch entry n at n·H + h, with bias_k/bias_v,
+    static_k/static_v and the zero key applied; the mask with the key padding folded in."""
+    L, N, E = q.shape
+    hd = E // num_heads
+    if (bias_k is None) != (bias_v is None):
+        raise ValueError(f"{_OP}: arguments 'bias_k' and 'bias_v' must both be given or both "
+                         "be None")
+    if bias_k is not None:
+        if static_k is not None or static_v is not None:
+            raise ValueError(f"{_OP}: bias_k/bias_v cannot be added to static_k/static_v")
+        k = torch.cat([k, bias_k.reshape(1, 1, E).expand(1, N, E)])
+        v = torch.cat([v, bias_v.reshape(1, 1, E).expand(1, N, E)])
+        mask, kpm = _pad_masks(mask, kpm)
+    q = q.reshape(L, N * num_heads, hd).transpose(0, 1)
+    k = k.reshape(k.shape[0], N * num_heads, hd).transpose(0, 1) if static_k is None else static_k
+    v = v.reshape(v.shape[0], N * num_heads, hd).transpose(0, 1) if static_v is None else static_v
+    for n, t in (("static_k", static_k), ("static_v", static_v)):
+        if t is not None and (t.dim() != 3 or t.shape[0] != N * num_heads or t.shape[2] != hd):
+            raise _fail(n, f"(N*num_heads, S, head_dim) = ({N * num_heads}, S, {hd})",
+                        tuple(t.shape))
+    if add_zero_attn:
+        zeros = k.new_zeros((N * num_heads, 1, hd))
+        k, v = torch.cat([k, zeros], dim=1), torch.cat([v, zeros], dim=1)
+        mask, kpm = _pad_masks(mask, kpm)
+    S = k.shape[1]
+    if v.shape[1] != S:
+        raise ValueError(f"{_OP}: keys ({S}) and values ({v.shape[1]}) differ in length")
+    if kpm is not None:
+        if kpm.shape[-1] != S:
+            raise _fail("key_padding_mask", f"(N, S) = ({N}, {S}) (from query and key)",
+                        tuple(kpm.shape))
+        kpm = kpm.reshape(N, 1, 1, S).expand(N, num_heads, 1, S).reshape(N * num_heads, 1, S)
+        mask = kpm if mask is None else mask + kpm
+    return q, k, v, mask
+
+
 def multi_head_attention_forward(
         query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, embed_dim_to_check: int,
         num_heads: int, in_proj_weight: torch.Tensor | None, in_proj_bias: torch.Tensor | None,
@@ -89,33 +211,13 @@ def multi_head_attention_forward(
     key_padding_mask (N, S) or (S,); attn_mask (L, S) or (N·num_heads, L, S); bool masks are
     True where attention is not allowed, float masks are added to the scores. is_causal is a hint
     that attn_mask is causal, and like torch's it needs attn_mask."""
-    for n, t in (("query", query), ("key", key), ("value", value)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{_OP}: argument '{n}' must be a tensor, got {type(t).__name__}")
-        if t.dtype != torch.float32:
-            raise _fail(n, "a float32 tensor", t.dtype)
     params = (("in_proj_weight", in_proj_weight), ("in_proj_bias", in_proj_bias),
               ("out_proj_weight", out_proj_weight), ("out_proj_bias", out_proj_bias),
               ("q_proj_weight", q_proj_weight), ("k_proj_weight", k_proj_weight),
               ("v_proj_weight", v_proj_weight), ("bias_k", bias_k), ("bias_v", bias_v),
               ("static_k", static_k), ("static_v", static_v))
-    for n, t in (("key", key), ("value", value), ("key_padding_mask", key_padding_mask),
-                 ("attn_mask", attn_mask), *params):
-        if t is not None and t.device != query.device:
-            raise ValueError(f"{_OP}: arguments 'query' and '{n}' must be on the same device, "
-                             f"got {query.device} and {t.device}")
-    for n, t in params:
-        if t is not None and t.dtype != torch.float32:
-            raise _fail(n, "a float32 tensor", t.dtype)
+    _check_tensors(query, key, value, key_padding_mask, attn_mask, params, num_heads)
     batched = query.dim() == 3
-    if query.dim() not in (2, 3):
-        raise _fail("query", "(L, N, E) or unbatched (L, E)", f"shape {tuple(query.shape)}")
-    for n, t in (("key", key), ("value", value)):
-        if t.dim() != query.dim():
-            raise _fail(n, f"{query.dim()}-D like query {tuple(query.shape)}",
-                        f"shape {tuple(t.shape)}")
-    if not isinstance(num_heads, int) or num_heads < 1:
-        raise _fail("num_heads", "a positive int", num_heads)
     if not batched:
         query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
         if key_padding_mask is not None:
@@ -123,98 +225,26 @@ def multi_head_attention_forward(
                 raise _fail("key_padding_mask", "(S,) for unbatched input",
                             f"shape {tuple(key_padding_mask.shape)}")
             key_padding_mask = key_padding_mask.unsqueeze(0)
-    L, N, E = query.shape
-    S = key.shape[0]
-    if E != embed_dim_to_check:
-        raise _fail("query", f"embedding size {embed_dim_to_check} (embed_dim_to_check)", E)
-    if E % num_heads:
-        raise _fail("num_heads", f"a divisor of embed_dim {E}", num_heads)
-    hd = E // num_heads
-    if key.shape[:2] != value.shape[:2] or key.shape[1] != N:
-        raise ValueError(f"{_OP}: arguments 'key' {tuple(key.shape)} and 'value' "
-                         f"{tuple(value.shape)} must share sequence length and batch "
-                         f"({N}, from query {tuple(query.shape)})")
-    if not use_separate_proj_weight and (key.shape[-1] != E or value.shape[-1] != E):
-        raise ValueError(f"{_OP}: arguments 'key' {tuple(key.shape)} and 'value' "
-                         f"{tuple(value.shape)} must have embed_dim {E} unless "
-                         "use_separate_proj_weight (kdim/vdim) is set")
-    kpm = _float_mask(key_padding_mask, "key_padding_mask", query.dtype)
-    if is_causal and attn_mask is None:
-        raise ValueError(f"{_OP}: is_causal=True needs attn_mask (the causal mask itself, e.g. "
-                         "torch.nn.Transformer.generate_square_subsequent_mask(L)); is_causal "
-                         "is only a hint")
-    mask = _float_mask(attn_mask, "attn_mask", query.dtype)
-    if mask is not None:
-        if mask.dim() == 2:
-            if tuple(mask.shape) != (L, S):
-                raise _fail("attn_mask", f"(L, S) = ({L}, {S}) (from query and key) when 2-D",
-                            tuple(mask.shape))
-            mask = mask.unsqueeze(0)
-        elif mask.dim() == 3:
-            if tuple(mask.shape) != (N * num_heads, L, S):
-                raise _fail("attn_mask", f"(N*num_heads, L, S) = ({N * num_heads}, {L}, {S}) "
-                            "(from query and key) when 3-D", tuple(mask.shape))
-        else:
-            raise _fail("attn_mask", "2-D (L, S) or 3-D (N*num_heads, L, S)",
-                        f"shape {tuple(mask.shape)}")
-    if kpm is not None and tuple(kpm.shape) != (N, S):
-        raise _fail("key_padding_mask", f"(N, S) = ({N}, {S}) (from query and key)",
-                    tuple(kpm.shape))
-    if out_proj_weight is None or tuple(out_proj_weight.shape) != (E, E):
-        raise _fail("out_proj_weight", f"a ({E}, {E}) tensor",
-                    None if out_proj_weight is None else tuple(out_proj_weight.shape))
-    for n, b, rows in (("in_proj_bias", in_proj_bias, 3 * E), ("out_proj_bias", out_proj_bias, E)):
-        if b is not None and tuple(b.shape) != (rows,):
-            raise _fail(n, f"a ({rows},) tensor", tuple(b.shape))
-
+    L, N, E = _check_shapes(query, key, value, embed_dim_to_check, num_heads,
+                            use_separate_proj_weight)
+    mask, kpm = _masks(key_padding_mask, attn_mask, is_causal, L, N, key.shape[0], num_heads,
+                       query.dtype)
+    _check_out_proj(out_proj_weight, in_proj_bias, out_proj_bias, E)
     q, k, v = _project(query, key, value, in_proj_weight, in_proj_bias,
                        use_separate_proj_weight, q_proj_weight, k_proj_weight, v_proj_weight)
-    if (bias_k is None) != (bias_v is None):
-        raise ValueError(f"{_OP}: arguments 'bias_k' and 'bias_v' must both be given or both "
-                         "be None")
-    if bias_k is not None:
-        if static_k is not None or static_v is not None:
-            raise ValueError(f"{_OP}: bias_k/bias_v cannot be added to static_k/static_v")
-        k = torch.cat([k, bias_k.reshape(1, 1, E).expand(1, N, E)])
-        v = torch.cat([v, bias_v.reshape(1, 1, E).expand(1, N, E)])
-        mask = None if mask is None else torch.nn.functional.pad(mask, (0, 1))
-        kpm = None if kpm is None else torch.nn.functional.pad(kpm, (0, 1))
-
-    # heads to the front: (N·H, len, head_dim), head h of batch entry n at n·H + h
-    q = q.reshape(L, N * num_heads, hd).transpose(0, 1)
-    k = k.reshape(k.shape[0], N * num_heads, hd).transpose(0, 1) if static_k is None else static_k
-    v = v.reshape(v.shape[0], N * num_heads, hd).transpose(0, 1) if static_v is None else static_v
-    for n, t in (("static_k", static_k), ("static_v", static_v)):
-        if t is not None and (t.dim() != 3 or t.shape[0] != N * num_heads or t.shape[2] != hd):
-            raise _fail(n, f"(N*num_heads, S, head_dim) = ({N * num_heads}, S, {hd})",
-                        tuple(t.shape))
-    if add_zero_attn:
-        zeros = k.new_zeros((N * num_heads, 1, hd))
-        k, v = torch.cat([k, zeros], dim=1), torch.cat([v, zeros], dim=1)
-        mask = None if mask is None else torch.nn.functional.pad(mask, (0, 1))
-        kpm = None if kpm is None else torch.nn.functional.pad(kpm, (0, 1))
-    S = k.shape[1]
-    if v.shape[1] != S:
-        raise ValueError(f"{_OP}: keys ({S}) and values ({v.shape[1]}) differ in length")
-    if kpm is not None:
-        if kpm.shape[-1] != S:
-            raise _fail("key_padding_mask", f"(N, S) = ({N}, {S}) (from query and key)",
-                    tuple(kpm.shape))
-        kpm = kpm.reshape(N, 1, 1, S).expand(N, num_heads, 1, S).reshape(N * num_heads, 1, S)
-        mask = kpm if mask is None else mask + kpm
-
-    q = q * (1.0 / math.sqrt(hd))
+    q, k, v, mask = _heads(q, k, v, mask, kpm, bias_k, bias_v, static_k, static_v, add_zero_attn,
+                           num_heads)
+    q = q * (1.0 / math.sqrt(E // num_heads))
     scores = (torch.baddbmm(mask, q, k.transpose(1, 2)) if mask is not None
               else torch.bmm(q, k.transpose(1, 2)))
     weights = softmax(scores, dim=-1)
     if training and dropout_p > 0.0:
         weights = torch.nn.functional.dropout(weights, p=dropout_p)
-    out = torch.bmm(weights, v)                                    # (N·H, L, hd)
-    out = out.transpose(0, 1).reshape(L * N, E)
+    out = torch.bmm(weights, v).transpose(0, 1).reshape(L * N, E)  # from (N·H, L, head_dim)
     out = linear(out, out_proj_weight, out_proj_bias).view(L, N, out_proj_weight.shape[0])
     w = None
     if need_weights:
-        w = weights.view(N, num_heads, L, S)
+        w = weights.view(N, num_heads, L, k.shape[1])
         if average_attn_weights:
             w = w.mean(dim=1)
     if not batched:

@@ -11,6 +11,7 @@ import torch
 
 from .. import registry
 from ..registry import Case, Inputs, OpSpec, Tolerance
+from ._inputs import spaced
 
 _softmax = torch.ops.dlkern.softmax.default
 # The OpOverload's C++ callable: calling it directly skips a Python frame (~0.25 us of a ~4 us
@@ -94,10 +95,10 @@ def _make_inputs(p, device: str, seed: int) -> Inputs:
         x = torch.where((u >= 0.01) & (u < 0.02), float("-inf"), x)          # masked entries
         if x.dim() >= 1 and x.shape[0] > 1:
             x[0] += 1e4                                                      # large magnitudes
-    elif kind == "nan" and x.numel():
-        x.view(-1)[:: max(1, x.numel() // 5)] = float("nan")
-    elif kind == "posinf" and x.numel():
-        x.view(-1)[:: max(1, x.numel() // 3)] = float("inf")
+    elif kind == "nan":
+        x = spaced(x, 5, float("nan"))
+    elif kind == "posinf":
+        x = spaced(x, 3, float("inf"))
     elif kind == "equal":
         x = torch.full(make, 0.7)
     if layout == "transposed":

@@ -485,18 +485,147 @@ Status conv2d_fwd_avx2(const Conv2dShape& s, const float* x, const float* w, con
   return st;
 }
 
+namespace {
+
+// Backward data at stride 1 as a transposed convolution: a GEMM with Cg rows, which wastes most
+// of the 6-row micro-tiles when Cg is small (an RGB input): then the col2im tiles (Cg*R*S rows)
+// serve better.
+bool bwd_data_transposed(const Conv2dShape& s, Conv2dAlgo algo) {
+  return algo == Conv2dAlgo::kIm2col && s.stride_h == 1 && s.stride_w == 1 &&
+         s.C / s.groups >= 16;
+}
+
+// The flipped, transposed weight of the stride-1 transposed convolution (a thread-local buffer):
+// wt[g][c][k][R-1-r][S-1-t] = w[g*Kg + k][c][r][t]
+const float* flipped_weight(const Conv2dShape& s, const float* w) {
+  const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups, RS = s.R * s.S;
+  float* wt = tl_wt.get(static_cast<size_t>(s.K * Cg * RS));
+  for (int64_t g = 0; g < s.groups; ++g)
+    for (int64_t k = 0; k < Kg; ++k)
+      for (int64_t c = 0; c < Cg; ++c)
+        for (int64_t i = 0; i < RS; ++i)
+          wt[((g * Cg + c) * Kg + k) * RS + (RS - 1 - i)] = w[((g * Kg + k) * Cg + c) * RS + i];
+  return wt;
+}
+
+// dX of one image's group g (dyg, dxg: its planes) with `inner` threads: a 1x1 GEMM, the
+// transposed convolution (wt: flipped_weight), or per tile dcol = W_g^T dY_g[:, tile] + col2im.
+Status bwd_data_group(const Conv2dShape& s, Conv2dAlgo algo, int64_t g, const float* w,
+                      const float* wt, const float* dyg, float* dxg, int inner) {
+  const int64_t PQ = s.P * s.Q, HW = s.H * s.W;
+  const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups, RS = s.R * s.S, Kd = Cg * RS;
+  GemmArgs ga;
+  ga.C = dxg;
+  ga.ldc = HW;
+  if (algo == Conv2dAlgo::kGemm1x1) {  // dX_g = W_g^T dY_g
+    ga.M = Cg, ga.N = HW, ga.K = Kg;
+    ga.A = {w + g * Kg * Cg, 1, Cg};
+    ga.B = {dyg, PQ, 1};
+    return gemm_avx2(ga, inner);
+  }
+  if (wt != nullptr) {  // dX_g = Wt_g * im2col'(dY_g)
+    const Gather gi{dyg, PQ, s.P, s.Q, s.R, s.S, 1, 1,
+                    s.dil_h * (s.R - 1) - s.pad_h, s.dil_w * (s.S - 1) - s.pad_w,
+                    s.dil_h, s.dil_w, s.W};
+    ga.M = Cg, ga.N = HW, ga.K = Kg * RS;
+    ga.A = {wt + g * Cg * Kg * RS, Kg * RS, 1};
+    ga.pack_b = {gather_panels, &gi};
+    return gemm_avx2(ga, inner);
+  }
+  std::memset(dxg, 0, sizeof(float) * Cg * HW);
+  const Gather gi = input_gather(s, dxg);
+  const int64_t T = tile_positions(Kd, PQ);
+  float* tile = tl_tile.get(static_cast<size_t>(Kd * T));
+  for (int64_t n0 = 0; n0 < PQ; n0 += T) {
+    const int64_t len = std::min(T, PQ - n0);
+    ga.M = Kd, ga.N = len, ga.K = Kg;
+    ga.A = {w + g * Kg * Kd, 1, Kd};
+    ga.B = {dyg + n0, PQ, 1};
+    ga.C = tile;
+    ga.ldc = T;
+    const Status r = gemm_avx2(ga, inner);
+    if (r != Status::kOk) return r;
+    scatter_tile(gi, Cg, n0, len, tile, T, dxg, inner);
+  }
+  return Status::kOk;
+}
+
+// dX for every image (images in parallel, each with its share of the threads).
+Status bwd_data(const Conv2dShape& s, Conv2dAlgo algo, const float* w, const float* dy,
+                float* dx, int threads) {
+  const int64_t PQ = s.P * s.Q, HW = s.H * s.W, Cg = s.C / s.groups, Kg = s.K / s.groups;
+  const float* wt = bwd_data_transposed(s, algo) ? flipped_weight(s, w) : nullptr;
+  std::vector<Status> status(static_cast<size_t>(s.N), Status::kOk);  // one per image: no race
+  for_images(s.N, threads, s.K * PQ * Cg * s.R * s.S, [&](int64_t n, int inner) {
+    for (int64_t g = 0; g < s.groups && status[n] == Status::kOk; ++g)
+      status[n] = bwd_data_group(s, algo, g, w, wt, dy + (n * s.K + g * Kg) * PQ,
+                                 dx + (n * s.C + g * Cg) * HW, inner);
+  });
+  for (const Status r : status)
+    if (r != Status::kOk) return r;
+  return Status::kOk;
+}
+
+// dW (summed over the images in order, so the result does not depend on the threads) and db.
+Status bwd_weight(const Conv2dShape& s, Conv2dAlgo algo, const float* x, const float* dy,
+                  float* dw, float* db, int threads) {
+  const int64_t PQ = s.P * s.Q, HW = s.H * s.W;
+  const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups, Kd = Cg * s.R * s.S;
+  if (dw != nullptr) std::memset(dw, 0, sizeof(float) * s.K * Kd);
+  std::vector<double> bsum(db != nullptr ? static_cast<size_t>(s.K) : 0);
+  const int64_t T = tile_positions(Kd, PQ);
+  float* tile = algo == Conv2dAlgo::kIm2col && dw != nullptr && Kd > 0
+                    ? tl_tile.get(static_cast<size_t>(Kd * T))
+                    : nullptr;
+  for (int64_t n = 0; n < s.N; ++n) {
+    if (db != nullptr) add_row_sums(s.K, PQ, dy + n * s.K * PQ, bsum.data(), threads);
+    if (dw == nullptr || Kd == 0) continue;
+    for (int64_t g = 0; g < s.groups; ++g) {
+      const float* dyg = dy + (n * s.K + g * Kg) * PQ;
+      const float* xg = x + (n * s.C + g * Cg) * HW;
+      GemmArgs ga;
+      ga.M = Kg, ga.N = Kd;
+      ga.C = dw + g * Kg * Kd;
+      ga.ldc = Kd;
+      ga.accumulate = true;
+      if (algo == Conv2dAlgo::kGemm1x1) {  // dW_g += dY_g X_g^T
+        ga.K = PQ;
+        ga.A = {dyg, PQ, 1};
+        ga.B = {xg, 1, HW};
+        const Status r = gemm_avx2(ga, threads);
+        if (r != Status::kOk) return r;
+        continue;
+      }
+      const Gather gi = input_gather(s, xg);
+      for (int64_t n0 = 0; n0 < PQ; n0 += T) {  // dW_g += dY_g[:, tile] col_tile^T
+        const int64_t len = std::min(T, PQ - n0);
+        gather_tile(gi, Kd, n0, len, tile, T, threads);
+        ga.K = len;
+        ga.A = {dyg + n0, PQ, 1};
+        ga.B = {tile, 1, T};
+        const Status r = gemm_avx2(ga, threads);
+        if (r != Status::kOk) return r;
+      }
+    }
+  }
+  if (db != nullptr)
+    for (int64_t k = 0; k < s.K; ++k) db[k] = static_cast<float>(bsum[k]);
+  return Status::kOk;
+}
+
+}  // namespace
+
 Status conv2d_bwd_avx2(const Conv2dShape& s, const float* x, const float* w, const float* dy,
                        float* dx, float* dw, float* db, int threads, Conv2dAlgo algo) {
-  Status st = conv2d_validate(s);
+  const Status st = conv2d_validate(s);
   if (st != Status::kOk) return st;
   if (algo == Conv2dAlgo::kAuto) algo = conv2d_pick_algo(s);
   if (!conv2d_algo_applies(s, algo)) return Status::kInvalidArgument;
-  const int64_t PQ = s.P * s.Q, HW = s.H * s.W;
-  const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups, RS = s.R * s.S, Kd = Cg * RS;
+  const int64_t Cg = s.C / s.groups, dx_n = s.N * s.C * s.H * s.W;
   // no output positions or channels: nothing flows back
-  if (s.N == 0 || s.K == 0 || PQ == 0) {
-    if (dx != nullptr) std::memset(dx, 0, sizeof(float) * s.N * s.C * HW);
-    if (dw != nullptr) std::memset(dw, 0, sizeof(float) * s.K * Kd);
+  if (s.N == 0 || s.K == 0 || s.P * s.Q == 0) {
+    if (dx != nullptr) std::memset(dx, 0, sizeof(float) * dx_n);
+    if (dw != nullptr) std::memset(dw, 0, sizeof(float) * s.K * Cg * s.R * s.S);
     if (db != nullptr) std::memset(db, 0, sizeof(float) * s.K);
     return Status::kOk;
   }
@@ -504,118 +633,13 @@ Status conv2d_bwd_avx2(const Conv2dShape& s, const float* x, const float* w, con
     depthwise_bwd(s, x, w, dy, dx, dw, db, threads);
     return Status::kOk;
   }
-  // Backward data at stride 1 as a transposed convolution: a GEMM with Cg rows, which wastes
-  // most of the 6-row micro-tiles when Cg is small (an RGB input): then the col2im tiles
-  // (Cg*R*S rows) serve better.
-  const bool transposed = algo == Conv2dAlgo::kIm2col && s.stride_h == 1 && s.stride_w == 1 &&
-                          Cg >= 16;
+  if (dx != nullptr && Cg == 0) std::memset(dx, 0, sizeof(float) * dx_n);
   if (dx != nullptr && Cg > 0) {
-    // the flipped, transposed weight of the stride-1 transposed convolution:
-    // wt[g][c][k][R-1-r][S-1-t] = w[g*Kg + k][c][r][t]
-    float* wt = nullptr;
-    if (transposed) {
-      wt = tl_wt.get(static_cast<size_t>(s.K * Kd));
-      for (int64_t g = 0; g < s.groups; ++g)
-        for (int64_t k = 0; k < Kg; ++k)
-          for (int64_t c = 0; c < Cg; ++c)
-            for (int64_t i = 0; i < RS; ++i)
-              wt[((g * Cg + c) * Kg + k) * RS + (RS - 1 - i)] = w[((g * Kg + k) * Cg + c) * RS + i];
-    }
-    for_images(s.N, threads, s.K * PQ * Kd, [&](int64_t n, int inner) {
-      for (int64_t g = 0; g < s.groups; ++g) {
-        const float* dyg = dy + (n * s.K + g * Kg) * PQ;
-        float* dxg = dx + (n * s.C + g * Cg) * HW;
-        GemmArgs ga;
-        Status r = Status::kOk;
-        if (algo == Conv2dAlgo::kGemm1x1) {  // dX_g = W_g^T dY_g
-          ga.M = Cg;
-          ga.N = HW;
-          ga.K = Kg;
-          ga.A = {w + g * Kg * Cg, 1, Cg};
-          ga.B = {dyg, PQ, 1};
-          ga.C = dxg;
-          ga.ldc = HW;
-          r = gemm_avx2(ga, inner);
-        } else if (transposed) {  // dX_g = Wt_g * im2col'(dY_g)
-          const Gather gi{dyg, PQ, s.P, s.Q, s.R, s.S, 1, 1,
-                          s.dil_h * (s.R - 1) - s.pad_h, s.dil_w * (s.S - 1) - s.pad_w,
-                          s.dil_h, s.dil_w, s.W};
-          ga.M = Cg;
-          ga.N = HW;
-          ga.K = Kg * RS;
-          ga.A = {wt + g * Cg * Kg * RS, Kg * RS, 1};
-          ga.pack_b = {gather_panels, &gi};
-          ga.C = dxg;
-          ga.ldc = HW;
-          r = gemm_avx2(ga, inner);
-        } else {  // per tile: dcol = W_g^T dY_g[:, tile], then col2im
-          std::memset(dxg, 0, sizeof(float) * Cg * HW);
-          const Gather gi = input_gather(s, dxg);
-          const int64_t T = tile_positions(Kd, PQ);
-          float* tile = tl_tile.get(static_cast<size_t>(Kd * T));
-          for (int64_t n0 = 0; n0 < PQ && r == Status::kOk; n0 += T) {
-            const int64_t len = std::min(T, PQ - n0);
-            ga.M = Kd;
-            ga.N = len;
-            ga.K = Kg;
-            ga.A = {w + g * Kg * Kd, 1, Kd};
-            ga.B = {dyg + n0, PQ, 1};
-            ga.C = tile;
-            ga.ldc = T;
-            r = gemm_avx2(ga, inner);
-            scatter_tile(gi, Cg, n0, len, tile, T, dxg, inner);
-          }
-        }
-        if (r != Status::kOk) st = r;
-      }
-    });
-  } else if (dx != nullptr) {
-    std::memset(dx, 0, sizeof(float) * s.N * s.C * HW);
+    const Status r = bwd_data(s, algo, w, dy, dx, threads);
+    if (r != Status::kOk) return r;
   }
-  if (dw != nullptr || db != nullptr) {
-    if (dw != nullptr) std::memset(dw, 0, sizeof(float) * s.K * Kd);
-    std::vector<double> bsum(db != nullptr ? static_cast<size_t>(s.K) : 0);
-    const int64_t T = tile_positions(Kd, PQ);
-    float* tile = algo == Conv2dAlgo::kIm2col && dw != nullptr && Kd > 0
-                      ? tl_tile.get(static_cast<size_t>(Kd * T))
-                      : nullptr;
-    // images in order, each adding into dW: the sum's order is fixed whatever the threads
-    for (int64_t n = 0; n < s.N; ++n) {
-      if (db != nullptr) add_row_sums(s.K, PQ, dy + n * s.K * PQ, bsum.data(), threads);
-      if (dw == nullptr || Kd == 0) continue;
-      for (int64_t g = 0; g < s.groups; ++g) {
-        const float* dyg = dy + (n * s.K + g * Kg) * PQ;
-        const float* xg = x + (n * s.C + g * Cg) * HW;
-        GemmArgs ga;
-        ga.M = Kg;
-        ga.N = Kd;
-        ga.C = dw + g * Kg * Kd;
-        ga.ldc = Kd;
-        ga.accumulate = true;
-        if (algo == Conv2dAlgo::kGemm1x1) {  // dW_g += dY_g X_g^T
-          ga.K = PQ;
-          ga.A = {dyg, PQ, 1};
-          ga.B = {xg, 1, HW};
-          const Status r = gemm_avx2(ga, threads);
-          if (r != Status::kOk) st = r;
-          continue;
-        }
-        const Gather gi = input_gather(s, xg);
-        for (int64_t n0 = 0; n0 < PQ; n0 += T) {  // dW_g += dY_g[:, tile] col_tile^T
-          const int64_t len = std::min(T, PQ - n0);
-          gather_tile(gi, Kd, n0, len, tile, T, threads);
-          ga.K = len;
-          ga.A = {dyg + n0, PQ, 1};
-          ga.B = {tile, 1, T};
-          const Status r = gemm_avx2(ga, threads);
-          if (r != Status::kOk) st = r;
-        }
-      }
-    }
-    if (db != nullptr)
-      for (int64_t k = 0; k < s.K; ++k) db[k] = static_cast<float>(bsum[k]);
-  }
-  return st;
+  if (dw == nullptr && db == nullptr) return Status::kOk;
+  return bwd_weight(s, algo, x, dy, dw, db, threads);
 }
 
 }  // namespace dlkern

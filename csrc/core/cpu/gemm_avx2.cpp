@@ -5,11 +5,11 @@
 //   1. packed:  panels of A (MR rows) and B (NR columns) packed into contiguous, aligned
 //      buffers, a 6x16 register-blocked micro-kernel (12 ymm accumulators = 96 floats of C,
 //      2 ymm of B and 1 broadcast of A per k step), and BLIS's three cache-blocking loops:
-//        NC = 3072 columns of B per packed block (KC x NC x 4 B = 3 MiB, in the 32 MiB L3),
+//        NC = 3072 columns of B per packed block (KC x NC x 4 B = 3.75 MiB, in the 32 MiB L3),
 //        KC = 320  (at most: K is cut into equal blocks, a multiple of 8 long; one B
 //                   micro-panel, KC x NR x 4 B = 20 KiB, stays in the 48 KiB L1d while the A
 //                   block streams past it),
-//        MC = 144  (the packed A block, MC x KC x 4 B = 144 KiB, in the 1 MiB L2).
+//        MC = 144  (the packed A block, MC x KC x 4 B = 180 KiB, in the 1 MiB L2).
 //      Transposed operands are transposed while packing (8x8 AVX2 transposes when the panel's
 //      source is contiguous along k), so X*W^T, dY*W and dY^T*X all take the same path.
 //      Edge tiles run the same micro-kernel on a zero-padded copy of the C tile.

@@ -129,6 +129,9 @@ struct PartialStore {
   }
 };
 
+// The main loop, one piece on purpose (about 110 lines): the shared-memory double buffers, the
+// accumulator tile and the prefetch registers all belong to one software-pipelined loop; split
+// into functions they would only be passed around, and no part would read alone.
 template <class Cfg, class LA, class LB, class Epi>
 __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     gemm_tile_kernel(LA la, LB lb, Epi epi, int64_t M, int64_t N, int64_t K, int splits,
