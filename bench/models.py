@@ -31,7 +31,6 @@ import contextlib
 import copy
 import json
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -224,17 +223,13 @@ def _row(plan: Plan, image: int) -> Row:
     return Row(MODEL_OP, case, (SUITE,))
 
 
-def run_model(plan: Plan, device: str, cfg: Config, prog: Progress | None = None
+def run_model(plan: Plan, device: str, cfg: Config, tick: Callable[[str], None] = lambda s: None
               ) -> tuple[list[Result], list[GateRecord]]:
     row = _row(plan, cfg.image)
     results: list[Result] = []
     gates: list[GateRecord] = []
     flops = {p: plan.flops * PASS_COST[p] if p != "inference" else plan.flops
              for p in cfg.passes}
-
-    def tick(what):
-        if prog:
-            prog.advance(f"{device} {plan.display}: {what}")
 
     def add(impl, p, status, stats=None, detail=""):
         results.append(Result(row, device, impl.name, impl.label, p, status, stats,
@@ -537,23 +532,16 @@ def main(argv=None) -> int:
           f"(from the models' FLOPs at ~{rate:.0f} GFLOP/s)", file=sys.stderr)
     steps = len(plans) * len(devices) * (2 + len(cfg.passes))
     prog = Progress(steps, est)
-    results: list[Result] = []
     gates: list[GateRecord] = []
-    stopped = False
+
+    def one(plan, device, tick):
+        res, gs = run_model(plan, device, cfg, tick)
+        gates.extend(gs)
+        return res
     try:
-        for d in devices:
-            for pl in plans:
-                t0 = time.perf_counter()
-                res, gs = run_model(pl, d, cfg, prog)
-                results += res
-                gates += gs
-                prog.note_row(f"{d} {pl.display} (batch {pl.batch})", res,
-                              time.perf_counter() - t0)
-                if not cfg.keep_going and any(r.status == "failed" for r in res):
-                    stopped = True
-                    break
-            if stopped:
-                break
+        results, stopped = runner.run_all(devices, plans, one,
+                                          lambda pl: f"{pl.display} (batch {pl.batch})", prog,
+                                          cfg.keep_going)
     finally:
         prog.close()
     meta = report.make_meta(argv, dev_info, threads, cfg.budget, cfg.impls, cfg.passes,

@@ -263,21 +263,30 @@ def estimate_s(rows: list[Row], devices: list[str], cfg: Config) -> float:
     return n * (len(cfg.passes) * per_timing + (len(cfg.impls) - 1) * per_gate + extra)
 
 
-def run(rows: list[Row], devices: list[str], cfg: Config, progress=None) -> tuple[list[Result], bool]:
-    """All rows on all devices. Returns (results, stopped_early)."""
+def run_all(devices: list[str], items, run_one, label, progress, keep_going: bool
+            ) -> tuple[list[Result], bool]:
+    """run_one(item, device, tick) -> its Results, for every device and item (rows or models),
+    with progress lines; stops at the first FAILED one unless keep_going. Returns (results,
+    stopped_early)."""
     out: list[Result] = []
     for device in devices:
-        for row in rows:
-            label = f"{device} {row.op} {row.case.name}"
+        for item in items:
+            name = f"{device} {label(item)}"
 
-            def tick(step, label=label):
+            def tick(step, name=name):
                 if progress:
-                    progress.advance(f"{label}: {step}")
+                    progress.advance(f"{name}: {step}")
             t0 = time.perf_counter()
-            res = run_row(row, device, cfg, tick)
+            res = run_one(item, device, tick)
             out.extend(res)
             if progress:
-                progress.note_row(label, res, time.perf_counter() - t0)
-            if not cfg.keep_going and any(r.status == "failed" for r in res):
+                progress.note_row(name, res, time.perf_counter() - t0)
+            if not keep_going and any(r.status == "failed" for r in res):
                 return out, True
     return out, False
+
+
+def run(rows: list[Row], devices: list[str], cfg: Config, progress=None) -> tuple[list[Result], bool]:
+    """All rows on all devices. Returns (results, stopped_early)."""
+    return run_all(devices, rows, lambda row, device, tick: run_row(row, device, cfg, tick),
+                   lambda row: f"{row.op} {row.case.name}", progress, cfg.keep_going)
