@@ -262,7 +262,7 @@ def run_model(plan: Plan, device: str, cfg: Config, tick: Callable[[str], None] 
     own = {n: (x.clone().to(device), go.clone().to(device)) for n in ready}
     timed, failed = runner.time_passes(
         ready, cfg.passes, lambda n, p: _callable(ready[n][1], *own[n], p, ready[n][0]), device,
-        cfg.budget, tick)
+        cfg.budget, tick, traceback_lines=0)  # a model's report lists failures on one line
     for n, (impl, model) in ready.items():
         if n not in failed and not impl.is_baseline:
             bad = _after_timing(model, pristine, ref, impl, [r for r in gates if r.impl == n])

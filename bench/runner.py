@@ -130,10 +130,11 @@ def no_grad_context(impl) -> Callable[[], contextlib.AbstractContextManager]:
 
 # ---- the skeleton both command lines share (bench.layers rows, bench.models models) ---------
 
-def time_passes(names, passes, make, device: str, budget: Budget, tick, flush=None
-                ) -> tuple[dict[tuple[str, str], Stats], dict[str, str]]:
+def time_passes(names, passes, make, device: str, budget: Budget, tick, flush=None,
+                traceback_lines: int = 3) -> tuple[dict[tuple[str, str], Stats], dict[str, str]]:
     """Per pass, make(name, pass) -> (callable, context) for every implementation not failed yet,
-    timed interleaved; when the joint timing raises, each one alone, to say which one raised.
+    timed interleaved; when the joint timing raises, each one alone, to say which one raised
+    (with the last `traceback_lines` frames of its traceback, none when 0).
     Returns ({(name, pass): Stats}, {name: why it failed})."""
     timed: dict[tuple[str, str], Stats] = {}
     failed: dict[str, str] = {}
@@ -156,8 +157,9 @@ def time_passes(names, passes, make, device: str, budget: Budget, tick, flush=No
                         timed[(n, p)] = time_interleaved({n: fns[n]}, device=device, budget=budget,
                                                          contexts=ctxs, flush=flush)[n]
                     except Exception as e1:
-                        failed[n] = (f"{p}: raised during timing: {type(e1).__name__}: {e1}\n"
-                                     + traceback.format_exc(limit=3))
+                        failed[n] = f"{p}: raised during timing: {type(e1).__name__}: {e1}"
+                        if traceback_lines:
+                            failed[n] += "\n" + traceback.format_exc(limit=traceback_lines)
                 if not failed:
                     raise
         del fns, ctxs  # frees a graph kept for the Backward pass

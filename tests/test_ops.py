@@ -256,3 +256,49 @@ def test_check_refuses_wrong_kernels(spec):
     for bad in _wrong_kernels(spec):
         refused = any(not v.ok for case in spec.edge_cases for v in testing.check(spec, case, fn=bad))
         assert refused, f"{spec.name}: the check accepted {bad.__name__}"
+
+
+# ---- a CUDA tensor in a build without CUDA kernels ----------------------------------------------
+
+def _schema_args(schema):
+    """Arguments of the schema's types whose values are all wrong (float64 one-element tensors,
+    zeros): the no-CUDA kernel must refuse before it looks at them."""
+    def arg(a):
+        t = str(a.type)
+        if t.startswith("Optional"):
+            return None
+        if t == "Tensor":
+            return torch.zeros(1, dtype=torch.float64)
+        if t.startswith("List[bool]"):
+            return [True] * 3
+        if t.startswith("List[int]"):
+            return [0] * (a.N or 2)
+        return {"int": 0, "float": 0.0, "bool": True}[t]
+    return [arg(a) for a in schema.arguments]
+
+
+def _dlkern_ops_with_cuda_kernels():
+    return sorted(n.split("::")[1] for n in
+                  torch._C._dispatch_get_registrations_for_dispatch_key("CUDA")
+                  if n.startswith("dlkern::"))
+
+
+def test_every_op_has_a_cuda_kernel_registered():
+    """Every op of a device-generic binding answers CUDA tensors (bind::register_op)."""
+    assert {"linear", "linear_backward", "softmax", "softmax_backward", "conv2d",
+            "conv2d_backward", "batch_norm", "batch_norm_backward"} <= set(
+                _dlkern_ops_with_cuda_kernels())
+
+
+@pytest.mark.parametrize("name", _dlkern_ops_with_cuda_kernels())
+def test_cuda_tensor_in_cpu_only_build_is_refused_first(name):
+    """In a build without CUDA kernels, each op's CUDA kernel refuses with the rebuild message
+    before any argument check (here every argument is wrong), reached by redispatching to the
+    CUDA key: no GPU is needed."""
+    if dlkern.capabilities()["cuda_built"]:
+        pytest.skip("this build has CUDA kernels; tests/test_cuda.py covers them")
+    op = getattr(torch.ops.dlkern, name).default
+    cuda = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
+    with pytest.raises(NotImplementedError, match=rf"^dlkern\.{name}: got a CUDA tensor, but this "
+                       r"build of dlkern has no CUDA kernels .* pip install --no-build-isolation"):
+        op.redispatch(cuda, *_schema_args(op._schema))

@@ -102,7 +102,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm(
           return dlkern::batch_norm_fwd_train_cpu(s, xp, wp, bp, eps, momentum, rmp, rvp, yp, smp,
                                                   sip, threads);
         },
-        [&](bind::Cuda& c) {
+        [&](auto& c) {
           void* ws = c.scratch(dlkern::batch_norm_cuda_workspace(s));
           return dlkern::batch_norm_fwd_train_cuda(s, xp, wp, bp, eps, momentum, rmp, rvp, yp, smp,
                                                    sip, ws, c.scratch_bytes(), c.stream());
@@ -119,7 +119,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm(
           return dlkern::batch_norm_fwd_eval_cpu(s, xp, wp, bp, rmp, rvp, eps, yp, smp, sip,
                                                  threads);
         },
-        [&](bind::Cuda& c) {
+        [&](auto& c) {
           void* ws = c.scratch(dlkern::batch_norm_cuda_workspace(s));
           return dlkern::batch_norm_fwd_eval_cuda(s, xp, wp, bp, rmp, rvp, eps, yp, smp, sip, ws,
                                                   c.scratch_bytes(), c.stream());
@@ -154,7 +154,7 @@ Grads3 batch_norm_backward(const at::Tensor& grad_output, const at::Tensor& inpu
       [&](int threads) {
         return dlkern::batch_norm_bwd_cpu(s, xp, gp, wp, mp, isp, training, dx, dw, db, threads);
       },
-      [&](bind::Cuda& c) {
+      [&](auto& c) {
         void* ws = c.scratch(dlkern::batch_norm_cuda_workspace(s));
         return dlkern::batch_norm_bwd_cuda(s, xp, gp, wp, mp, isp, training, dx, dw, db, ws,
                                            c.scratch_bytes(), c.stream());

@@ -125,9 +125,18 @@ class Cuda {
   at::Tensor ws_;
 };
 
+// A CUDA tensor in a build without CUDA kernels (DLKERN_FORCE_CPU=1, or torch's CUDA appeared
+// after the build): the one message, saying how to rebuild.
+[[noreturn]] inline void no_cuda_kernels(const std::string& op) {
+  TORCH_CHECK_NOT_IMPLEMENTED(false, "dlkern.", op, ": got a CUDA tensor, but this build of ",
+                              "dlkern has no CUDA kernels (it was built without CUDA); rebuild ",
+                              "with a CUDA torch and nvcc: pip install --no-build-isolation -e .");
+}
+
 // Runs one core call where `x` lives: cpu(threads) on the CPU (torch's intra-op thread count), or
-// cuda(Cuda&) under a guard for x's CUDA device. A build without CUDA kernels answers a CUDA
-// tensor here, saying how to rebuild (the CUDA lambda is then never instantiated into a call).
+// cuda(Cuda&) under a guard for x's CUDA device. The CUDA call is a generic lambda
+// ([&](auto& c) {...}): in a build without CUDA its body, which names the core's CUDA entry
+// points, is never instantiated.
 template <typename CpuCall, typename CudaCall>
 void run(const char* op, const at::Tensor& x, CpuCall&& cpu, CudaCall&& cuda) {
   if (!x.is_cuda()) return check_status(op, cpu(at::get_num_threads()));
@@ -137,9 +146,7 @@ void run(const char* op, const at::Tensor& x, CpuCall&& cpu, CudaCall&& cuda) {
   check_status(op, cuda(context));
 #else
   (void)cuda;
-  TORCH_CHECK_NOT_IMPLEMENTED(false, "dlkern.", op, ": got a CUDA tensor, but this build of ",
-                              "dlkern has no CUDA kernels (it was built without CUDA); rebuild ",
-                              "with a CUDA torch and nvcc: pip install --no-build-isolation -e .");
+  no_cuda_kernels(op);  // unreachable through the dispatcher (register_op), kept for direct calls
 #endif
 }
 
@@ -149,12 +156,26 @@ inline void* Cuda::stream() const { return c10::cuda::getCurrentCUDAStream().str
 
 // ---- registration ---------------------------------------------------------------------------
 
+#ifndef DLKERN_WITH_CUDA
+// The CUDA kernel of every op in a build without CUDA: refuses before any argument check or
+// allocation, as a stub per op would, naming the op (its schema name without "dlkern::").
+inline void no_cuda_kernel(const c10::OperatorHandle& op, torch::jit::Stack*) {
+  const std::string& name = op.schema().name();
+  no_cuda_kernels(name.substr(name.find("::") + 2));
+}
+#endif
+
 // Registers `kernel` (device-generic: it calls run()) for CPU and CUDA, and `autograd` for the
 // Autograd key, under the schema `name` that the same file defines.
 template <typename Kernel, typename Autograd>
 void register_op(torch::Library& m, const char* name, Kernel* kernel, Autograd&& autograd) {
   m.impl(name, torch::dispatch(c10::DispatchKey::CPU, kernel));
+#ifdef DLKERN_WITH_CUDA
   m.impl(name, torch::dispatch(c10::DispatchKey::CUDA, kernel));
+#else
+  m.impl(name, torch::dispatch(c10::DispatchKey::CUDA,
+                               torch::CppFunction::makeFromBoxedFunction<&no_cuda_kernel>()));
+#endif
   m.impl(name, torch::dispatch(c10::DispatchKey::Autograd, std::forward<Autograd>(autograd)));
 }
 

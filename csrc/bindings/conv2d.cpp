@@ -84,7 +84,7 @@ at::Tensor conv2d(const at::Tensor& input, const at::Tensor& weight, const OptTe
   float* yp = y.mutable_data_ptr<float>();
   bind::run(
       "conv2d", x, [&](int threads) { return dlkern::conv2d_fwd_cpu(s, xp, wp, bp, yp, threads); },
-      [&](bind::Cuda& c) {
+      [&](auto& c) {
         void* ws = c.scratch(dlkern::conv2d_cuda_workspace(s));
         return dlkern::conv2d_fwd_cuda(s, xp, wp, bp, yp, ws, c.scratch_bytes(), c.stream());
       });
@@ -107,7 +107,7 @@ Grads3 conv2d_backward(const at::Tensor& grad_output, const at::Tensor& input,
   bind::run(
       op, x,
       [&](int threads) { return dlkern::conv2d_bwd_cpu(s, xp, wp, gp, dx, dw, db, threads); },
-      [&](bind::Cuda& c) {
+      [&](auto& c) {
         void* ws = c.scratch(dlkern::conv2d_cuda_workspace(s));
         return dlkern::conv2d_bwd_cuda(s, xp, wp, gp, dx, dw, db, ws, c.scratch_bytes(),
                                        c.stream());

@@ -73,7 +73,7 @@ at::Tensor linear(const at::Tensor& input, const at::Tensor& weight, const OptTe
       [&](int threads) {
         return dlkern::linear_fwd_cpu(s, view_of(x), view_of(weight), bp, yp, threads);
       },
-      [&](bind::Cuda& c) {
+      [&](auto& c) {
         void* ws = c.scratch(dlkern::linear_cuda_workspace(s));
         return dlkern::linear_fwd_cuda(s, view_of(x), view_of(weight), bp, yp, ws,
                                        c.scratch_bytes(), c.stream());
@@ -99,7 +99,7 @@ Grads3 linear_backward(const at::Tensor& grad_output, const at::Tensor& input,
       [&](int threads) {
         return dlkern::linear_bwd_cpu(s, view_of(x), view_of(weight), gp, dx, dw, db, threads);
       },
-      [&](bind::Cuda& c) {
+      [&](auto& c) {
         void* ws = c.scratch(dlkern::linear_cuda_workspace(s));
         return dlkern::linear_bwd_cuda(s, view_of(x), view_of(weight), gp, dx, dw, db, ws,
                                        c.scratch_bytes(), c.stream());

@@ -34,7 +34,7 @@ at::Tensor softmax(const at::Tensor& input, int64_t dim) {
   float* yp = y.mutable_data_ptr<float>();
   bind::run(
       "softmax", x, [&](int threads) { return dlkern::softmax_fwd_cpu(s, xp, yp, threads); },
-      [&](bind::Cuda& c) { return dlkern::softmax_fwd_cuda(s, xp, yp, c.stream()); });
+      [&](auto& c) { return dlkern::softmax_fwd_cuda(s, xp, yp, c.stream()); });
   return y;
 }
 
@@ -52,7 +52,7 @@ at::Tensor softmax_backward(const at::Tensor& grad_output, const at::Tensor& out
   float* dxp = dx.mutable_data_ptr<float>();
   bind::run(
       op, y, [&](int threads) { return dlkern::softmax_bwd_cpu(s, yp, gp, dxp, threads); },
-      [&](bind::Cuda& c) { return dlkern::softmax_bwd_cuda(s, yp, gp, dxp, c.stream()); });
+      [&](auto& c) { return dlkern::softmax_bwd_cuda(s, yp, gp, dxp, c.stream()); });
   return dx;
 }
 

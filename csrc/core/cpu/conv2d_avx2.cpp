@@ -462,6 +462,7 @@ Status conv2d_fwd_avx2(const Conv2dShape& s, const float* x, const float* w, con
     }
     return st;
   }
+  std::vector<Status> status(static_cast<size_t>(s.N), Status::kOk);  // one per image: no race
   for_images(s.N, threads, s.K * PQ * (Kd + 1), [&](int64_t n, int inner) {
     for (int64_t g = 0; g < s.groups; ++g) {
       const float* xg = x + (n * s.C + g * Cg) * HW;
@@ -479,10 +480,12 @@ Status conv2d_fwd_avx2(const Conv2dShape& s, const float* x, const float* w, con
       ga.ldc = PQ;
       ga.row_bias = bias ? bias + g * Kg : nullptr;
       const Status r = gemm_avx2(ga, inner);
-      if (r != Status::kOk) st = r;
+      if (r != Status::kOk) status[n] = r;
     }
   });
-  return st;
+  for (const Status r : status)
+    if (r != Status::kOk) return r;
+  return Status::kOk;
 }
 
 namespace {
