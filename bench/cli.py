@@ -18,6 +18,36 @@ def split_csv(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+def add_report_options(ap, item: str) -> None:
+    """The options both command lines take for their reports and their run: --out, --format,
+    --keep-going (past a FAILED `item`), --no-peaks and --malloc."""
+    ap.add_argument("--out", default=None, help="directory for report files")
+    ap.add_argument("--format", default="md,csv,json",
+                    help="files written to --out: md, csv, json (default: all)")
+    ap.add_argument("--keep-going", action="store_true",
+                    help=f"carry on past a FAILED {item} (the exit code is still 1)")
+    ap.add_argument("--no-peaks", action="store_true", help="skip measuring the machine's peaks")
+    ap.add_argument("--malloc", choices=("steady", "default"), default="steady",
+                    help="steady (default): glibc keeps freed memory, so large outputs do not "
+                         "page-fault by chance on one side; default: leave malloc as it is")
+
+
+def start(argv, parse_args, list_text, build, prog: str):
+    """The command lines' common start: (argv, args, what build(args) returns), or the exit code
+    when there is nothing to run (0 after --list, 2 with the one-line usage error printed)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    if args.list:
+        print(list_text())
+        return 0
+    try:
+        apply_threads(args.threads, prog)
+        return argv, args, build(args)
+    except UsageError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+
+
 def parse_devices(arg: str | None, prog: str = "bench.layers") -> list[str]:
     """The --device list: cpu, cuda or both; UsageError for a GPU that is not there."""
     gpu = torch.cuda.is_available()

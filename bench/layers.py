@@ -26,8 +26,8 @@ from dlkern import registry
 
 from . import impls as impls_mod
 from . import machine, plot, report, runner, workloads
-from .cli import (UsageError, apply_threads, devices_info, parse_devices, report_failed,
-                  split_csv, write_reports)
+from .cli import (UsageError, add_report_options, devices_info, parse_devices, report_failed,
+                  split_csv, start, write_reports)
 from .progress import Progress
 from .timing import Budget
 
@@ -61,16 +61,8 @@ def parse_args(argv):
     ap.add_argument("--seeds", type=int, default=3, help="inputs checked before timing (>= 3)")
     ap.add_argument("--flush-l2", action="store_true",
                     help="CUDA: flush the L2 cache before every timed call")
-    ap.add_argument("--out", default=None, help="directory for report files")
-    ap.add_argument("--format", default="md,csv,json",
-                    help="files written to --out: md, csv, json (default: all)")
     ap.add_argument("--plot", action="store_true", help="also write PNG plots to --out")
-    ap.add_argument("--keep-going", action="store_true",
-                    help="carry on past a FAILED row (the exit code is still 1)")
-    ap.add_argument("--no-peaks", action="store_true", help="skip measuring the machine's peaks")
-    ap.add_argument("--malloc", choices=("steady", "default"), default="steady",
-                    help="steady (default): glibc keeps freed memory, so large outputs do not "
-                         "page-fault by chance on one side; default: leave malloc as it is")
+    add_report_options(ap, "row")
     ap.add_argument("--list", action="store_true", help="list suites, ops and their parameters")
     return ap.parse_args(argv)
 
@@ -151,17 +143,10 @@ def build(args) -> tuple[list[workloads.Row], list[str], runner.Config]:
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(argv)
-    if args.list:
-        print(_list())
-        return 0
-    try:
-        apply_threads(args.threads, "bench.layers")
-        rows, devices, cfg = build(args)
-    except UsageError as e:
-        print(str(e), file=sys.stderr)
-        return 2
+    started = start(argv, parse_args, _list, build, "bench.layers")
+    if isinstance(started, int):
+        return started
+    argv, args, (rows, devices, cfg) = started
 
     threads = machine.threads_info()
     alloc = machine.steady_malloc() if args.malloc == "steady" else {"malloc": "default"}

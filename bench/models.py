@@ -43,8 +43,8 @@ from dlkern.registry import Case
 
 from . import impls as impls_mod
 from . import machine, plot, report, runner
-from .cli import (UsageError, apply_threads, devices_info, parse_devices, report_failed,
-                  split_csv, write_reports)
+from .cli import (UsageError, add_report_options, devices_info, parse_devices, report_failed,
+                  split_csv, start, write_reports)
 from .progress import Progress, fmt_s
 from .runner import PASS_TITLES, PASSES, Result
 from .timing import NOISY_SPREAD, Budget
@@ -416,15 +416,8 @@ def parse_args(argv):
                     help="CPU threads for torch and dlkern alike (default: torch's default)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 2 samples, 1 warm-up (numbers are indicative only)")
-    ap.add_argument("--out", default=None, help="directory for report files")
-    ap.add_argument("--format", default="md,csv,json",
-                    help="files written to --out: md, csv, json (default: all)")
     ap.add_argument("--plot", action="store_true", help="also write a PNG bar chart to --out")
-    ap.add_argument("--keep-going", action="store_true",
-                    help="carry on past a FAILED model (the exit code is still 1)")
-    ap.add_argument("--no-peaks", action="store_true", help="skip measuring the machine's peaks")
-    ap.add_argument("--malloc", choices=("steady", "default"), default="steady",
-                    help="glibc malloc keeps freed memory (default steady), as in bench.layers")
+    add_report_options(ap, "model")
     ap.add_argument("--list", action="store_true", help="list the models")
     return ap.parse_args(argv)
 
@@ -502,17 +495,10 @@ def build(args) -> tuple[list[Plan], list[str], Config]:
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(argv)
-    if args.list:
-        print(_list())
-        return 0
-    try:
-        apply_threads(args.threads, PROG)
-        plans, devices, cfg = build(args)
-    except UsageError as e:
-        print(str(e), file=sys.stderr)
-        return 2
+    started = start(argv, parse_args, _list, build, PROG)
+    if isinstance(started, int):
+        return started
+    argv, args, (plans, devices, cfg) = started
     threads = machine.threads_info()
     alloc = machine.steady_malloc() if args.malloc == "steady" else {"malloc": "default"}
     dev_info = devices_info(devices, threads, not args.no_peaks, 0.3)
