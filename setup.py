@@ -45,8 +45,11 @@ force_cpu = truthy("DLKERN_FORCE_CPU")
 with_cuda = (not force_cpu and torch.version.cuda is not None
              and cpp_extension.CUDA_HOME is not None)
 
-if with_cuda and not os.path.isfile(os.path.join(cpp_extension.CUDA_HOME, "include",
-                                                  "cuda_runtime.h")):
+# where torch's CUDA builder looks for the toolkit's headers (CUDA_INC_PATH: CMake's variable)
+cuda_includes = [os.path.join(cpp_extension.CUDA_HOME or "", *sub) for sub in
+                 (("include",), ("targets", "x86_64-linux", "include"))]
+cuda_includes += [os.environ["CUDA_INC_PATH"]] if os.environ.get("CUDA_INC_PATH") else []
+if with_cuda and not any(os.path.isfile(os.path.join(d, "cuda_runtime.h")) for d in cuda_includes):
     raise SystemExit(f"dlkern: the CUDA toolkit torch found at CUDA_HOME={cpp_extension.CUDA_HOME} "
                      "has no include/cuda_runtime.h (is nvcc a wrapper script?); set CUDA_HOME to "
                      "the toolkit's folder (e.g. CUDA_HOME=/usr/local/cuda), or build the CPU "
