@@ -18,6 +18,23 @@ def split_csv(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+def closed_pipe_is_quiet(main):
+    """Wraps a command line's main: when its reader goes away (`... --list | head`), it stops
+    without a traceback, as other Unix tools do (exit 141, 128 + SIGPIPE)."""
+    import functools
+
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs):
+        try:
+            code = main(*args, **kwargs)
+            sys.stdout.flush()
+            return code
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+            return 141
+    return wrapped
+
+
 def add_report_options(ap, item: str) -> None:
     """The options both command lines take for their reports and their run: --out, --format,
     --keep-going (past a FAILED `item`), --no-peaks and --malloc."""

@@ -26,8 +26,8 @@ from dlkern import registry
 
 from . import impls as impls_mod
 from . import machine, plot, report, runner, workloads
-from .cli import (UsageError, add_report_options, devices_info, parse_devices, report_failed,
-                  split_csv, start, write_reports)
+from .cli import (UsageError, add_report_options, closed_pipe_is_quiet, devices_info,
+                  parse_devices, report_failed, split_csv, start, write_reports)
 from .progress import Progress
 from .timing import Budget
 
@@ -142,6 +142,7 @@ def build(args) -> tuple[list[workloads.Row], list[str], runner.Config]:
     return rows, devices, cfg
 
 
+@closed_pipe_is_quiet
 def main(argv=None) -> int:
     started = start(argv, parse_args, _list, build, "bench.layers")
     if isinstance(started, int):

@@ -43,8 +43,8 @@ from dlkern.registry import Case
 
 from . import impls as impls_mod
 from . import machine, plot, report, runner
-from .cli import (UsageError, add_report_options, devices_info, parse_devices, report_failed,
-                  split_csv, start, write_reports)
+from .cli import (UsageError, add_report_options, closed_pipe_is_quiet, devices_info,
+                  parse_devices, report_failed, split_csv, start, write_reports)
 from .progress import Progress, fmt_s
 from .runner import PASS_TITLES, PASSES, Result
 from .timing import NOISY_SPREAD, Budget
@@ -494,6 +494,7 @@ def build(args) -> tuple[list[Plan], list[str], Config]:
     return plans, devices, cfg
 
 
+@closed_pipe_is_quiet
 def main(argv=None) -> int:
     started = start(argv, parse_args, _list, build, PROG)
     if isinstance(started, int):

@@ -548,6 +548,19 @@ def test_cli_smoke_subprocess(tmp_path):
     assert report.validate(json.loads((tmp_path / "results.json").read_text())) == []
 
 
+@pytest.mark.parametrize("module", ["bench.layers", "bench.models"])
+def test_a_closed_pipe_ends_the_command_line_quietly(module):
+    """`python -m bench.layers --list | head -1`: when the reader goes away first, the command
+    stops with exit 141 (128 + SIGPIPE) and no traceback."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", module, "--list"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the child has imported torch, so its first write finds no reader
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err, err
+
+
 def test_gpu_device_header_renders_peaks_and_clocks():
     text = report.device_header({"device": "cuda", "name": "NVIDIA H100", "peaks": {
         "matmul_fp32_gflops": 51000.0, "copy_gbps": 3000.0},
