@@ -241,8 +241,7 @@ def run_row(row: Row, device: str, cfg: Config, tick: Callable[[str], None] = la
             bad = _after_timing(spec, case, device, impl, pristine, own[n], cfg)
             if bad:
                 failed[n] = bad
-    collect({n: i.label for n, i in ready.items()}, passes, timed, failed,
-            lambda n, label, p, st, stats, detail: add(n, label, p, st, stats, detail))
+    collect({n: i.label for n, i in ready.items()}, passes, timed, failed, add)
     return in_order(results, cfg.impls)
 
 

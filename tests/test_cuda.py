@@ -64,14 +64,19 @@ def test_bench_cases_cuda(spec):
             assert v.ok, f"{spec.name} {case.name} (cuda): {v}"
 
 
+def _call_on(stream, spec, kw, inputs):
+    """The op's output and the gradients of its differentiable inputs, queued on `stream`."""
+    with torch.cuda.stream(stream):
+        out = spec.fn(**kw)
+        grads = []
+        if inputs.grad and out.numel():
+            grads = torch.autograd.grad(out, [kw[n] for n in inputs.grad], torch.ones_like(out))
+    return [out.detach(), *grads]
+
+
 def _outputs(spec, case):
     inputs = spec.make_inputs(case.params, "cuda", 0)
-    kw = testing.leaf_kwargs(inputs)
-    out = spec.fn(**kw)
-    grads = []
-    if inputs.grad and out.numel():
-        grads = torch.autograd.grad(out, [kw[n] for n in inputs.grad], torch.ones_like(out))
-    return [out.detach(), *grads]
+    return _call_on(torch.cuda.current_stream(), spec, testing.leaf_kwargs(inputs), inputs)
 
 
 @pytest.mark.parametrize("spec,case", CASES)
@@ -100,15 +105,6 @@ def _stream_cases():
     1x1 and depthwise convolutions, ...) and each op's first benchmark shape."""
     return CASES + [pytest.param(spec, spec.bench_cases[0], id=f"{spec.name}[{spec.bench_cases[0].name}]")
                     for spec in registry.ops()]
-
-
-def _call_on(stream, spec, kw, inputs):
-    with torch.cuda.stream(stream):
-        out = spec.fn(**kw)
-        grads = []
-        if inputs.grad and out.numel():
-            grads = torch.autograd.grad(out, [kw[n] for n in inputs.grad], torch.ones_like(out))
-    return [out.detach(), *grads]
 
 
 @pytest.mark.parametrize("spec,case", _stream_cases())
