@@ -1,4 +1,5 @@
-"""Implementations a run can time: `--impl torch,custom,custom:<variant>,torch-compile`.
+"""Implementations a run can time: `--impl torch,custom,custom:<variant>,torch-compile`, and
+`torch-again` (torch under another name: the A/A check).
 
 An implementation turns an op's registry entry into a callable with the torch reference's keyword
 arguments, for one device. `torch` is the baseline every ratio is taken against and is not gated
@@ -18,6 +19,7 @@ import dlkern
 from dlkern.registry import OpSpec
 
 TORCH = "torch"
+TORCH_AGAIN = "torch-again"
 
 
 class Unavailable(Exception):
@@ -75,6 +77,12 @@ def resolve(name: str, spec: OpSpec, device: str) -> Impl:
 
 def _torch(spec: OpSpec, device: str, arg) -> Impl:
     return Impl(TORCH, f"PyTorch {torch.__version__.split('+')[0]}", spec.ref, is_baseline=True)
+
+
+def _torch_again(spec: OpSpec, device: str, arg) -> Impl:
+    """torch itself under another name, gated and timed like any other implementation: the A/A
+    check of the harness (its ratios to torch must come out 1 within their intervals)."""
+    return Impl(TORCH_AGAIN, f"PyTorch {torch.__version__.split('+')[0]} (again)", spec.ref)
 
 
 def _custom_label(device: str, variant: str | None) -> str:
@@ -146,6 +154,7 @@ def _cupy(spec: OpSpec, device: str, arg) -> Impl:
 
 
 register(TORCH, _torch)
+register(TORCH_AGAIN, _torch_again)
 register("custom", _custom)
 register("custom:", _custom_variant)
 register("torch-compile", _torch_compile)

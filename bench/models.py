@@ -47,7 +47,7 @@ from .cli import (UsageError, add_report_options, closed_pipe_is_quiet, devices_
                   parse_devices, report_failed, split_csv, start, write_reports)
 from .progress import Progress, fmt_s
 from .runner import PASS_TITLES, PASSES, Result
-from .timing import NOISY_SPREAD, Budget
+from .timing import Budget
 from .workloads import Row
 
 PROG = "bench.models"
@@ -342,9 +342,8 @@ def markdown(results: list[Result], gates: list[GateRecord], meta: dict, plans: 
            f"Input: batch {common}{f' ({others})' if others else ''}, 3x{cfg.image}x{cfg.image}, "
            f"{cfg.num_classes} classes, float32.  ",
            f"Each pass: {b.warmup_calls} warm-up call(s) per implementation, then "
-           f"{b.max_samples} interleaved samples each; times are medians, {report.NOISY_MARK} "
-           f"marks a spread (p80-p20)/median above {NOISY_SPREAD:.0%}; "
-           f"malloc {meta.get('malloc', 'default')}.  ",
+           f"{b.max_samples} interleaved samples each. {report.TIMES_TEXT} "
+           f"(±{b.target_ratio:.0%}); malloc {meta.get('malloc', 'default')}.  ",
            f"Gate before timing: batch {cfg.gate_batch}, train mode with dropout off; logits, "
            "every parameter's gradient and the running statistics within the registry's "
            "tolerances of torch float32/float64."]

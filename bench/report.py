@@ -31,8 +31,9 @@ from .impls import TORCH
 from .runner import PASS_TITLES, PASSES, Result
 from .workloads import STANDARD_SUITES, USER_SUITE
 
-SCHEMA = "dlkern.bench/1"
+SCHEMA = "dlkern.bench/2"
 NOISY_MARK = "†"
+WIDE_MARK = "‡"
 
 
 # ---- metadata ------------------------------------------------------------------------------
@@ -104,7 +105,8 @@ def records(results: list[Result], meta: dict) -> list[dict]:
             spread=s.spread if s else None, noisy=bool(s and s.noisy),
             faults_per_call=s.faults_per_call if s else None,
             flops=r.flops, bytes=r.bytes, gflops=None, gbps=None, pct_peak_flops=None,
-            pct_peak_bw=None, ratio_vs_torch=None, detail=r.detail)
+            pct_peak_bw=None, ratio=None, ratio_lo=None, ratio_hi=None, ratio_rounds=0,
+            ratio_wide=False, detail=r.detail)
         if s and s.median > 0:
             rec["gflops"] = r.flops / s.median * 1e-9
             rec["gbps"] = r.bytes / s.median * 1e-9 if r.bytes else None
@@ -112,11 +114,21 @@ def records(results: list[Result], meta: dict) -> list[dict]:
                 rec["pct_peak_flops"] = 100 * rec["gflops"] / peaks["peak_gflops"]
             if peaks.get("peak_gbps") and rec["gbps"] is not None:
                 rec["pct_peak_bw"] = 100 * rec["gbps"] / peaks["peak_gbps"]
-            b = base.get((r.device, r.row.key, r.pass_))
-            if b and r.impl != TORCH:
-                rec["ratio_vs_torch"] = s.median / b
+            rec.update(_ratio_fields(s, base.get((r.device, r.row.key, r.pass_)), r.impl))
         out.append(rec)
     return out
+
+
+def _ratio_fields(s, base_median: float | None, impl: str) -> dict:
+    """The record's ratio to torch: the paired estimate and its interval when the two were timed
+    together, else (timed apart after a failure) the ratio of the medians, without an interval."""
+    if impl == TORCH or not base_median:
+        return {}
+    if s.ratio is None:
+        return {"ratio": s.median / base_median}
+    q = s.ratio
+    return {"ratio": q.median, "ratio_lo": q.lo, "ratio_hi": q.hi, "ratio_rounds": q.rounds,
+            "ratio_wide": q.wide}
 
 
 RECORD_TYPES = {
@@ -127,7 +139,9 @@ RECORD_TYPES = {
     "faults_per_call": (float, int, type(None)),
     "flops": (int, float), "bytes": (int, float), "gflops": (float, type(None)),
     "gbps": (float, type(None)), "pct_peak_flops": (float, type(None)),
-    "pct_peak_bw": (float, type(None)), "ratio_vs_torch": (float, type(None)), "detail": str,
+    "pct_peak_bw": (float, type(None)), "ratio": (float, type(None)),
+    "ratio_lo": (float, type(None)), "ratio_hi": (float, type(None)), "ratio_rounds": int,
+    "ratio_wide": bool, "detail": str,
 }
 META_KEYS = ("date", "git_commit", "torch", "python", "dlkern", "command", "threads", "devices",
              "impls", "passes", "budget")
@@ -267,13 +281,15 @@ def tensorgrad_tables(results, device, suite, impls, passes) -> str:
             out.append("|---|" + "---:|" * len(heads))
             per_col = [[] for _ in heads]
             for row in (r for r in rows if r.op == name):
-                vals = []
-                for n, _ in cols:
-                    r = idx.get((device, row.key, n, p))
-                    vals.append(r.median if r is not None and r.status == "ok" else None)
+                got = [idx.get((device, row.key, n, p)) for n, _ in cols]
+                got = [r if r is not None and r.status == "ok" else None for r in got]
+                vals = [r.median if r else None for r in got]
+                wide = False
                 if ratio_col:
-                    t, c = vals[0], vals[len(base)]
-                    vals.append(c / t if t and c else None)
+                    q = (_ratio_fields(got[len(base)].stats, vals[0], others[0][0])
+                         if got[len(base)] else {})
+                    vals.append(q.get("ratio"))
+                    wide = q.get("ratio_wide", False)
                 cells = []
                 for j, v in enumerate(vals):
                     if v is None:
@@ -281,7 +297,7 @@ def tensorgrad_tables(results, device, suite, impls, passes) -> str:
                         cells.append("FAILED" if r is not None and r.status == "failed" else "-")
                     else:
                         per_col[j].append(v)
-                        cells.append(f"{v:.5g}")
+                        cells.append(f"{v:.5g}" + (WIDE_MARK if wide and j == len(cols) else ""))
                 out.append(f"| {row.case.name} | " + " | ".join(cells) + " |")
             overall = [f"{statistics.median(v):.5g}" if v else "-" for v in per_col]
             out.append("| overall | " + " | ".join(overall) + " |")
@@ -322,8 +338,8 @@ def ratio_table(recs: list[dict], device: str, first: str | None, label: str = "
     if not first:
         return ""
     label = label or first
-    lines = [f"| row | pass | torch | {label} | ratio | spread (torch / {label}) |",
-             "|---|---|---:|---:|---:|---|"]
+    lines = [f"| row | pass | torch | {label} | ratio | 95% interval | rounds | "
+             f"spread (torch / {label}) |", "|---|---|---:|---:|---:|---|---:|---|"]
     base = {(r["op"], r["case"], r["pass"]): r for r in recs
             if r["device"] == device and r["impl"] == TORCH}
     n = 0
@@ -333,15 +349,27 @@ def ratio_table(recs: list[dict], device: str, first: str | None, label: str = "
         b = base.get((r["op"], r["case"], r["pass"]))
         if b is None:
             continue
-        ratio = r["ratio_vs_torch"]
+        ratio = r["ratio"]
         cell = "FAILED" if r["status"] == "failed" else (f"**{ratio:.3f}**" if ratio else "-")
         noisy = " (noisy)" if r["noisy"] or b["noisy"] else ""
         lines.append(f"| {r['op']} {r['case']} | {r['pass']} | {fmt_time(b['median_s'])} | "
-                     f"{fmt_time(r['median_s'])} | {cell} | "
+                     f"{fmt_time(r['median_s'])} | {cell} | {interval_text(r)} | "
+                     f"{r['ratio_rounds'] or '-'} | "
                      f"{_fmt_num(b['spread'], '{:.0%}')} / {_fmt_num(r['spread'], '{:.0%}')}"
                      f"{noisy} |")
         n += 1
     return "\n".join(lines) if n else ""
+
+
+def interval_text(rec: dict) -> str:
+    """A record's ratio interval, '0.912 - 0.934', with WIDE_MARK when it is wider than the
+    target the sampling aimed for; '-' when it has none."""
+    if rec["status"] != "ok" or rec["ratio"] is None:
+        return "-"
+    if rec["ratio_lo"] is None:
+        return "none"
+    return (f"{rec['ratio_lo']:.3f} - {rec['ratio_hi']:.3f}"
+            + (WIDE_MARK if rec["ratio_wide"] else ""))
 
 
 def roofline_table(recs: list[dict], device: str) -> str:
@@ -397,6 +425,12 @@ def suite_order(results: list[Result]) -> list[str]:
     return std + rest + ([USER_SUITE] if USER_SUITE in present else [])
 
 
+TIMES_TEXT = (f"Times are medians over interleaved samples (bench/timing.py), {NOISY_MARK} "
+              "marking a spread (p80-p20)/median above 10%; a ratio is the median of the "
+              "per-round ratios of samples taken back to back, with its 95% interval, "
+              f"{WIDE_MARK} marking one that ended wider than the target")
+
+
 def markdown(results: list[Result], meta: dict, passes: list[str]) -> str:
     recs = records(results, meta)
     impls = _impls_in(results)
@@ -405,8 +439,8 @@ def markdown(results: list[Result], meta: dict, passes: list[str]) -> str:
     out.append(f"{meta['date'][:10]} · torch {meta['torch']} · dlkern CPU path "
                f"{meta['dlkern'].get('cpu_isa')} · git {meta['git_commit'][:12]}  ")
     out.append(f"command: `{meta['command']}`  ")
-    out.append("Times are medians over interleaved samples (bench/timing.py); "
-               f"{NOISY_MARK} marks a spread (p80-p20)/median above 10%; "
+    target = meta["budget"].get("target_ratio")
+    out.append(f"{TIMES_TEXT}{f' (±{target:.0%})' if target else ''}; "
                f"malloc {meta.get('malloc', 'default')}.")
     th = meta.get("threads") or {}
     if th and not th.get("consistent", True):

@@ -131,10 +131,12 @@ def no_grad_context(impl) -> Callable[[], contextlib.AbstractContextManager]:
 # ---- the skeleton both command lines share (bench.layers rows, bench.models models) ---------
 
 def time_passes(names, passes, make, device: str, budget: Budget, tick, flush=None,
-                traceback_lines: int = 3) -> tuple[dict[tuple[str, str], Stats], dict[str, str]]:
+                traceback_lines: int = 3, baseline: str | None = impls_mod.TORCH
+                ) -> tuple[dict[tuple[str, str], Stats], dict[str, str]]:
     """Per pass, make(name, pass) -> (callable, context) for every implementation not failed yet,
-    timed interleaved; when the joint timing raises, each one alone, to say which one raised
-    (with the last `traceback_lines` frames of its traceback, none when 0).
+    timed interleaved, with ratios paired against `baseline`; when the joint timing raises, each
+    one alone, to say which one raised (with the last `traceback_lines` frames of its traceback,
+    none when 0).
     Returns ({(name, pass): Stats}, {name: why it failed})."""
     timed: dict[tuple[str, str], Stats] = {}
     failed: dict[str, str] = {}
@@ -150,7 +152,8 @@ def time_passes(names, passes, make, device: str, budget: Budget, tick, flush=No
         if fns:
             try:
                 timed.update({(n, p): st for n, st in time_interleaved(
-                    fns, device=device, budget=budget, contexts=ctxs, flush=flush).items()})
+                    fns, device=device, budget=budget, contexts=ctxs, flush=flush,
+                    baseline=baseline).items()})
             except Exception:
                 for n in fns:
                     try:

@@ -69,9 +69,10 @@ def test_stopping_rule_quiet_stops_at_min_samples():
     assert st["a"].samples == st["b"].samples == 7          # quiet: stops at min_samples
     assert st["a"].median == pytest.approx(1e-3) and st["b"].median == pytest.approx(2e-3)
     assert st["a"].calls_per_sample == 4 and st["b"].calls_per_sample == 2
-    # interleaved, order flipped every round: after warm-up, a-block b-block b-block a-block ...
-    timed = "".join(calls)[-(7 * 4 + 7 * 2):]
-    assert timed[:12] == "aaaabb" + "bbaaaa" and timed[12:18] == "aaaabb"
+    # interleaved, order flipped every round: after warm-up, a-block b-block b-block a-block ...,
+    # each block one untimed call and then its timed calls
+    timed = "".join(calls)[-(7 * 5 + 7 * 3):]
+    assert timed[:16] == "aaaaabbb" + "bbbaaaaa" and timed[16:24] == "aaaaabbb"
 
 
 def test_stopping_rule_noisy_stops_at_budget():
@@ -85,8 +86,59 @@ def test_stopping_rule_noisy_stops_at_budget():
                target_spread=0.01, budget_s=0.5)
     st = timing.time_interleaved({"x": noisy}, budget=b, clock=clock)
     assert 5 < st["x"].samples < 1000 and st["x"].noisy
-    # the budget bounds the sampling time: samples x mean(2.33 ms) ~ 0.5 s
-    assert st["x"].samples == pytest.approx(0.5 / (7e-3 / 3), rel=0.05)
+    # the budget bounds the sampling time: samples x 2 calls (one untimed) x mean(2.33 ms) ~ 0.5 s
+    assert st["x"].samples == pytest.approx(0.5 / (2 * 7e-3 / 3), rel=0.05)
+
+
+@pytest.mark.parametrize("n", [1, 5, 6, 7, 15, 33, 100, 400])
+def test_median_interval_is_the_exact_binomial_order_statistics(n):
+    from math import comb
+    xs = list(np.random.default_rng(n).random(n))
+    med, lo, hi = timing.median_interval(xs)
+    assert med == pytest.approx(float(np.median(xs)))
+    if n < 6:                      # 2 / 2^n > 5%: no 95% interval exists
+        assert lo is None and hi is None
+        return
+    s = sorted(xs)
+    j = s.index(lo) + 1
+    assert hi == s[n - j]
+    cover = lambda j: 1 - 2 * sum(comb(n, i) for i in range(j)) / 2 ** n  # noqa: E731
+    assert cover(j) >= 0.95 and (j + 1 > n // 2 or cover(j + 1) < 0.95)
+
+
+def test_median_interval_covers_the_true_median_95_percent_of_the_time():
+    rng = np.random.default_rng(7)
+    hits = 0
+    for _ in range(2000):
+        xs = rng.lognormal(0.0, 0.3, 25)        # true median exp(0) = 1
+        _, lo, hi = timing.median_interval(xs)
+        hits += lo <= 1.0 <= hi
+    assert 0.94 <= hits / 2000 <= 0.99          # exact binomial coverage of n=25 is 95.7%
+
+
+def test_paired_ratio_cancels_drift_and_stops_on_its_interval():
+    """Both sides slow down together (a drifting machine): each side's spread is huge, the
+    paired ratio is exact, so the ratio rule stops at min_samples where the spread rule would
+    run to the budget."""
+    clock = FakeClock()
+    speed = [1.0]
+
+    def make(dt):
+        def fn():
+            clock.t += dt * speed[0]
+            speed[0] *= 1.01                     # every call 1% slower than the last
+        return fn
+    b = Budget(warmup_s=0.0, min_sample_s=0.0, min_samples=9, max_samples=500,
+               target_spread=0.01, target_ratio=0.02, budget_s=100)
+    st = timing.time_interleaved({"a": make(2e-3), "b": make(1e-3)}, budget=b, clock=clock,
+                                 baseline="b")
+    r = st["a"].ratio
+    assert st["b"].ratio is None and 9 <= st["a"].samples <= 12 and st["a"].noisy
+    assert r.rounds == st["a"].samples and r.contains(2.0) \
+        and r.median == pytest.approx(2.0, rel=0.03)
+    assert not r.wide and r.half_width <= 0.02
+    alone = timing.time_interleaved({"a": make(2e-3), "b": make(1e-3)}, budget=b, clock=clock)
+    assert alone["a"].ratio is None and alone["a"].samples > 100   # spread rule: to the budget
 
 
 def test_contexts_wrap_each_block_outside_the_timed_call():
@@ -215,8 +267,8 @@ def test_records_roofline_and_ratio():
     assert r["gflops"] == pytest.approx(flops / 1.5e9)
     assert r["pct_peak_flops"] == pytest.approx(100 * flops / 1.5e9 / 100.0)
     assert r["pct_peak_bw"] == pytest.approx(100 * nbytes / 1.5e9 / 10.0)
-    assert r["ratio_vs_torch"] == pytest.approx(1.5 / 2.0)
-    assert next(x for x in recs if x["impl"] == "torch")["ratio_vs_torch"] is None
+    assert r["ratio"] == pytest.approx(1.5 / 2.0)
+    assert next(x for x in recs if x["impl"] == "torch")["ratio"] is None
 
 
 def test_json_schema_roundtrip_and_rejects_broken_documents():
@@ -533,7 +585,7 @@ def test_compare_flags_regressions(tmp_path, capsys):
     junk = tmp_path / "junk.json"
     junk.write_text("{}")
     assert compare.main([str(old), str(junk)]) == 2
-    assert "is not a dlkern.bench/1 result" in capsys.readouterr().err
+    assert "is not a dlkern.bench/2 result" in capsys.readouterr().err
 
 
 def test_cli_smoke_subprocess(tmp_path):
@@ -590,3 +642,18 @@ def test_cupy_refuses_cpu_rows_and_ops_it_lacks():
         if cupy_impl.available() is None:
             with pytest.raises(impls.Unavailable, match="CuPy has no conv2d implementation"):
                 impls.resolve("cupy", registry.get("conv2d"), "cuda")
+
+
+def test_torch_again_is_gated_timed_and_paired_against_torch():
+    """The A/A check: torch under another name goes through the gate and the paired estimate;
+    its record carries the ratio, its interval and the rounds."""
+    row = workloads.select(["tensorgrad"], ["softmax"])[0]
+    b = Budget(warmup_s=0.002, min_sample_s=2e-4, min_samples=8, max_samples=30, budget_s=0.3)
+    cfg = runner.Config(impls=["torch-again", "torch"], passes=["forward"], budget=b, seeds=(0,))
+    res = runner.run_row(row, "cpu", cfg)
+    again = next(r for r in res if r.impl == "torch-again")
+    assert again.status == "ok" and again.stats.ratio.rounds == again.stats.samples >= 8
+    rec = next(r for r in report.records(res, _meta()) if r["impl"] == "torch-again")
+    assert rec["ratio_lo"] <= rec["ratio"] <= rec["ratio_hi"] and 0.5 < rec["ratio"] < 2
+    table = report.ratio_table(report.records(res, _meta()), "cpu", "torch-again")
+    assert f"{rec['ratio_lo']:.3f} - {rec['ratio_hi']:.3f}" in table
