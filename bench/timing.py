@@ -4,9 +4,10 @@ Method (why; docs/benchmarks.md, "Timing method", says the same for users):
 - The machine is shared and noisy, so absolute times drift; a ratio is only meaningful when both
   sides see the same drift. Implementations are timed in alternating blocks (A B A B ..., the
   order flipped every round so neither always goes first).
-- CPU: each block starts with one untimed call, so no sample pays for refilling the caches the
-  other implementation's block evicted (measured: without it, each side was 10-12% slower when it
-  followed the other, and the per-round ratios of a 1.5 ms linear were bimodal).
+- CPU: each block starts with `rewarm_calls` (1) untimed call, so no sample pays for refilling
+  the caches the other implementation's block evicted (measured: without it, each side was
+  10-12% slower when it followed the other, and the per-round ratios of a 1.5 ms linear were
+  bimodal).
 - Each sample is the mean over enough back-to-back calls to last >= `min_sample_s`, so the timer's
   resolution and per-call jitter do not dominate microsecond kernels.
 - Warm-up is sized by time, not count: each implementation runs for `warmup_s` and at least
@@ -165,6 +166,9 @@ class Budget:
     budget_s: float = 2.0
     # at least this many warm-up calls (a second-long model call needs one, not three)
     warmup_calls: int = 3
+    # untimed calls at the start of every CPU block (0 where a sample is one call so long that
+    # refilling caches is negligible and the extra call would double the run: bench.models)
+    rewarm_calls: int = 1
 
     @classmethod
     def quick(cls) -> "Budget":
@@ -173,11 +177,13 @@ class Budget:
 
 
 class _HostTimer:
-    def __init__(self, clock):
+    def __init__(self, clock, rewarm_calls: int):
         self.clock = clock
+        self.rewarm_calls = rewarm_calls
 
     def block(self, fn, n: int, flush) -> float:
-        fn()  # untimed: refills the caches the other implementation's block evicted
+        for _ in range(self.rewarm_calls):  # untimed: refill what the other block evicted
+            fn()
         t0 = self.clock()
         for _ in range(n):
             fn()
@@ -219,7 +225,7 @@ def time_interleaved(fns: Mapping[str, Callable[[], object]], *, device: str = "
         timer = _CudaTimer()
     else:
         sync = lambda: None  # noqa: E731
-        timer = _HostTimer(clock)
+        timer = _HostTimer(clock, b.rewarm_calls)
         flush = None  # an L2 flush is a GPU option; CPU caches are left as the workload leaves them
     names = list(fns)
     paired = baseline in fns and len(fns) > 1
@@ -270,7 +276,8 @@ def time_interleaved(fns: Mapping[str, Callable[[], object]], *, device: str = "
             if quiet or clock() - start > b.budget_s:
                 break
     ratios = _ratios(samples, baseline, b) if paired else {}
-    out = {k: summarize(v, reps[k], -1.0 if cuda else faults[k] / (len(v) * reps[k]))
+    calls = {k: reps[k] + (0 if cuda else b.rewarm_calls) for k in names}  # all that faulted
+    out = {k: summarize(v, reps[k], -1.0 if cuda else faults[k] / (len(v) * calls[k]))
            for k, v in samples.items()}
     for k, r in ratios.items():
         out[k].ratio = r

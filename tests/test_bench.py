@@ -73,6 +73,11 @@ def test_stopping_rule_quiet_stops_at_min_samples():
     # each block one untimed call and then its timed calls
     timed = "".join(calls)[-(7 * 5 + 7 * 3):]
     assert timed[:16] == "aaaaabbb" + "bbbaaaaa" and timed[16:24] == "aaaaabbb"
+    calls.clear()
+    b.rewarm_calls = 0                       # bench.models: no untimed call per block
+    timing.time_interleaved({"a": make("a", 1e-3), "b": make("b", 2e-3)}, budget=b, clock=clock)
+    timed = "".join(calls)[-(7 * 4 + 7 * 2):]
+    assert timed[:12] == "aaaabb" + "bbaaaa"
 
 
 def test_stopping_rule_noisy_stops_at_budget():
