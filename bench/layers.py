@@ -156,7 +156,7 @@ def main(argv=None) -> int:
           f"impls {','.join(cfg.impls)}, {threads['torch_intraop']} threads; about {est:.0f} s",
           file=sys.stderr)
     dev_info = devices_info(devices, threads, not args.no_peaks, 0.1 if args.quick else 0.3)
-    steps = len(rows) * len(devices) * (1 + len(cfg.passes) * cfg.budget.sweeps)
+    steps = len(rows) * len(devices) * (1 + len(cfg.passes))
     prog = Progress(steps, est)
     try:
         results, stopped = runner.run(rows, devices, cfg, prog)

@@ -482,7 +482,7 @@ def build(args) -> tuple[list[Plan], list[str], Config]:
     reps, warm = (2, 1) if args.quick else (args.reps, args.warmup)
     budget = Budget(warmup_s=0.0, min_sample_s=0.05, min_samples=reps, max_samples=reps,
                     target_spread=0.0, budget_s=float("inf"), warmup_calls=warm,
-                    rewarm_calls=0, sweeps=1)
+                    rewarm_calls=0)
     plans = []
     for k in keys:
         batch = args.batch or dm.MODELS[k][2]

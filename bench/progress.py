@@ -55,12 +55,6 @@ class Progress:
                           f"~{fmt_s(self.left_s())} left\n")
         self.stream.flush()
 
-    def note(self, line: str) -> None:
-        """A line of its own (plain output only: the bar says where the run is)."""
-        if self.enabled and not self.tty:
-            self.stream.write(line + "\n")
-            self.stream.flush()
-
     def close(self) -> None:
         if self.tty:
             self.stream.write("\r" + " " * 100 + "\r")

@@ -106,7 +106,7 @@ def records(results: list[Result], meta: dict) -> list[dict]:
             faults_per_call=s.faults_per_call if s else None,
             flops=r.flops, bytes=r.bytes, gflops=None, gbps=None, pct_peak_flops=None,
             pct_peak_bw=None, ratio=None, ratio_lo=None, ratio_hi=None, ratio_rounds=0,
-            ratio_wide=False, sweeps_kept=0, sweeps=0, detail=r.detail)
+            ratio_wide=False, detail=r.detail)
         if s and s.median > 0:
             rec["gflops"] = r.flops / s.median * 1e-9
             rec["gbps"] = r.bytes / s.median * 1e-9 if r.bytes else None
@@ -128,7 +128,7 @@ def _ratio_fields(s, base_median: float | None, impl: str) -> dict:
         return {"ratio": s.median / base_median}
     q = s.ratio
     return {"ratio": q.median, "ratio_lo": q.lo, "ratio_hi": q.hi, "ratio_rounds": q.rounds,
-            "ratio_wide": q.wide, "sweeps_kept": q.sweeps_kept, "sweeps": q.sweeps}
+            "ratio_wide": q.wide}
 
 
 RECORD_TYPES = {
@@ -141,7 +141,7 @@ RECORD_TYPES = {
     "gbps": (float, type(None)), "pct_peak_flops": (float, type(None)),
     "pct_peak_bw": (float, type(None)), "ratio": (float, type(None)),
     "ratio_lo": (float, type(None)), "ratio_hi": (float, type(None)), "ratio_rounds": int,
-    "ratio_wide": bool, "sweeps_kept": int, "sweeps": int, "detail": str,
+    "ratio_wide": bool, "detail": str,
 }
 META_KEYS = ("date", "git_commit", "torch", "python", "dlkern", "command", "threads", "devices",
              "impls", "passes", "budget")
@@ -354,21 +354,11 @@ def ratio_table(recs: list[dict], device: str, first: str | None, label: str = "
         noisy = " (noisy)" if r["noisy"] or b["noisy"] else ""
         lines.append(f"| {r['op']} {r['case']} | {r['pass']} | {fmt_time(b['median_s'])} | "
                      f"{fmt_time(r['median_s'])} | {cell} | {interval_text(r)} | "
-                     f"{rounds_text(r)} | "
+                     f"{r['ratio_rounds'] or '-'} | "
                      f"{_fmt_num(b['spread'], '{:.0%}')} / {_fmt_num(r['spread'], '{:.0%}')}"
                      f"{noisy} |")
         n += 1
     return "\n".join(lines) if n else ""
-
-
-def rounds_text(rec: dict) -> str:
-    """A record's rounds behind its ratio, with the sweeps they came from when some were left
-    out as disturbed: '57 (3 of 4 sweeps)'."""
-    if not rec["ratio_rounds"]:
-        return "-"
-    left_out = rec["sweeps"] > rec["sweeps_kept"]
-    return f"{rec['ratio_rounds']}" + (f" ({rec['sweeps_kept']} of {rec['sweeps']} sweeps)"
-                                        if left_out else "")
 
 
 def interval_text(rec: dict) -> str:
@@ -441,16 +431,6 @@ TIMES_TEXT = (f"Times are medians over interleaved samples (bench/timing.py), {N
               f"{WIDE_MARK} marking one that ended wider than the target")
 
 
-def sweeps_text(budget: dict) -> str:
-    """What the sweeps did, for a report's header ('' with one sweep)."""
-    n = budget.get("sweeps", 1)
-    if n <= 1:
-        return ""
-    return (f"; each row timed in {n} sweeps through the run, leaving out a sweep in which a "
-            f"side's median was more than {budget.get('state_jump', 0):.0%} above its best "
-            "sweep's (disturbed)")
-
-
 def markdown(results: list[Result], meta: dict, passes: list[str]) -> str:
     recs = records(results, meta)
     impls = _impls_in(results)
@@ -460,8 +440,8 @@ def markdown(results: list[Result], meta: dict, passes: list[str]) -> str:
                f"{meta['dlkern'].get('cpu_isa')} · git {meta['git_commit'][:12]}  ")
     out.append(f"command: `{meta['command']}`  ")
     target = meta["budget"].get("target_ratio")
-    out.append(f"{TIMES_TEXT}{f' (±{target:.0%})' if target else ''}"
-               f"{sweeps_text(meta['budget'])}; malloc {meta.get('malloc', 'default')}.")
+    out.append(f"{TIMES_TEXT}{f' (±{target:.0%})' if target else ''}; "
+               f"malloc {meta.get('malloc', 'default')}.")
     th = meta.get("threads") or {}
     if th and not th.get("consistent", True):
         out.append(f"\n**Warning**: thread counts disagree (torch {th.get('torch_intraop')}, "

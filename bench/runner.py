@@ -131,18 +131,13 @@ def no_grad_context(impl) -> Callable[[], contextlib.AbstractContextManager]:
 # ---- the skeleton both command lines share (bench.layers rows, bench.models models) ---------
 
 def time_passes(names, passes, make, device: str, budget: Budget, tick, flush=None,
-                traceback_lines: int = 3, baseline: str | None = impls_mod.TORCH,
-                prior: dict[tuple[str, str], Stats] | None = None
+                traceback_lines: int = 3, baseline: str | None = impls_mod.TORCH
                 ) -> tuple[dict[tuple[str, str], Stats], dict[str, str]]:
     """Per pass, make(name, pass) -> (callable, context) for every implementation not failed yet,
     timed interleaved, with ratios paired against `baseline`; when the joint timing raises, each
     one alone, to say which one raised (with the last `traceback_lines` frames of its traceback,
-    none when 0). With `prior` (the Stats of the earlier slices), one more slice of each timing.
+    none when 0).
     Returns ({(name, pass): Stats}, {name: why it failed})."""
-    prior = prior or {}
-
-    def before(ns, p):
-        return {n: prior[(n, p)].slices for n in ns if (n, p) in prior}
     timed: dict[tuple[str, str], Stats] = {}
     failed: dict[str, str] = {}
     for p in passes:
@@ -158,13 +153,12 @@ def time_passes(names, passes, make, device: str, budget: Budget, tick, flush=No
             try:
                 timed.update({(n, p): st for n, st in time_interleaved(
                     fns, device=device, budget=budget, contexts=ctxs, flush=flush,
-                    baseline=baseline, prior=before(fns, p)).items()})
+                    baseline=baseline).items()})
             except Exception:
                 for n in fns:
                     try:
                         timed[(n, p)] = time_interleaved({n: fns[n]}, device=device, budget=budget,
-                                                         contexts=ctxs, flush=flush,
-                                                         prior=before([n], p))[n]
+                                                         contexts=ctxs, flush=flush)[n]
                     except Exception as e1:
                         failed[n] = f"{p}: raised during timing: {type(e1).__name__}: {e1}"
                         if traceback_lines:
@@ -196,114 +190,77 @@ def in_order(results: list[Result], impls: list[str]) -> list[Result]:
 
 # ---- the run -------------------------------------------------------------------------------
 
-class RowRun:
-    """One (row, device) of a run: its implementations checked, then timed in one slice per
-    sweep (Budget.sweeps), then checked again; `results()` gives its Results."""
-
-    def __init__(self, row: Row, device: str, cfg: Config):
-        self.row, self.device, self.cfg = row, device, cfg
-        self.out: list[Result] = []
-        self.ready: dict[str, impls_mod.Impl] = {}
-        self.timed: dict[tuple[str, str], Stats] = {}
-        self.failed: dict[str, str] = {}
-        self.seconds = 0.0
-        has_grad = bool(row.spec.make_inputs(row.case.params, device, 0).grad)
-        self.passes = [p for p in cfg.passes if p in ("forward", "inference") or has_grad]
-
-    def add(self, impl, label, pass_, status, stats=None, detail=""):
-        f, b = work(self.row.spec, self.row.case.params, pass_)
-        self.out.append(Result(self.row, self.device, impl, label, pass_, status, stats, f, b,
-                               detail))
-
-    def check(self, tick: Callable[[str], None]) -> bool:
-        """Resolve and gate every implementation; False when one FAILED."""
-        t0 = time.perf_counter()
-        spec, case, device = self.row.spec, self.row.case, self.device
-        ok = True
-        for name in self.cfg.impls:
-            try:
-                impl = impls_mod.resolve(name, spec, device)
-            except impls_mod.Unavailable as e:
-                for p in self.cfg.passes:
-                    self.add(name, name, p, "skipped", detail=str(e))
-                continue
-            for p in self.cfg.passes:
-                if p not in self.passes:
-                    self.add(name, impl.label, p, "skipped",
-                             detail=f"{spec.name} has no differentiable inputs")
-            bad = None if impl.is_baseline else gate(spec, case, device, impl, self.cfg.seeds)
-            if bad:
-                ok = False
-                for p in self.passes:
-                    self.add(name, impl.label, p, "failed", detail=bad)
-            else:
-                self.ready[name] = impl
-        tick("check")
-        self.seconds += time.perf_counter() - t0
-        return ok
-
-    def time(self, sweep: int, tick: Callable[[str], None]) -> None:
-        """Slice `sweep` of every pass's timing, on fresh inputs (each implementation its own
-        copy: same values and layout, own storage), which must be unchanged afterwards."""
-        t0 = time.perf_counter()
-        spec, case, device, cfg = self.row.spec, self.row.case, self.device, self.cfg
-        names = [n for n in self.ready if n not in self.failed]
-        if not names:
-            for p in self.passes:
-                tick(p)
-            return
-        own = {n: spec.make_inputs(case.params, device, 0) for n in names}
-        flush = None
-        if cfg.flush_l2 and device.startswith("cuda"):
-            from .machine import l2_flusher
-            flush = l2_flusher()
-        budget = cfg.budget.slice(sweep) if cfg.budget.sweeps > 1 else cfg.budget
-        timed, failed = time_passes(
-            names, self.passes, lambda n, p: _callable(spec, self.ready[n], own[n], p, device),
-            device, budget, tick, flush, prior=self.timed)
-        self.timed.update(timed)
-        self.failed.update(failed)
-        last = sweep == cfg.budget.sweeps - 1
-        for n in names:
-            if n not in self.failed:
-                bad = _after_timing(spec, case, device, self.ready[n], own[n], cfg, regate=last)
-                if bad:
-                    self.failed[n] = bad
-        self.seconds += time.perf_counter() - t0
-
-    def results(self) -> list[Result]:
-        collect({n: i.label for n, i in self.ready.items()}, self.passes, self.timed,
-                self.failed, self.add)
-        return in_order(self.out, self.cfg.impls)
-
-
 def run_row(row: Row, device: str, cfg: Config, tick: Callable[[str], None] = lambda s: None
             ) -> list[Result]:
-    """One row on one device: checked, timed over every sweep, checked again."""
-    rr = RowRun(row, device, cfg)
-    rr.check(tick)
-    for sweep in range(cfg.budget.sweeps):
-        rr.time(sweep, tick)
-    return rr.results()
+    spec, case = row.spec, row.case
+    results: list[Result] = []
 
+    def add(impl, label, pass_, status, stats=None, detail=""):
+        f, b = work(spec, case.params, pass_)
+        results.append(Result(row, device, impl, label, pass_, status, stats, f, b, detail))
 
-def _after_timing(spec, case, device, impl, own, cfg: Config, regate: bool) -> str | None:
-    """After timing: the implementation's inputs unchanged (against seed 0's, made afresh and
-    never handed to an implementation), and, when `regate`, its results right again."""
+    # seed 0's inputs, never handed to an implementation: after timing, every implementation's
+    # own copy must still equal them
     pristine = spec.make_inputs(case.params, device, 0)
+    passes = [p for p in cfg.passes if p in ("forward", "inference") or pristine.grad]
+    no_grad_passes = [p for p in cfg.passes if p not in passes]
+
+    ready: dict[str, impls_mod.Impl] = {}
+    for name in cfg.impls:
+        try:
+            impl = impls_mod.resolve(name, spec, device)
+        except impls_mod.Unavailable as e:
+            for p in cfg.passes:
+                add(name, name, p, "skipped", detail=str(e))
+            continue
+        for p in no_grad_passes:
+            add(name, impl.label, p, "skipped", detail=f"{spec.name} has no differentiable inputs")
+        if impl.is_baseline:
+            ready[name] = impl
+            continue
+        bad = gate(spec, case, device, impl, cfg.seeds)
+        if bad:
+            for p in passes:
+                add(name, impl.label, p, "failed", detail=bad)
+            continue
+        ready[name] = impl
+    tick("check")
+
+    if not ready:
+        for p in passes:
+            tick(p)
+        return results
+    # every implementation gets its own inputs (same values and layout, own storage)
+    own = {n: spec.make_inputs(case.params, device, 0) for n in ready}
+    flush = None
+    if cfg.flush_l2 and device.startswith("cuda"):
+        from .machine import l2_flusher
+        flush = l2_flusher()
+    timed, failed = time_passes(
+        ready, passes, lambda n, p: _callable(spec, ready[n], own[n], p, device), device,
+        cfg.budget, tick, flush)
+    for n, impl in ready.items():
+        if n not in failed:
+            bad = _after_timing(spec, case, device, impl, pristine, own[n], cfg)
+            if bad:
+                failed[n] = bad
+    collect({n: i.label for n, i in ready.items()}, passes, timed, failed, add)
+    return in_order(results, cfg.impls)
+
+
+def _after_timing(spec, case, device, impl, pristine, own, cfg: Config) -> str | None:
+    """After timing: the implementation's inputs unchanged, and its results right again."""
     for k, v in pristine.kwargs.items():
         if k not in spec.mutates and not testing.same_values(v, own.kwargs[k]):
             return f"after timing: the implementation wrote its input {k!r}"
-    if impl.is_baseline or not regate:
+    if impl.is_baseline:
         return None
     return gate(spec, case, device, impl, cfg.seeds[:1], when="after timing: ")
 
 
 def estimate_s(rows: list[Row], devices: list[str], cfg: Config) -> float:
     """Upper-bound-ish estimate of the run's duration (the stopping rule often ends earlier)."""
-    b = cfg.budget
-    per_timing = (b.budget_s + len(cfg.impls) * (b.warmup_s + 0.05 + (b.sweeps - 1) * 0.03)
-                  + 0.1 * b.sweeps)
+    per_timing = cfg.budget.budget_s + len(cfg.impls) * (cfg.budget.warmup_s + 0.05) + 0.1
     per_gate = 0.15 * len(cfg.seeds)
     n = len(rows) * len(devices)
     extra = 4.0 if "torch-compile" in cfg.impls else 0.0
@@ -334,35 +291,6 @@ def run_all(devices: list[str], items, run_one, label, progress, keep_going: boo
 
 
 def run(rows: list[Row], devices: list[str], cfg: Config, progress=None) -> tuple[list[Result], bool]:
-    """All rows on all devices: per device, every row checked (stopping after the first that
-    FAILED unless keep_going), then `Budget.sweeps` sweeps through the rows, each timing one
-    slice of every row, so each row's samples spread over the whole run. Returns (results,
-    stopped_early)."""
-    out: list[Result] = []
-    for device in devices:
-        runs, stopped = [], False
-        for row in rows:
-            rr = RowRun(row, device, cfg)
-            runs.append(rr)
-            if not rr.check(_ticker(progress, device, row)) and not cfg.keep_going:
-                stopped = True
-                break
-        for sweep in range(cfg.budget.sweeps):
-            if progress and cfg.budget.sweeps > 1:
-                progress.note(f"sweep {sweep + 1} of {cfg.budget.sweeps}")
-            for rr in runs:
-                rr.time(sweep, _ticker(progress, device, rr.row))
-        for rr in runs:
-            res = rr.results()
-            out.extend(res)
-            if progress:
-                progress.note_row(f"{device} {rr.row.op} {rr.row.case.name}", res, rr.seconds)
-            stopped = stopped or (not cfg.keep_going and any(r.status == "failed" for r in res))
-        if stopped:
-            return out, True
-    return out, False
-
-
-def _ticker(progress, device: str, row: Row) -> Callable[[str], None]:
-    name = f"{device} {row.op} {row.case.name}"
-    return (lambda step: progress.advance(f"{name}: {step}")) if progress else (lambda step: None)
+    """All rows on all devices. Returns (results, stopped_early)."""
+    return run_all(devices, rows, lambda row, device, tick: run_row(row, device, cfg, tick),
+                   lambda row: f"{row.op} {row.case.name}", progress, cfg.keep_going)

@@ -35,7 +35,7 @@ import functools
 import math
 import statistics
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Callable, ContextManager, Mapping
 
 NOISY_SPREAD = 0.10
@@ -77,15 +77,12 @@ def median_interval(xs, confidence: float = 0.95) -> tuple[float, float | None, 
 class Ratio:
     """An implementation's time over the baseline's: the median of the per-round ratios and its
     95% confidence interval (None when there were too few rounds), against the target
-    half-width the sampling aimed for, over the `sweeps_kept` of `sweeps` slices of the timing
-    in which no side was disturbed (`quiet_slices`)."""
+    half-width the sampling aimed for."""
     median: float
     lo: float | None
     hi: float | None
     rounds: int
     target: float
-    sweeps_kept: int = 1
-    sweeps: int = 1
 
     @property
     def half_width(self) -> float:
@@ -108,23 +105,6 @@ def paired_ratio(xs, base, target: float) -> Ratio:
     return Ratio(med, lo, hi, len(xs), target)
 
 
-def quiet_slices(slices: Mapping[str, list[list[float]]], jump: float) -> list[int]:
-    """The indices of the least disturbed slices (sweeps) of one timing. A slice's score is the
-    largest, over the sides, of its median there over its lowest slice median (1: every side at
-    its quiet level); kept are the slices whose score is within (1 + jump) of the lowest score,
-    so at least one, even when the sides' best slices differ. The machine
-    has periods of seconds in which one side runs slower than in the rest (measured: torch's
-    linear 64x1024->2048 at 3.2, 4.5 or 8 ms per call while dlkern's stayed at 2.9-4.1), so a
-    ratio taken in one period says little about the next; the slices in which a side jumped are
-    left out (and counted)."""
-    n = min(len(v) for v in slices.values())
-    meds = {k: [statistics.median(v[i]) for i in range(n)] for k, v in slices.items()}
-    best = {k: min(m) for k, m in meds.items()}
-    score = [max(m[i] / best[k] if best[k] > 0 else 1.0 for k, m in meds.items())
-             for i in range(n)]
-    return [i for i in range(n) if score[i] <= min(score) * (1 + jump)]
-
-
 @dataclass
 class Stats:
     median: float          # seconds per call
@@ -138,9 +118,6 @@ class Stats:
     # against the baseline of the same interleaved timing (None for the baseline itself, or
     # when there was none)
     ratio: Ratio | None = None
-    # every slice's samples, in order (one slice unless the timing was spread over sweeps);
-    # the figures above are over the quiet slices among them
-    slices: list[list[float]] = field(default_factory=list, repr=False)
 
     @property
     def spread(self) -> float:
@@ -192,25 +169,11 @@ class Budget:
     # untimed calls at the start of every CPU block (0 where a sample is one call so long that
     # refilling caches is negligible and the extra call would double the run: bench.models)
     rewarm_calls: int = 1
-    # slices each timing is spread over, one per sweep through the run's rows (bench.runner),
-    # so that a row sees the machine's periods rather than one of them; a slice in which a
-    # side's median is more than `state_jump` above its lowest slice median is left out
-    sweeps: int = 4
-    state_jump: float = 0.15
-
-    def slice(self, index: int) -> "Budget":
-        """The budget of slice `index` of `sweeps`: its share of the time and samples; after
-        the first slice a short warm-up (lazy initialisation is done, caches need refilling)."""
-        n = self.sweeps
-        return replace(self, sweeps=1, budget_s=self.budget_s / n,
-                       min_samples=math.ceil(self.min_samples / n),
-                       max_samples=math.ceil(self.max_samples / n),
-                       warmup_s=self.warmup_s if index == 0 else min(self.warmup_s, 0.01))
 
     @classmethod
     def quick(cls) -> "Budget":
         return cls(warmup_s=0.01, min_sample_s=5e-4, min_samples=5, max_samples=40,
-                   target_spread=0.10, target_ratio=0.05, budget_s=0.15, sweeps=1)
+                   target_spread=0.10, target_ratio=0.05, budget_s=0.15)
 
 
 class _HostTimer:
@@ -249,13 +212,10 @@ def time_interleaved(fns: Mapping[str, Callable[[], object]], *, device: str = "
                      contexts: Mapping[str, Callable[[], ContextManager]] | None = None,
                      flush: Callable[[], None] | None = None,
                      clock: Callable[[], float] = time.perf_counter,
-                     baseline: str | None = None,
-                     prior: Mapping[str, list[list[float]]] | None = None) -> dict[str, Stats]:
+                     baseline: str | None = None) -> dict[str, Stats]:
     """Times each callable (interleaved, see the module doc); returns name -> Stats of seconds
-    per call, each with its Ratio to `baseline` when that is one of them. With `prior` (name ->
-    the samples of the earlier slices of this timing, Stats.slices), this is one more slice: the
-    stopping rule and the returned Stats are over all slices. `clock` is injectable for tests
-    of the stopping rule."""
+    per call, each with its Ratio to `baseline` when that is one of them. `clock` is injectable
+    for tests of the stopping rule."""
     b = budget or Budget()
     contexts = contexts or {}
     cuda = device.startswith("cuda")
@@ -293,10 +253,6 @@ def time_interleaved(fns: Mapping[str, Callable[[], object]], *, device: str = "
             else max(1, math.ceil(b.min_sample_s / max(v, 1e-9) - 1e-6))
             for k, v in per_call.items()}
     samples: dict[str, list[float]] = {k: [] for k in names}
-    prior = prior or {}
-    if len({len(prior.get(k, [])) for k in names}) > 1:
-        raise ValueError("time_interleaved: prior must hold as many slices for every name")
-    slices = {k: [list(x) for x in prior.get(k, [])] + [samples[k]] for k in names}
     faults = {k: 0 for k in names}
     start = clock()
     rnd = 0
@@ -313,34 +269,21 @@ def time_interleaved(fns: Mapping[str, Callable[[], object]], *, device: str = "
         if rnd >= b.max_samples:
             break
         if rnd >= b.min_samples:
-            kept, ratios = _merged(slices, baseline if paired else None, b)
             if paired:
-                quiet = all(not r.wide for r in ratios.values())
+                quiet = all(not r.wide for r in _ratios(samples, baseline, b).values())
             else:
-                quiet = all(summarize(s).spread <= b.target_spread for s in kept.values())
+                quiet = all(summarize(s).spread <= b.target_spread for s in samples.values())
             if quiet or clock() - start > b.budget_s:
                 break
-    kept, ratios = _merged(slices, baseline if paired else None, b)
+    ratios = _ratios(samples, baseline, b) if paired else {}
     calls = {k: reps[k] + (0 if cuda else b.rewarm_calls) for k in names}  # all that faulted
-    out = {k: summarize(kept[k], reps[k], -1.0 if cuda else faults[k] / (len(v) * calls[k]))
+    out = {k: summarize(v, reps[k], -1.0 if cuda else faults[k] / (len(v) * calls[k]))
            for k, v in samples.items()}
-    for k, st in out.items():
-        st.ratio = ratios.get(k)
-        st.slices = slices[k]
+    for k, r in ratios.items():
+        out[k].ratio = r
     return out
 
 
-def _merged(slices: dict[str, list[list[float]]], baseline: str | None, b: Budget
-            ) -> tuple[dict[str, list[float]], dict[str, Ratio]]:
-    """The samples of the quiet slices, per name, and the ratios to `baseline` over them."""
-    keep = quiet_slices(slices, b.state_jump) if len(next(iter(slices.values()))) > 1 else [0]
-    kept = {k: [x for i in keep for x in v[i]] for k, v in slices.items()}
-    if baseline is None:
-        return kept, {}
-    ratios = {}
-    for k, v in slices.items():
-        if k != baseline:
-            r = paired_ratio(kept[k], kept[baseline], b.target_ratio)
-            r.sweeps_kept, r.sweeps = len(keep), len(v)
-            ratios[k] = r
-    return kept, ratios
+def _ratios(samples: dict[str, list[float]], baseline: str, b: Budget) -> dict[str, Ratio]:
+    base = samples[baseline]
+    return {k: paired_ratio(v, base, b.target_ratio) for k, v in samples.items() if k != baseline}
