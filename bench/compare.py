@@ -1,18 +1,37 @@
-"""Compare two bench.layers JSON results: per row, the ratio new/old of the medians.
+"""Compare two bench.layers / bench.models JSON results row by row, or judge an A/A run.
 
     python -m bench.compare OLD.json NEW.json [--threshold 0.10]
+    python -m bench.compare --aa RUN.json [--tolerance 0.03]
 
-A row regresses when new/old > 1 + threshold, or when it was checked and timed in OLD and FAILED
-in NEW. Rows are matched on (device, op, case, implementation, pass). Exit code 1 when any row
-regressed, 2 when a file is missing or not a bench.layers result, 0 otherwise.
+Rows are matched on (device, op, case, implementation, pass). Where both runs have a paired
+ratio to torch with its 95% interval, the intervals decide: the row REGRESSED when the new
+interval lies wholly above the old one, is faster when wholly below, and is unchanged when they
+overlap, however far apart the medians are. Elsewhere (torch itself, rows timed apart, too few
+rounds for an interval) the medians decide: new/old > 1 + threshold regressed. A row checked and
+timed in OLD that FAILED in NEW regressed.
+
+--aa judges a run of `--impl torch-again,torch` (torch timed against itself): it passes when
+every torch-again ratio whose interval reached the target is within 1 +- tolerance, and the
+ratios are not on one side of 1 more often than chance explains (a sign test at a 1% false
+alarm rate: an order effect or any other advantage the harness gives one side shows there).
+The intervals that exclude 1 are counted, not judged: on the shared machine they miss more
+often than 5% (per-allocation and per-period offsets of 1-2% that the rounds of one timing do
+not see; docs/benchmarks.md).
+
+Exit code 1 when a row regressed or the A/A run is biased, 2 when a file is missing or not a
+result of this schema, 0 otherwise.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
-from .report import SCHEMA, fmt_time, validate
+from .impls import TORCH_AGAIN
+from .report import SCHEMA, WIDE_MARK, fmt_time, validate
+
+AA_FALSE_ALARM = 0.01
 
 
 def load(path: str) -> dict:
@@ -31,40 +50,57 @@ def _key(r):
     return (r["device"], r["op"], r["case"], r["impl"], r["pass"])
 
 
+def _has_interval(r) -> bool:
+    return r["status"] == "ok" and r["ratio"] is not None and r["ratio_lo"] is not None
+
+
+def _ratio_cell(r) -> str:
+    return f"{r['ratio']:.3f} ({r['ratio_lo']:.3f} - {r['ratio_hi']:.3f})"
+
+
+def verdict(a: dict, b: dict, threshold: float) -> tuple[str, str, str, str, bool]:
+    """(old cell, new cell, new/old, flag, regressed) for one matched row."""
+    if a["status"] == "ok" and b["status"] == "failed":
+        return fmt_time(a["median_s"]), "FAILED", "-", "**REGRESSION** (now FAILED)", True
+    if a["status"] != "ok" or b["status"] != "ok":
+        return "-", "-", "-", f"{a['status']} -> {b['status']}", False
+    if _has_interval(a) and _has_interval(b):
+        change = f"{b['ratio'] / a['ratio']:.3f}"
+        if b["ratio_lo"] > a["ratio_hi"]:
+            return _ratio_cell(a), _ratio_cell(b), change, "**REGRESSION** (intervals)", True
+        flag = "faster (intervals)" if b["ratio_hi"] < a["ratio_lo"] else ""
+        return _ratio_cell(a), _ratio_cell(b), change, flag, False
+    ratio = b["median_s"] / a["median_s"]
+    flag, regressed = "", ratio > 1 + threshold
+    if regressed:
+        flag = "**REGRESSION** (medians)"
+    elif ratio < 1 / (1 + threshold):
+        flag = "faster (medians)"
+    if (a["noisy"] or b["noisy"]) and flag:
+        flag += " (noisy)"
+    return fmt_time(a["median_s"]), fmt_time(b["median_s"]), f"{ratio:.3f}", flag, regressed
+
+
 def compare(old: dict, new: dict, threshold: float) -> tuple[list[str], int]:
     """Markdown lines and the number of regressions."""
     o = {_key(r): r for r in old["results"]}
     n = {_key(r): r for r in new["results"]}
     lines = [f"old: {old['meta']['date']} git {old['meta']['git_commit'][:12]} torch "
              f"{old['meta']['torch']}  ", f"new: {new['meta']['date']} git "
-             f"{new['meta']['git_commit'][:12]} torch {new['meta']['torch']}", "",
+             f"{new['meta']['git_commit'][:12]} torch {new['meta']['torch']}  ",
+             "old and new: the ratio to torch with its 95% interval where the run has one, else "
+             "the median time", "",
              "| device | row | impl | pass | old | new | new/old | |",
              "|---|---|---|---|---:|---:|---:|---|"]
     regressions = 0
     for k in n:
         if k not in o:
             continue
-        a, b = o[k], n[k]
         dev, op, case, impl, pass_ = k
-        flag = ""
-        if a["status"] == "ok" and b["status"] == "failed":
-            ratio_s, flag = "-", "**REGRESSION** (now FAILED)"
-            regressions += 1
-        elif a["status"] == "ok" and b["status"] == "ok":
-            ratio = b["median_s"] / a["median_s"]
-            ratio_s = f"{ratio:.3f}"
-            if ratio > 1 + threshold:
-                flag = "**REGRESSION**"
-                regressions += 1
-            elif ratio < 1 / (1 + threshold):
-                flag = "faster"
-            if (a["noisy"] or b["noisy"]) and flag:
-                flag += " (noisy)"
-        else:
-            ratio_s = "-"
-            flag = f"{a['status']} -> {b['status']}"
-        lines.append(f"| {dev} | {op} {case} | {impl} | {pass_} | {fmt_time(a['median_s'])} | "
-                     f"{fmt_time(b['median_s'])} | {ratio_s} | {flag} |")
+        old_s, new_s, change, flag, regressed = verdict(o[k], n[k], threshold)
+        regressions += regressed
+        lines.append(f"| {dev} | {op} {case} | {impl} | {pass_} | {old_s} | {new_s} | {change} | "
+                     f"{flag} |")
     only_old = [k for k in o if k not in n]
     only_new = [k for k in n if k not in o]
     if only_old:
@@ -73,27 +109,82 @@ def compare(old: dict, new: dict, threshold: float) -> tuple[list[str], int]:
     if only_new:
         lines += ["", f"only in NEW ({len(only_new)}): " +
                   ", ".join(" ".join(k) for k in only_new[:20])]
-    lines += ["", f"{regressions} regression(s) beyond {threshold:.0%}"]
+    lines += ["", f"{regressions} regression(s) (intervals apart, or medians beyond "
+              f"{threshold:.0%} where there is no interval)"]
     return lines, regressions
+
+
+def sign_bounds(n: int, false_alarm: float = AA_FALSE_ALARM) -> tuple[int, int]:
+    """(lo, hi): with no bias the count of A/A ratios above 1 among n is Binomial(n, 1/2); a count
+    below lo or above hi has a two-sided probability under `false_alarm`."""
+    lo, tail = 0, 0.0
+    while True:
+        tail += math.comb(n, lo) / 2 ** n
+        if 2 * tail >= false_alarm:
+            return lo, n - lo
+        lo += 1
+
+
+def judge_aa(doc: dict, tolerance: float) -> tuple[list[str], bool]:
+    """Markdown lines and whether the A/A run is unbiased (see the module doc)."""
+    recs = [r for r in doc["results"] if r["impl"] == TORCH_AGAIN and r["status"] == "ok"
+            and r["ratio"] is not None]
+    if not recs:
+        return [f"bench.compare --aa: no timed {TORCH_AGAIN} rows (run --impl "
+                f"{TORCH_AGAIN},torch)"], False
+    lines = ["| device | row | pass | ratio | 95% interval | |", "|---|---|---|---:|---|---|"]
+    off = misses = 0
+    for r in recs:
+        flags = []
+        if not r["ratio_wide"] and abs(r["ratio"] - 1) > tolerance:
+            flags.append(f"off by more than {tolerance:.0%}")
+            off += 1
+        if _has_interval(r) and not r["ratio_lo"] <= 1 <= r["ratio_hi"]:
+            flags.append("interval excludes 1")
+            misses += 1
+        iv = f"{r['ratio_lo']:.3f} - {r['ratio_hi']:.3f}" if _has_interval(r) else "none"
+        lines.append(f"| {r['device']} | {r['op']} {r['case']} | {r['pass']} | {r['ratio']:.3f} | "
+                     f"{iv}{WIDE_MARK if r['ratio_wide'] else ''} | {', '.join(flags)} |")
+    above = sum(r["ratio"] > 1 for r in recs)
+    lo, hi = sign_bounds(len(recs))
+    ok = off == 0 and lo <= above <= hi
+    lines += ["", f"A/A: {len(recs)} rows; {off} off by more than {tolerance:.0%} (of those "
+              f"not marked {WIDE_MARK}); {above} above 1 (no bias: {lo} to {hi} at a "
+              f"{AA_FALSE_ALARM:.0%} false alarm rate); {misses} interval(s) excluding 1 (about "
+              f"{0.05 * len(recs):.1f} expected if the rounds were all the noise there is; see "
+              f"docs/benchmarks.md): {'unbiased' if ok else 'BIASED'}"]
+    return lines, ok
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("old")
-    ap.add_argument("new")
+    ap.add_argument("files", nargs="+", metavar="FILE", help="OLD.json NEW.json, or RUN.json with --aa")
     ap.add_argument("--threshold", type=float, default=0.10,
-                    help="relative slowdown that counts as a regression (default 0.10)")
+                    help="where a row has no interval: the relative slowdown of the medians that "
+                         "counts as a regression (default 0.10)")
+    ap.add_argument("--aa", action="store_true", help="judge one A/A run (--impl torch-again,torch)")
+    ap.add_argument("--tolerance", type=float, default=0.03,
+                    help="--aa: how far from 1 an A/A ratio may be (default 0.03)")
     args = ap.parse_args(argv)
-    if args.threshold < 0:
-        print("bench.compare: --threshold must be >= 0", file=sys.stderr)
+    want = 1 if args.aa else 2
+    if len(args.files) != want:
+        print(f"bench.compare: expected {'RUN.json' if args.aa else 'OLD.json NEW.json'}, got "
+              f"{len(args.files)} file(s)", file=sys.stderr)
+        return 2
+    if args.threshold < 0 or args.tolerance < 0:
+        print("bench.compare: --threshold and --tolerance must be >= 0", file=sys.stderr)
         return 2
     try:
-        old, new = load(args.old), load(args.new)
+        docs = [load(f) for f in args.files]
     except ValueError as e:
         print(str(e), file=sys.stderr)
         return 2
-    lines, regressions = compare(old, new, args.threshold)
+    if args.aa:
+        lines, ok = judge_aa(docs[0], args.tolerance)
+        print("\n".join(lines))
+        return 0 if ok else 1
+    lines, regressions = compare(docs[0], docs[1], args.threshold)
     print("\n".join(lines))
     return 1 if regressions else 0
 

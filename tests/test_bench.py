@@ -578,11 +578,12 @@ def test_compare_flags_regressions(tmp_path, capsys):
     same.write_text(json.dumps(_doc(1.05)))
     slow.write_text(json.dumps(_doc(1.25)))
     broken.write_text(json.dumps(_doc(fail=True)))
+    # these records have no intervals (no paired timing): the medians decide
     assert compare.main([str(old), str(same)]) == 0
-    assert "0 regression(s) beyond 10%" in capsys.readouterr().out
+    assert "0 regression(s)" in capsys.readouterr().out
     assert compare.main([str(old), str(slow)]) == 1
     out = capsys.readouterr().out
-    assert out.count("**REGRESSION**") == 6 and "| 1.250 |" in out
+    assert out.count("**REGRESSION** (medians)") == 6 and "| 1.250 |" in out
     assert compare.main([str(old), str(slow), "--threshold", "0.3"]) == 0
     capsys.readouterr()
     assert compare.main([str(old), str(broken)]) == 1
@@ -591,6 +592,90 @@ def test_compare_flags_regressions(tmp_path, capsys):
     junk.write_text("{}")
     assert compare.main([str(old), str(junk)]) == 2
     assert "is not a dlkern.bench/2 result" in capsys.readouterr().err
+
+
+def _with_interval(doc, ratio, half, impl="custom"):
+    for r in doc["results"]:
+        if r["impl"] == impl and r["status"] == "ok":
+            r.update(ratio=ratio, ratio_lo=ratio * (1 - half), ratio_hi=ratio * (1 + half),
+                     ratio_rounds=40, ratio_wide=False)
+    return doc
+
+
+def test_compare_decides_by_intervals_where_there_are_some(tmp_path, capsys):
+    """With intervals in both runs, a row regressed only when the new interval lies wholly above
+    the old: medians 25% apart with overlapping intervals are not one, 4% apart with disjoint
+    ones are."""
+    def run(old_doc, new_doc):
+        files = []
+        for name, doc in (("old", old_doc), ("new", new_doc)):
+            (tmp_path / f"{name}.json").write_text(json.dumps(doc))
+            files.append(str(tmp_path / f"{name}.json"))
+        code = compare.main(files)
+        return code, capsys.readouterr().out
+    base = _with_interval(_doc(), 0.90, 0.01)
+    code, out = run(base, _with_interval(_doc(1.25), 0.92, 0.03))     # overlapping
+    assert code == 0 and "REGRESSION" not in out and "0.900 (0.891 - 0.909)" in out
+    code, out = run(base, _with_interval(_doc(), 0.94, 0.01))         # disjoint, slower
+    assert code == 1 and out.count("**REGRESSION** (intervals)") == 6
+    code, out = run(base, _with_interval(_doc(), 0.85, 0.01))         # disjoint, faster
+    assert code == 0 and out.count("faster (intervals)") == 6
+    # torch's own rows have no ratio: its medians still decide (1.25 slower torch)
+    slow_torch = _with_interval(_doc(), 0.90, 0.01)
+    for r in slow_torch["results"]:
+        if r["impl"] == "torch":
+            r["median_s"] *= 1.25
+    code, out = run(base, slow_torch)
+    assert code == 1 and out.count("**REGRESSION** (medians)") == 6
+
+
+@pytest.mark.parametrize("n", [1, 3, 6, 12, 20, 60])
+def test_sign_bounds_are_the_binomial_tails(n):
+    from math import comb
+    lo, hi = compare.sign_bounds(n)
+    p_out = lambda lo: 2 * sum(comb(n, i) for i in range(lo)) / 2 ** n  # noqa: E731
+    assert hi == n - lo and p_out(lo) < 0.01 and p_out(lo + 1) >= 0.01
+
+
+def test_compare_aa_judges_bias(tmp_path, capsys):
+    def judge(ratios, half=0.02, wide=False):
+        doc = _doc()
+        recs = [r for r in doc["results"] if r["impl"] == "custom" and r["status"] == "ok"]
+        for r, q in zip(recs, ratios):
+            r.update(impl=impls.TORCH_AGAIN, ratio=q, ratio_lo=q * (1 - half),
+                     ratio_hi=q * (1 + half), ratio_rounds=40, ratio_wide=wide)
+        (tmp_path / "aa.json").write_text(json.dumps(doc))
+        code = compare.main(["--aa", str(tmp_path / "aa.json")])
+        return code, capsys.readouterr().out
+    assert len([r for r in _doc()["results"] if r["impl"] == "custom"]) == 6
+    code, out = judge([1.0, 0.99, 1.01, 1.005, 0.995, 1.0])
+    assert code == 0 and "0 interval(s) excluding 1" in out and "unbiased" in out
+    # intervals that exclude 1 are counted, not judged
+    code, out = judge([1.025, 0.975, 1.025, 0.975, 1.0, 1.0])
+    assert code == 0 and "4 interval(s) excluding 1" in out
+    # off by 5% on a row whose interval reached the target: biased; on a wide one: not judged
+    code, out = judge([1.05, 1.0, 1.0, 1.0, 1.0, 0.99], half=0.1)
+    assert code == 1 and "off by more than 3%" in out and "BIASED" in out
+    code, out = judge([1.05, 1.0, 1.0, 1.0, 1.0, 0.99], half=0.1, wide=True)
+    assert code == 0 and "‡" in out
+    (tmp_path / "plain.json").write_text(json.dumps(_doc()))
+    assert compare.main(["--aa", str(tmp_path / "plain.json")]) == 1
+    assert "no timed torch-again rows" in capsys.readouterr().out
+    assert compare.main(["--aa", str(tmp_path / "plain.json"), str(tmp_path / "plain.json")]) == 2
+    assert "expected RUN.json, got 2 file(s)" in capsys.readouterr().err
+
+
+def test_compare_aa_sign_test_catches_a_one_sided_advantage():
+    """Every A/A ratio 1% below 1 (each within tolerance, as an order effect would give):
+    12 of 12 on one side of 1 is not chance."""
+    doc = {"results": [dict(impl=impls.TORCH_AGAIN, status="ok", ratio=0.99, ratio_lo=0.98,
+                            ratio_hi=1.0, ratio_wide=False, device="cpu", op="softmax",
+                            case=f"c{i}", **{"pass": "forward"}) for i in range(12)]}
+    lines, ok = compare.judge_aa(doc, 0.03)
+    assert not ok and "0 above 1 (no bias: 2 to 10" in lines[-1]
+    for r in doc["results"][:4]:
+        r["ratio"] = 1.01
+    assert compare.judge_aa(doc, 0.03)[1]
 
 
 def test_cli_smoke_subprocess(tmp_path):
