@@ -5,21 +5,23 @@
 
 Rows are matched on (device, op, case, implementation, pass). Where both runs have a paired
 ratio to torch with its 95% interval, the intervals decide: the row REGRESSED when the new
-interval lies wholly above the old one, is faster when wholly below, and is unchanged when they
-overlap, however far apart the medians are. Elsewhere (torch itself, rows timed apart, too few
-rounds for an interval) the medians decide: new/old > 1 + threshold regressed. A row checked and
-timed in OLD that FAILED in NEW regressed.
+interval lies wholly above the old one and the ratio grew by more than --min-change (3%: two
+runs of the same code differ by 1-2% that no interval over rounds sees), is faster when the
+reverse holds, and is unchanged when the intervals overlap, however far apart the medians are.
+Elsewhere (torch itself, rows timed apart, too few rounds for an interval) the medians decide:
+new/old > 1 + threshold regressed. A row checked and timed in OLD that FAILED in NEW regressed.
 
---aa judges a run of `--impl torch-again,torch` (torch timed against itself): it passes when
-every torch-again ratio whose interval reached the target is within 1 +- tolerance, and the
-ratios are not on one side of 1 more often than chance explains (a sign test at a 1% false
-alarm rate: an order effect or any other advantage the harness gives one side shows there).
+--aa judges a bench.layers run of `--impl torch-again,torch` (torch timed against itself): it
+passes when no torch-again row FAILED, every torch-again ratio whose interval reached the target
+is within 1 +- tolerance, and the ratios are not on one side of 1 more often than chance
+explains (a sign test at a 1% false alarm rate, ties left out: an order effect or any other
+advantage the harness gives one side shows there).
 The intervals that exclude 1 are counted, not judged: on the shared machine they miss more
 often than 5% (per-allocation and per-period offsets of 1-2% that the rounds of one timing do
 not see; docs/benchmarks.md).
 
-Exit code 1 when a row regressed or the A/A run is biased, 2 when a file is missing or not a
-result of this schema, 0 otherwise.
+Exit code 1 when a row regressed or the A/A run is biased or has no torch-again rows, 2 on bad
+arguments or when a file is missing or not a result of this schema, 0 otherwise.
 """
 from __future__ import annotations
 
@@ -51,25 +53,29 @@ def _key(r):
 
 
 def _has_interval(r) -> bool:
-    return r["status"] == "ok" and r["ratio"] is not None and r["ratio_lo"] is not None
+    return (r["status"] == "ok" and r["ratio"] is not None and r["ratio_lo"] is not None
+            and r["ratio_hi"] is not None)
 
 
 def _ratio_cell(r) -> str:
     return f"{r['ratio']:.3f} ({r['ratio_lo']:.3f} - {r['ratio_hi']:.3f})"
 
 
-def verdict(a: dict, b: dict, threshold: float) -> tuple[str, str, str, str, bool]:
+def verdict(a: dict, b: dict, threshold: float, min_change: float
+            ) -> tuple[str, str, str, str, bool]:
     """(old cell, new cell, new/old, flag, regressed) for one matched row."""
     if a["status"] == "ok" and b["status"] == "failed":
         return fmt_time(a["median_s"]), "FAILED", "-", "**REGRESSION** (now FAILED)", True
     if a["status"] != "ok" or b["status"] != "ok":
         return "-", "-", "-", f"{a['status']} -> {b['status']}", False
     if _has_interval(a) and _has_interval(b):
-        change = f"{b['ratio'] / a['ratio']:.3f}"
-        if b["ratio_lo"] > a["ratio_hi"]:
-            return _ratio_cell(a), _ratio_cell(b), change, "**REGRESSION** (intervals)", True
-        flag = "faster (intervals)" if b["ratio_hi"] < a["ratio_lo"] else ""
-        return _ratio_cell(a), _ratio_cell(b), change, flag, False
+        change = b["ratio"] / a["ratio"]
+        cells = _ratio_cell(a), _ratio_cell(b), f"{change:.3f}"
+        if b["ratio_lo"] > a["ratio_hi"] and change > 1 + min_change:
+            return (*cells, "**REGRESSION** (intervals)", True)
+        if b["ratio_hi"] < a["ratio_lo"] and change < 1 / (1 + min_change):
+            return (*cells, "faster (intervals)", False)
+        return (*cells, "", False)
     ratio = b["median_s"] / a["median_s"]
     flag, regressed = "", ratio > 1 + threshold
     if regressed:
@@ -81,7 +87,8 @@ def verdict(a: dict, b: dict, threshold: float) -> tuple[str, str, str, str, boo
     return fmt_time(a["median_s"]), fmt_time(b["median_s"]), f"{ratio:.3f}", flag, regressed
 
 
-def compare(old: dict, new: dict, threshold: float) -> tuple[list[str], int]:
+def compare(old: dict, new: dict, threshold: float, min_change: float = 0.03
+            ) -> tuple[list[str], int]:
     """Markdown lines and the number of regressions."""
     o = {_key(r): r for r in old["results"]}
     n = {_key(r): r for r in new["results"]}
@@ -97,7 +104,7 @@ def compare(old: dict, new: dict, threshold: float) -> tuple[list[str], int]:
         if k not in o:
             continue
         dev, op, case, impl, pass_ = k
-        old_s, new_s, change, flag, regressed = verdict(o[k], n[k], threshold)
+        old_s, new_s, change, flag, regressed = verdict(o[k], n[k], threshold, min_change)
         regressions += regressed
         lines.append(f"| {dev} | {op} {case} | {impl} | {pass_} | {old_s} | {new_s} | {change} | "
                      f"{flag} |")
@@ -109,8 +116,11 @@ def compare(old: dict, new: dict, threshold: float) -> tuple[list[str], int]:
     if only_new:
         lines += ["", f"only in NEW ({len(only_new)}): " +
                   ", ".join(" ".join(k) for k in only_new[:20])]
-    lines += ["", f"{regressions} regression(s) (intervals apart, or medians beyond "
-              f"{threshold:.0%} where there is no interval)"]
+    if not any(k in o for k in n):
+        lines += ["", "no row is in both runs: nothing compared"]
+    lines += ["", f"{regressions} regression(s) (now FAILED; intervals apart and the ratio up by "
+              f"more than {min_change:.0%}; or, where there is no interval, medians beyond "
+              f"{threshold:.0%})"]
     return lines, regressions
 
 
@@ -127,32 +137,41 @@ def sign_bounds(n: int, false_alarm: float = AA_FALSE_ALARM) -> tuple[int, int]:
 
 def judge_aa(doc: dict, tolerance: float) -> tuple[list[str], bool]:
     """Markdown lines and whether the A/A run is unbiased (see the module doc)."""
-    recs = [r for r in doc["results"] if r["impl"] == TORCH_AGAIN and r["status"] == "ok"
-            and r["ratio"] is not None]
-    if not recs:
-        return [f"bench.compare --aa: no timed {TORCH_AGAIN} rows (run --impl "
+    rows = [r for r in doc["results"] if r["impl"] == TORCH_AGAIN]
+    failed = [r for r in rows if r["status"] == "failed"]
+    recs = [r for r in rows if r["status"] == "ok" and r["ratio"] is not None]
+    if not recs and not failed:
+        return [f"bench.compare --aa: no timed {TORCH_AGAIN} rows (run bench.layers --impl "
                 f"{TORCH_AGAIN},torch)"], False
     lines = ["| device | row | pass | ratio | 95% interval | |", "|---|---|---|---:|---|---|"]
     off = misses = 0
+    for r in failed:
+        lines.append(f"| {r['device']} | {r['op']} {r['case']} | {r['pass']} | FAILED | - | "
+                     f"{r['detail'].splitlines()[0] if r['detail'] else ''} |")
     for r in recs:
         flags = []
-        if not r["ratio_wide"] and abs(r["ratio"] - 1) > tolerance:
+        judged = _has_interval(r) and not r["ratio_wide"]
+        if judged and abs(r["ratio"] - 1) > tolerance:
             flags.append(f"off by more than {tolerance:.0%}")
             off += 1
         if _has_interval(r) and not r["ratio_lo"] <= 1 <= r["ratio_hi"]:
             flags.append("interval excludes 1")
             misses += 1
-        iv = f"{r['ratio_lo']:.3f} - {r['ratio_hi']:.3f}" if _has_interval(r) else "none"
+        iv = (f"{r['ratio_lo']:.3f} - {r['ratio_hi']:.3f}{WIDE_MARK if r['ratio_wide'] else ''}"
+              if _has_interval(r) else "none")
         lines.append(f"| {r['device']} | {r['op']} {r['case']} | {r['pass']} | {r['ratio']:.3f} | "
-                     f"{iv}{WIDE_MARK if r['ratio_wide'] else ''} | {', '.join(flags)} |")
-    above = sum(r["ratio"] > 1 for r in recs)
-    lo, hi = sign_bounds(len(recs))
-    ok = off == 0 and lo <= above <= hi
-    lines += ["", f"A/A: {len(recs)} rows; {off} off by more than {tolerance:.0%} (of those "
-              f"not marked {WIDE_MARK}); {above} above 1 (no bias: {lo} to {hi} at a "
-              f"{AA_FALSE_ALARM:.0%} false alarm rate); {misses} interval(s) excluding 1 (about "
-              f"{0.05 * len(recs):.1f} expected if the rounds were all the noise there is; see "
-              f"docs/benchmarks.md): {'unbiased' if ok else 'BIASED'}"]
+                     f"{iv} | {', '.join(flags)} |")
+    signed = [r["ratio"] for r in recs if r["ratio"] != 1]
+    above = sum(q > 1 for q in signed)
+    lo, hi = sign_bounds(len(signed))
+    ok = not failed and off == 0 and lo <= above <= hi
+    with_interval = sum(_has_interval(r) for r in recs)
+    lines += ["", f"A/A: {len(recs)} rows timed, {len(failed)} FAILED; {off} off by more than "
+              f"{tolerance:.0%} (of those with an interval not marked {WIDE_MARK}); {above} of "
+              f"{len(signed)} above 1 (ties left out; no bias: {lo} to {hi} at a "
+              f"{AA_FALSE_ALARM:.0%} false alarm rate); {misses} of {with_interval} intervals "
+              f"exclude 1 (about {0.05 * with_interval:.1f} expected if the rounds were all the "
+              f"noise there is; see docs/benchmarks.md): {'unbiased' if ok else 'BIASED'}"]
     return lines, ok
 
 
@@ -163,6 +182,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threshold", type=float, default=0.10,
                     help="where a row has no interval: the relative slowdown of the medians that "
                          "counts as a regression (default 0.10)")
+    ap.add_argument("--min-change", type=float, default=0.03,
+                    help="where both rows have intervals: how much the ratio must move, beyond "
+                         "intervals that are apart, to count (default 0.03)")
     ap.add_argument("--aa", action="store_true", help="judge one A/A run (--impl torch-again,torch)")
     ap.add_argument("--tolerance", type=float, default=0.03,
                     help="--aa: how far from 1 an A/A ratio may be (default 0.03)")
@@ -172,8 +194,9 @@ def main(argv=None) -> int:
         print(f"bench.compare: expected {'RUN.json' if args.aa else 'OLD.json NEW.json'}, got "
               f"{len(args.files)} file(s)", file=sys.stderr)
         return 2
-    if args.threshold < 0 or args.tolerance < 0:
-        print("bench.compare: --threshold and --tolerance must be >= 0", file=sys.stderr)
+    if not all(v >= 0 for v in (args.threshold, args.tolerance, args.min_change)):
+        print("bench.compare: --threshold, --min-change and --tolerance must be numbers >= 0",
+              file=sys.stderr)
         return 2
     try:
         docs = [load(f) for f in args.files]
@@ -184,7 +207,7 @@ def main(argv=None) -> int:
         lines, ok = judge_aa(docs[0], args.tolerance)
         print("\n".join(lines))
         return 0 if ok else 1
-    lines, regressions = compare(docs[0], docs[1], args.threshold)
+    lines, regressions = compare(docs[0], docs[1], args.threshold, args.min_change)
     print("\n".join(lines))
     return 1 if regressions else 0
 

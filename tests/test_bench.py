@@ -602,31 +602,52 @@ def _with_interval(doc, ratio, half, impl="custom"):
     return doc
 
 
+def _compare_files(tmp_path, capsys, old_doc, new_doc, *extra):
+    files = []
+    for name, doc in (("old", old_doc), ("new", new_doc)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(doc))
+        files.append(str(tmp_path / f"{name}.json"))
+    code = compare.main(files + list(extra))
+    return code, capsys.readouterr().out
+
+
 def test_compare_decides_by_intervals_where_there_are_some(tmp_path, capsys):
     """With intervals in both runs, a row regressed only when the new interval lies wholly above
-    the old: medians 25% apart with overlapping intervals are not one, 4% apart with disjoint
-    ones are."""
-    def run(old_doc, new_doc):
-        files = []
-        for name, doc in (("old", old_doc), ("new", new_doc)):
-            (tmp_path / f"{name}.json").write_text(json.dumps(doc))
-            files.append(str(tmp_path / f"{name}.json"))
-        code = compare.main(files)
-        return code, capsys.readouterr().out
+    the old and the ratio moved by more than --min-change: medians 25% apart with overlapping
+    intervals are not one, 4.4% apart with disjoint ones are, 2.2% apart with disjoint ones not."""
+    def run(old_doc, new_doc, *extra):
+        return _compare_files(tmp_path, capsys, old_doc, new_doc, *extra)
     base = _with_interval(_doc(), 0.90, 0.01)
     code, out = run(base, _with_interval(_doc(1.25), 0.92, 0.03))     # overlapping
     assert code == 0 and "REGRESSION" not in out and "0.900 (0.891 - 0.909)" in out
-    code, out = run(base, _with_interval(_doc(), 0.94, 0.01))         # disjoint, slower
+    code, out = run(base, _with_interval(_doc(), 0.94, 0.01))         # apart, 4.4% slower
     assert code == 1 and out.count("**REGRESSION** (intervals)") == 6
-    code, out = run(base, _with_interval(_doc(), 0.85, 0.01))         # disjoint, faster
+    code, out = run(base, _with_interval(_doc(), 0.92, 0.001))        # apart, 2.2% slower
+    assert code == 0 and "REGRESSION" not in out and "| 1.022 |" in out
+    code, out = run(base, _with_interval(_doc(), 0.92, 0.001), "--min-change", "0.01")
+    assert code == 1 and out.count("**REGRESSION** (intervals)") == 6
+    code, out = run(base, _with_interval(_doc(), 0.85, 0.01))         # apart, faster
     assert code == 0 and out.count("faster (intervals)") == 6
-    # torch's own rows have no ratio: its medians still decide (1.25 slower torch)
+    # touching intervals are no change
+    code, out = run(base, _with_interval(_doc(), 0.909 / 0.99, 0.01))
+    assert code == 0 and "REGRESSION" not in out
+    # torch's own rows have no ratio, nor has a run without intervals: the medians decide
     slow_torch = _with_interval(_doc(), 0.90, 0.01)
     for r in slow_torch["results"]:
         if r["impl"] == "torch":
             r["median_s"] *= 1.25
     code, out = run(base, slow_torch)
     assert code == 1 and out.count("**REGRESSION** (medians)") == 6
+    code, out = run(base, _doc(1.25))
+    assert code == 1 and out.count("**REGRESSION** (medians)") == 6
+    code, out = run(base, _doc(fail=True))
+    assert code == 1 and out.count("**REGRESSION** (now FAILED)") == 1
+    code, out = run(base, {**base, "results": []})
+    assert code == 0 and "no row is in both runs" in out
+    for bad in (["--min-change", "nan"], ["--threshold", "-1"]):
+        assert compare.main([str(tmp_path / "old.json"), str(tmp_path / "new.json")] + bad) == 2
+    assert compare.main([str(tmp_path / "old.json")]) == 2
+    assert "expected OLD.json NEW.json, got 1 file(s)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("n", [1, 3, 6, 12, 20, 60])
@@ -637,45 +658,67 @@ def test_sign_bounds_are_the_binomial_tails(n):
     assert hi == n - lo and p_out(lo) < 0.01 and p_out(lo + 1) >= 0.01
 
 
-def test_compare_aa_judges_bias(tmp_path, capsys):
-    def judge(ratios, half=0.02, wide=False):
-        doc = _doc()
-        recs = [r for r in doc["results"] if r["impl"] == "custom" and r["status"] == "ok"]
-        for r, q in zip(recs, ratios):
-            r.update(impl=impls.TORCH_AGAIN, ratio=q, ratio_lo=q * (1 - half),
-                     ratio_hi=q * (1 + half), ratio_rounds=40, ratio_wide=wide)
-        (tmp_path / "aa.json").write_text(json.dumps(doc))
-        code = compare.main(["--aa", str(tmp_path / "aa.json")])
-        return code, capsys.readouterr().out
-    assert len([r for r in _doc()["results"] if r["impl"] == "custom"]) == 6
-    code, out = judge([1.0, 0.99, 1.01, 1.005, 0.995, 1.0])
-    assert code == 0 and "0 interval(s) excluding 1" in out and "unbiased" in out
+def _aa_doc(ratios, half=0.02, wide=False):
+    return {"results": [dict(impl=impls.TORCH_AGAIN, status="ok", ratio=q, ratio_lo=q * (1 - half),
+                             ratio_hi=q * (1 + half), ratio_wide=wide, device="cpu", op="softmax",
+                             case=f"c{i}", detail="", **{"pass": "forward"})
+                        for i, q in enumerate(ratios)]}
+
+
+def _aa_flags(lines):
+    return [line.rsplit("|", 2)[1].strip() for line in lines if line.startswith("| cpu")]
+
+
+def test_compare_aa_judges_bias():
+    ok_run = [1.0, 0.99, 1.01, 1.005, 0.995, 1.0, 0.998, 1.002]
+    lines, ok = compare.judge_aa(_aa_doc(ok_run), 0.03)
+    assert ok and lines[-1].endswith("unbiased") and not any(_aa_flags(lines))
     # intervals that exclude 1 are counted, not judged
-    code, out = judge([1.025, 0.975, 1.025, 0.975, 1.0, 1.0])
-    assert code == 0 and "4 interval(s) excluding 1" in out
+    lines, ok = compare.judge_aa(_aa_doc([1.025, 0.975, 1.025, 0.975, 1.0, 1.0]), 0.03)
+    assert ok and "4 of 6 intervals exclude 1" in lines[-1]
+    assert _aa_flags(lines)[:4] == ["interval excludes 1"] * 4
     # off by 5% on a row whose interval reached the target: biased; on a wide one: not judged
-    code, out = judge([1.05, 1.0, 1.0, 1.0, 1.0, 0.99], half=0.1)
-    assert code == 1 and "off by more than 3%" in out and "BIASED" in out
-    code, out = judge([1.05, 1.0, 1.0, 1.0, 1.0, 0.99], half=0.1, wide=True)
-    assert code == 0 and "‡" in out
+    lines, ok = compare.judge_aa(_aa_doc([1.05, 1.0, 1.0, 0.99], half=0.1), 0.03)
+    assert not ok and _aa_flags(lines)[0] == "off by more than 3%" and "; 1 off by" in lines[-1]
+    lines, ok = compare.judge_aa(_aa_doc([1.05, 1.0, 1.0, 0.99], half=0.1, wide=True), 0.03)
+    assert ok and "; 0 off by" in lines[-1] and "‡" in lines[2]
+    # a row without an interval is not judged on the tolerance either
+    doc = _aa_doc([1.05, 1.0, 1.0, 0.99])
+    doc["results"][0].update(ratio_lo=None, ratio_hi=None)
+    lines, ok = compare.judge_aa(doc, 0.03)
+    assert ok and "| none |" in lines[2]
+    # a FAILED torch-again row fails the judge
+    doc = _aa_doc(ok_run)
+    doc["results"][0].update(status="failed", ratio=None, detail="seed 0: forward off\nmore")
+    lines, ok = compare.judge_aa(doc, 0.03)
+    assert not ok and "1 FAILED" in lines[-1] and "| FAILED | - | seed 0: forward off |" in lines[2]
+
+
+def test_compare_aa_sign_test_catches_a_one_sided_advantage():
+    """Every A/A ratio 1% below 1 (each within tolerance, as an order effect would give):
+    12 of 12 on one side of 1 is not chance; 4 of 12 above is. Ties with 1 are left out."""
+    lines, ok = compare.judge_aa(_aa_doc([0.99] * 12), 0.03)
+    assert not ok and "0 of 12 above 1" in lines[-1] and "no bias: 2 to 10" in lines[-1]
+    assert compare.judge_aa(_aa_doc([1.01] * 4 + [0.99] * 8), 0.03)[1]
+    lines, ok = compare.judge_aa(_aa_doc([1.0] * 10 + [1.01, 0.99]), 0.03)
+    assert ok and "1 of 2 above 1" in lines[-1]
+
+
+def test_compare_aa_command_line(tmp_path, capsys):
+    (tmp_path / "aa.json").write_text(json.dumps(_with_interval(_doc(), 0.99, 0.02)))
+    # _doc's records are "custom": relabel them as the A/A implementation
+    doc = json.loads((tmp_path / "aa.json").read_text())
+    for r in doc["results"]:
+        if r["impl"] == "custom":
+            r["impl"] = impls.TORCH_AGAIN
+    (tmp_path / "aa.json").write_text(json.dumps(doc))
+    assert compare.main(["--aa", str(tmp_path / "aa.json")]) == 0
+    assert "unbiased" in capsys.readouterr().out
     (tmp_path / "plain.json").write_text(json.dumps(_doc()))
     assert compare.main(["--aa", str(tmp_path / "plain.json")]) == 1
     assert "no timed torch-again rows" in capsys.readouterr().out
     assert compare.main(["--aa", str(tmp_path / "plain.json"), str(tmp_path / "plain.json")]) == 2
     assert "expected RUN.json, got 2 file(s)" in capsys.readouterr().err
-
-
-def test_compare_aa_sign_test_catches_a_one_sided_advantage():
-    """Every A/A ratio 1% below 1 (each within tolerance, as an order effect would give):
-    12 of 12 on one side of 1 is not chance."""
-    doc = {"results": [dict(impl=impls.TORCH_AGAIN, status="ok", ratio=0.99, ratio_lo=0.98,
-                            ratio_hi=1.0, ratio_wide=False, device="cpu", op="softmax",
-                            case=f"c{i}", **{"pass": "forward"}) for i in range(12)]}
-    lines, ok = compare.judge_aa(doc, 0.03)
-    assert not ok and "0 above 1 (no bias: 2 to 10" in lines[-1]
-    for r in doc["results"][:4]:
-        r["ratio"] = 1.01
-    assert compare.judge_aa(doc, 0.03)[1]
 
 
 def test_cli_smoke_subprocess(tmp_path):
