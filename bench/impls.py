@@ -49,6 +49,12 @@ def unregister(name: str) -> None:
     _FACTORIES.pop(name, None)
 
 
+def is_builtin(name: str) -> bool:
+    """Whether `name` is a registered implementation or a registered prefix's (custom:<variant>)."""
+    base, sep, arg = name.partition(":")
+    return name in _FACTORIES or bool(sep and arg and base + ":" in _FACTORIES)
+
+
 def names() -> list[str]:
     return [n + "<variant>" if n.endswith(":") else n for n in _FACTORIES]
 
@@ -56,10 +62,10 @@ def names() -> list[str]:
 def validate(impl_names: list[str]) -> None:
     """Raises ValueError for a name no factory knows (before anything runs)."""
     for n in impl_names:
-        base, _, arg = n.partition(":")
-        if (n not in _FACTORIES) and not (arg and base + ":" in _FACTORIES):
+        if not is_builtin(n):
             raise ValueError(f"bench.layers: --impl: unknown implementation {n!r}; known: "
-                             f"{', '.join(names())}")
+                             f"{', '.join(names())}, or pkg.module:name, path/to/file.py:name, "
+                             "an installed plugin (bench/plugins.py)")
     if len(set(impl_names)) != len(impl_names):
         raise ValueError(f"bench.layers: --impl: an implementation is listed twice: "
                          f"{','.join(impl_names)}")

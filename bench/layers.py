@@ -25,7 +25,7 @@ import dlkern  # noqa: F401  (loads the ops and their registry entries)
 from dlkern import registry
 
 from . import impls as impls_mod
-from . import machine, plot, report, runner, workloads
+from . import machine, plot, plugins, report, runner, workloads
 from .cli import (UsageError, add_report_options, closed_pipe_is_quiet, devices_info,
                   parse_devices, report_failed, split_csv, start, write_reports)
 from .progress import Progress
@@ -68,8 +68,14 @@ def parse_args(argv):
 
 
 def _list() -> str:
+    eps = plugins.entry_points()
     lines = ["suites: " + ", ".join(workloads.known_suites()) + ", all",
-             "implementations: " + ", ".join(impls_mod.names()), "", "ops:"]
+             "implementations: " + ", ".join(impls_mod.names()) + ", pkg.module:name, "
+             "path/to/file.py:name, [label=]any of these",
+             f"installed plugins (entry point group {plugins.ENTRY_POINT_GROUP}): " +
+             (", ".join(f"{n} ({ep.value}"
+                        f"{', from ' + ep.dist.name if getattr(ep, 'dist', None) else ''})"
+                        for n, ep in sorted(eps.items())) or "none"), "", "ops:"]
     for spec in registry.ops():
         lines.append(f"  {spec.name} (devices: {', '.join(spec.devices)}; variants: "
                      f"{', '.join(spec.variants) or '-'})")
@@ -78,6 +84,25 @@ def _list() -> str:
         for c in spec.bench_cases:
             lines.append(f"    case {c.name!r}: suites {', '.join(c.suites)}")
     return "\n".join(lines)
+
+
+def _covers_some_row(impl_names, rows, devices) -> None:
+    """An implementation from outside that can run none of the run's rows is a mistake in the
+    command line, refused before anything runs (one that covers some is skipped on the rest)."""
+    specs = list({r.spec.name: r.spec for r in rows}.values())
+    for name in impl_names:
+        if not plugins.is_external(name):
+            continue
+        why = []
+        for spec, d in ((spec, d) for spec in specs for d in devices):
+            try:
+                impls_mod.resolve(name, spec, d)
+                break
+            except impls_mod.Unavailable as e:
+                why.append(str(e))
+        else:
+            raise UsageError(f"bench.layers: --impl {name}: covers none of this run's ops "
+                             f"({'; '.join(why[:3])})")
 
 
 def build(args) -> tuple[list[workloads.Row], list[str], runner.Config]:
@@ -94,6 +119,10 @@ def build(args) -> tuple[list[workloads.Row], list[str], runner.Config]:
     impl_names = split_csv(args.impl)
     if not impl_names:
         raise UsageError("bench.layers: --impl: no implementation given")
+    try:
+        plugins.register_external(impl_names)
+    except ValueError as e:
+        raise UsageError(f"bench.layers: {e}") from None
     try:
         impls_mod.validate(impl_names)
     except ValueError as e:
@@ -133,6 +162,7 @@ def build(args) -> tuple[list[workloads.Row], list[str], runner.Config]:
         raise UsageError(f"bench.layers: no rows to run: suites {suite_arg or '-'} have no cases "
                          f"for ops {', '.join(ops) or 'any'} (registered ops: "
                          f"{', '.join(s.name for s in registry.ops())}; see --list)")
+    _covers_some_row(impl_names, rows, devices)
     budget = Budget.quick() if args.quick else Budget()
     if args.budget is not None:
         budget.budget_s = args.budget

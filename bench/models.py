@@ -2,7 +2,7 @@
 torch's layers (dlkern.models), checked before they are timed, in the seeds' model tables.
 
     python -m bench.models --impl custom,torch                          # all nine models
-    python -m bench.models --models resnet18,vgg16 --batch 8 --reps 5 --out results/
+    python -m bench.models --models resnet18,vgg16 --batch 8 --reps 6 --out results/
     python -m bench.models --models resnet50 --layers conv2d            # only convs from dlkern
     python -m bench.models --list
 
@@ -405,8 +405,9 @@ def parse_args(argv):
     ap.add_argument("--layers", default=",".join(MODEL_KINDS),
                     help="which layer kinds the custom models take from dlkern: conv2d, "
                          "batch_norm, linear (default: all; the rest are torch's)")
-    ap.add_argument("--reps", type=int, default=5,
-                    help="timed samples per implementation and pass (default 5)")
+    ap.add_argument("--reps", type=int, default=6,
+                    help="timed samples per implementation and pass (default 6, the fewest that "
+                         "give each ratio a 95%% interval: the range of its per-round ratios)")
     ap.add_argument("--warmup", type=int, default=1,
                     help="warm-up calls per implementation and pass (default 1)")
     ap.add_argument("--gate-batch", type=int, default=2,

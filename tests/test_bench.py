@@ -790,3 +790,98 @@ def test_torch_again_is_gated_timed_and_paired_against_torch():
     assert rec["ratio_lo"] <= rec["ratio"] <= rec["ratio_hi"] and 0.5 < rec["ratio"] < 2
     table = report.ratio_table(report.records(res, _meta()), "cpu", "torch-again")
     assert f"{rec['ratio_lo']:.3f} - {rec['ratio_hi']:.3f}" in table
+
+
+# ---- implementations from outside the repository (bench/plugins.py) --------------------------
+
+EXAMPLE = os.path.join(ROOT, "examples", "plain_torch_impl.py")
+PLUGIN_RUN = ["--suite", "tensorgrad", "--quick", "--pass", "forward", "--no-peaks", "--format",
+              "json"]
+
+
+def _layers(capsys, tmp_path, impl, ops="softmax"):
+    code = layers.main(["--impl", impl, "--ops", ops, "--out", str(tmp_path)] + PLUGIN_RUN)
+    out = capsys.readouterr()
+    recs = (json.loads((tmp_path / "results.json").read_text())["results"]
+            if code in (0, 1) and (tmp_path / "results.json").exists() else [])
+    return code, out, recs
+
+
+@pytest.fixture
+def clean_impls():
+    before = set(impls._FACTORIES)
+    yield
+    for n in set(impls._FACTORIES) - before:
+        impls.unregister(n)
+
+
+def test_external_impl_from_a_file_is_gated_timed_and_labelled(tmp_path, capsys, clean_impls):
+    code, out, recs = _layers(capsys, tmp_path, f"mine={EXAMPLE}:softmax,torch")
+    assert code == 0, out.err
+    mine = [r for r in recs if r["impl"] == f"mine={EXAMPLE}:softmax"]
+    assert len(mine) == 3 and all(r["status"] == "ok" and r["label"] == "mine" for r in mine)
+    assert all(r["ratio"] > 0 for r in mine)
+    # a mapping covers softmax and linear; the default label is file:name
+    code, out, recs = _layers(capsys, tmp_path, f"{EXAMPLE}:IMPLS,torch", "softmax,linear")
+    assert code == 0, out.err
+    ours = [r for r in recs if r["impl"] != "torch"]
+    assert {r["op"] for r in ours} == {"softmax", "linear"}
+    assert {r["label"] for r in ours} == {"plain_torch_impl:IMPLS"}
+
+
+def test_external_impl_from_a_module_and_a_factory(tmp_path, capsys, monkeypatch, clean_impls):
+    pkg = tmp_path / "mypkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "kern.py").write_text(open(EXAMPLE).read())
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out_dir = tmp_path / "out"
+    code, out, recs = _layers(capsys, out_dir, "mypkg.kern:factory,torch", "softmax,conv2d")
+    assert code == 0, out.err
+    conv = [r for r in recs if r["op"] == "conv2d" and r["impl"] == "mypkg.kern:factory"]
+    assert conv and all(r["status"] == "skipped" and "has no conv2d" in r["detail"]
+                        for r in conv)
+    assert any(r["op"] == "softmax" and r["status"] == "ok" for r in recs
+               if r["impl"] == "mypkg.kern:factory")
+
+
+def test_external_impl_from_an_installed_entry_point(tmp_path, capsys, monkeypatch, clean_impls):
+    """An installed plugin: a distribution whose entry point in group dlkern.impls names the
+    object; --list shows it with where it comes from."""
+    (tmp_path / "plainkern.py").write_text(open(EXAMPLE).read())
+    dist = tmp_path / "plainkern-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: plainkern\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[dlkern.impls]\nplain = plainkern:IMPLS\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert layers.main(["--list"]) == 0
+    assert "plain (plainkern:IMPLS, from plainkern)" in capsys.readouterr().out
+    code, out, recs = _layers(capsys, tmp_path / "out", "plain,torch")
+    assert code == 0, out.err
+    assert any(r["impl"] == "plain" and r["status"] == "ok" for r in recs)
+
+
+def test_a_wrong_external_kernel_is_refused_by_the_gate(tmp_path, capsys, clean_impls):
+    code, out, recs = _layers(capsys, tmp_path, f"{EXAMPLE}:wrong_softmax,torch")
+    assert code == 1
+    bad = [r for r in recs if r["impl"].endswith("wrong_softmax")]
+    assert bad and bad[0]["status"] == "failed" and "seed" in bad[0]["detail"]
+
+
+@pytest.mark.parametrize("value, message", [
+    ("nosuchpkg_xyz.mod:fn", "cannot import 'nosuchpkg_xyz.mod': ModuleNotFoundError"),
+    ("examples/nosuch.py:fn", "no such file 'examples/nosuch.py'"),
+    (f"{EXAMPLE}:nosuch", "has no attribute 'nosuch'"),
+    (f"{EXAMPLE}:NOT_CALLABLE", "int object is not callable"),
+    (f"{EXAMPLE}:not_a_kernel", "covers none of this run's ops"),
+    ("mine=", "nothing after '='"),
+    ("nosuchplugin", "unknown implementation 'nosuchplugin'"),
+    ("x=nosuchplugin", "no implementation or installed plugin"),
+    (f"{EXAMPLE}:linear", "covers none of this run's ops"),
+])
+def test_external_impl_mistakes_are_one_line_and_exit_2(tmp_path, capsys, clean_impls, value,
+                                                        message):
+    code, out, _ = _layers(capsys, tmp_path, f"{value},torch")
+    assert code == 2
+    err = out.err.strip()
+    assert len(err.splitlines()) == 1 and message in err and value.split("=")[-1][:8] in err, err
