@@ -62,6 +62,9 @@ def parse_args(argv):
     ap.add_argument("--flush-l2", action="store_true",
                     help="CUDA: flush the L2 cache before every timed call")
     ap.add_argument("--plot", action="store_true", help="also write PNG plots to --out")
+    ap.add_argument("--profile", default=None, metavar="DIR",
+                    help="also record one extra call per row, implementation and pass under "
+                         "torch.profiler, as Chrome traces in DIR (not in the statistics)")
     add_report_options(ap, "row")
     ap.add_argument("--list", action="store_true", help="list suites, ops and their parameters")
     return ap.parse_args(argv)
@@ -168,8 +171,29 @@ def build(args) -> tuple[list[workloads.Row], list[str], runner.Config]:
         budget.budget_s = args.budget
     cfg = runner.Config(impls=impl_names, passes=passes, budget=budget,
                         seeds=tuple(range(args.seeds)), flush_l2=args.flush_l2,
-                        keep_going=args.keep_going)
+                        keep_going=args.keep_going, profile=args.profile)
     return rows, devices, cfg
+
+
+def measure(argv, args, rows, devices, cfg, progress: bool = True):
+    """The run itself, shared by main and bench.api.run: (results, meta, stopped_early)."""
+    threads = machine.threads_info()
+    alloc = machine.steady_malloc() if args.malloc == "steady" else {"malloc": "default"}
+    est = runner.estimate_s(rows, devices, cfg)
+    if progress:
+        print(f"bench.layers: {len(rows)} rows x {len(devices)} device(s) x {len(cfg.passes)} "
+              f"passes, impls {','.join(cfg.impls)}, {threads['torch_intraop']} threads; about "
+              f"{est:.0f} s", file=sys.stderr)
+    dev_info = devices_info(devices, threads, not args.no_peaks, 0.1 if args.quick else 0.3)
+    steps = len(rows) * len(devices) * (1 + len(cfg.passes))
+    prog = Progress(steps, est, enabled=progress)
+    try:
+        results, stopped = runner.run(rows, devices, cfg, prog)
+    finally:
+        prog.close()
+    meta = report.make_meta(argv, dev_info, threads, cfg.budget, cfg.impls, cfg.passes,
+                            {"dtype": args.dtype, "quick": args.quick, **alloc})
+    return results, meta, stopped
 
 
 @closed_pipe_is_quiet
@@ -178,22 +202,7 @@ def main(argv=None) -> int:
     if isinstance(started, int):
         return started
     argv, args, (rows, devices, cfg) = started
-
-    threads = machine.threads_info()
-    alloc = machine.steady_malloc() if args.malloc == "steady" else {"malloc": "default"}
-    est = runner.estimate_s(rows, devices, cfg)
-    print(f"bench.layers: {len(rows)} rows x {len(devices)} device(s) x {len(cfg.passes)} passes, "
-          f"impls {','.join(cfg.impls)}, {threads['torch_intraop']} threads; about {est:.0f} s",
-          file=sys.stderr)
-    dev_info = devices_info(devices, threads, not args.no_peaks, 0.1 if args.quick else 0.3)
-    steps = len(rows) * len(devices) * (1 + len(cfg.passes))
-    prog = Progress(steps, est)
-    try:
-        results, stopped = runner.run(rows, devices, cfg, prog)
-    finally:
-        prog.close()
-    meta = report.make_meta(argv, dev_info, threads, cfg.budget, cfg.impls, cfg.passes,
-                            {"dtype": args.dtype, "quick": args.quick, **alloc})
+    results, meta, stopped = measure(argv, args, rows, devices, cfg)
     md = report.markdown(results, meta, cfg.passes)
     print(md)
     if args.out:

@@ -153,7 +153,12 @@ def make_factory(value: str):
     """Load `value` and return an impls factory (spec, device, arg) -> Impl for it."""
     obj = load_object(value)
     label, target = split_label(value)
-    label = label or _short(target)
+    return factory_for(obj, value, label or _short(target), target)
+
+
+def factory_for(obj, value: str, label: str, source: str):
+    """An impls factory (spec, device, arg) -> Impl for a callable, mapping or factory `obj`
+    (see the module doc), registered as `value`; ValueError when `obj` is none of them."""
     if isinstance(obj, Mapping):
         bad = [k for k, v in obj.items() if not callable(v)]
         if bad:
@@ -188,13 +193,19 @@ def make_factory(value: str):
         why = signature_problem(fn, spec)
         if why:
             raise impls_mod.Unavailable(f"{label}: {why}")
-        return impls_mod.Impl(value, label, fn, notes={"source": target})
+        return impls_mod.Impl(value, label, fn, notes={"source": source})
     return factory
+
+
+def register_object(name: str, obj, label: str | None = None) -> None:
+    """Register a callable, mapping or factory handed over in Python (bench.api.run) as `name`."""
+    impls_mod.register(name, factory_for(obj, name, label or name, "python object"))
+    _registered.add(name)
 
 
 def register_external(values: list[str]) -> None:
     """Load and register every external --impl value (ValueError on the first mistake)."""
     for v in values:
-        if is_external(v):
+        if is_external(v) and not (v in _registered and impls_mod.is_builtin(v)):
             impls_mod.register(v, make_factory(v))
             _registered.add(v)

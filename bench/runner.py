@@ -61,6 +61,7 @@ class Config:
     seeds: tuple[int, ...] = (0, 1, 2)
     flush_l2: bool = False
     keep_going: bool = False
+    profile: str | None = None     # --profile DIR: a trace per (row, implementation, pass)
 
 
 def work(spec: OpSpec, params, pass_: str) -> tuple[float, float]:
@@ -131,12 +132,14 @@ def no_grad_context(impl) -> Callable[[], contextlib.AbstractContextManager]:
 # ---- the skeleton both command lines share (bench.layers rows, bench.models models) ---------
 
 def time_passes(names, passes, make, device: str, budget: Budget, tick, flush=None,
-                traceback_lines: int = 3, baseline: str | None = impls_mod.TORCH
-                ) -> tuple[dict[tuple[str, str], Stats], dict[str, str]]:
+                traceback_lines: int = 3, baseline: str | None = impls_mod.TORCH,
+                profile: Callable[[str, str, Callable, Callable], None] | None = None,
+                label: str = "") -> tuple[dict[tuple[str, str], Stats], dict[str, str]]:
     """Per pass, make(name, pass) -> (callable, context) for every implementation not failed yet,
     timed interleaved, with ratios paired against `baseline`; when the joint timing raises, each
     one alone, to say which one raised (with the last `traceback_lines` frames of its traceback,
-    none when 0).
+    none when 0). With `profile`, profile(name, pass, callable, context) after each pass's
+    timing, for every implementation that did not fail (an extra call, outside the statistics).
     Returns ({(name, pass): Stats}, {name: why it failed})."""
     timed: dict[tuple[str, str], Stats] = {}
     failed: dict[str, str] = {}
@@ -153,7 +156,7 @@ def time_passes(names, passes, make, device: str, budget: Budget, tick, flush=No
             try:
                 timed.update({(n, p): st for n, st in time_interleaved(
                     fns, device=device, budget=budget, contexts=ctxs, flush=flush,
-                    baseline=baseline).items()})
+                    baseline=baseline, label=f"{label} {p}").items()})
             except Exception:
                 for n in fns:
                     try:
@@ -165,6 +168,10 @@ def time_passes(names, passes, make, device: str, budget: Budget, tick, flush=No
                             failed[n] += "\n" + traceback.format_exc(limit=traceback_lines)
                 if not failed:
                     raise
+        if profile:
+            for n in fns:
+                if n not in failed:
+                    profile(n, p, fns[n], ctxs[n])
         del fns, ctxs  # frees a graph kept for the Backward pass
         tick(p)
     return timed, failed
@@ -236,9 +243,16 @@ def run_row(row: Row, device: str, cfg: Config, tick: Callable[[str], None] = la
     if cfg.flush_l2 and device.startswith("cuda"):
         from .machine import l2_flusher
         flush = l2_flusher()
+    profile = None
+    if cfg.profile:
+        from .profiling import trace_call
+
+        def profile(n, p, fn, ctx):
+            trace_call(cfg.profile, f"{device} {row.op} {case.name} {ready[n].label} {p}", fn,
+                       ctx, device)
     timed, failed = time_passes(
         ready, passes, lambda n, p: _callable(spec, ready[n], own[n], p, device), device,
-        cfg.budget, tick, flush)
+        cfg.budget, tick, flush, profile=profile, label=f"{row.op} {case.name}")
     for n, impl in ready.items():
         if n not in failed:
             bad = _after_timing(spec, case, device, impl, pristine, own[n], cfg)

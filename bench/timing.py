@@ -212,10 +212,11 @@ def time_interleaved(fns: Mapping[str, Callable[[], object]], *, device: str = "
                      contexts: Mapping[str, Callable[[], ContextManager]] | None = None,
                      flush: Callable[[], None] | None = None,
                      clock: Callable[[], float] = time.perf_counter,
-                     baseline: str | None = None) -> dict[str, Stats]:
+                     baseline: str | None = None, label: str = "") -> dict[str, Stats]:
     """Times each callable (interleaved, see the module doc); returns name -> Stats of seconds
     per call, each with its Ratio to `baseline` when that is one of them. `clock` is injectable
-    for tests of the stopping rule."""
+    for tests of the stopping rule. On CUDA every timed block is an NVTX range named
+    "`label` name" (so nsys / ncu can select a row)."""
     b = budget or Budget()
     contexts = contexts or {}
     cuda = device.startswith("cuda")
@@ -232,6 +233,9 @@ def time_interleaved(fns: Mapping[str, Callable[[], object]], *, device: str = "
 
     def ctx(name):
         return contexts[name]() if name in contexts else contextlib.nullcontext()
+
+    def nvtx(name):
+        return torch.cuda.nvtx.range(f"{label} {name}".strip()) if cuda else contextlib.nullcontext()
 
     per_call = {}
     for name in names:
@@ -262,7 +266,8 @@ def time_interleaved(fns: Mapping[str, Callable[[], object]], *, device: str = "
             with ctx(name):
                 sync()
                 f0 = _minor_faults()
-                samples[name].append(timer.block(fns[name], reps[name], flush))
+                with nvtx(name):
+                    samples[name].append(timer.block(fns[name], reps[name], flush))
                 sync()
                 faults[name] += _minor_faults() - f0
         rnd += 1

@@ -885,3 +885,74 @@ def test_external_impl_mistakes_are_one_line_and_exit_2(tmp_path, capsys, clean_
     assert code == 2
     err = out.err.strip()
     assert len(err.splitlines()) == 1 and message in err and value.split("=")[-1][:8] in err, err
+
+
+# ---- the Python API (bench/api.py) ---------------------------------------------------------
+
+def test_api_run_returns_the_records_as_a_dataframe(clean_impls):
+    import bench as bench_pkg
+    sys.path.insert(0, os.path.dirname(EXAMPLE))
+    try:
+        from plain_torch_impl import softmax, wrong_softmax
+    finally:
+        sys.path.pop(0)
+    df = bench_pkg.run(ops="softmax", suites=["tensorgrad"], impls=["custom", softmax, "torch"],
+                       passes="forward", quick=True)
+    assert list(df.columns) == list(report.RECORD_TYPES)
+    assert len(df) == 3 * 3 and set(df["status"]) == {"ok"}
+    assert set(df["impl"]) == {"custom", "softmax", "torch"}
+    r = bench_pkg.ratios(df)
+    assert r.shape == (3, 1) and (r["forward"] > 0).all()
+    assert bench_pkg.ratios(df, "softmax").shape == (3, 1)
+    cmp = bench_pkg.compare_frames(df, df)
+    assert len(cmp) == 9 and not cmp["regressed"].any()
+    # a wrong kernel passed directly: FAILED rows, the run carries on
+    bad = bench_pkg.run(ops="softmax", suites="tensorgrad", impls=[wrong_softmax, "torch"],
+                        passes="forward", quick=True)
+    assert set(bad[bad["impl"] == "wrong_softmax"]["status"]) == {"failed"}
+    with pytest.raises(ValueError, match="bench.run: ops: no op named 'nosuch'"):
+        bench_pkg.run(ops="nosuch")
+    with pytest.raises(ValueError, match="hold no implementation besides torch"):
+        bench_pkg.ratios(df[df["impl"] == "torch"])
+
+
+def test_examples_run_as_scripts(tmp_path):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "api_example.py")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "forward" in proc.stdout and "softmax" in proc.stdout
+
+
+def test_profile_writes_a_loadable_trace_per_row_impl_and_pass(tmp_path, capsys):
+    prof = tmp_path / "prof"
+    code = layers.main(["--impl", "custom,torch", "--ops", "softmax", "--suite", "tensorgrad",
+                        "--quick", "--pass", "forward,backward", "--no-peaks", "--profile",
+                        str(prof), "--out", str(tmp_path), "--format", "json"])
+    assert code == 0, capsys.readouterr().err
+    files = sorted(p.name for p in prof.iterdir())
+    assert len(files) == 3 * 2 * 2             # rows x implementations x passes
+    trace = json.loads((prof / "cpu_softmax_128x64_dim=-1_dlkern_avx2_backward.json").read_text())
+    names = [e.get("name", "") for e in trace["traceEvents"]]
+    assert "cpu softmax 128x64 dim=-1 dlkern avx2 backward" in names
+
+
+def test_profile_call_comes_after_each_pass_timing():
+    """runner.time_passes calls profile once per implementation and pass, after that pass's
+    timing has finished: the traced call cannot be among the samples."""
+    events = []
+
+    def make(n, p):
+        return (lambda: events.append(("call", n, p))), contextlib.nullcontext
+
+    def profile(n, p, fn, ctx):
+        events.append(("profile", n, p))
+        fn()
+    timed, failed = runner.time_passes(["a", "torch"], ["forward", "backward"], make, "cpu",
+                                       QUICK, lambda p: None, profile=profile)
+    assert not failed and set(timed) == {(n, p) for n in ("a", "torch")
+                                         for p in ("forward", "backward")}
+    for p in ("forward", "backward"):
+        mine = [e[0] for e in events if e[2] == p]
+        first = mine.index("profile")
+        assert mine[first:] == ["profile", "call", "profile", "call"]   # nothing timed after

@@ -1,0 +1,105 @@
+"""The Python API over `python -m bench.layers`, for notebooks and scripts:
+
+    import bench
+    df = bench.run(ops="softmax", suites="tensorgrad", impls=["custom", my_softmax, "torch"],
+                   passes="forward", quick=True)
+    bench.ratios(df)                        # (device, op, case) x pass -> ratio to torch
+    bench.compare_frames(old_df, new_df)    # what python -m bench.compare does, as a DataFrame
+
+`run` takes the command line's options as keyword arguments (lists or comma-separated strings)
+and returns one DataFrame row per workload x implementation x device x pass, with the JSON
+schema's columns (bench/report.py RECORD_TYPES; `params` is a dict). Implementations may be
+names as for --impl, or callables, mappings op -> callable, or factories (spec, device) given
+directly (bench/plugins.py), labelled with their __name__. Every implementation is checked before
+it is timed, exactly as on the command line; a FAILED one is a row with status "failed" (the
+run carries on past it). Bad arguments raise ValueError with the command line's message.
+pandas is imported only here: the command lines do not need it.
+"""
+from __future__ import annotations
+
+import math
+
+from . import compare as compare_mod
+from . import plugins
+from .cli import UsageError, apply_threads
+
+
+def _csv(v) -> str | None:
+    if v is None:
+        return None
+    return v if isinstance(v, str) else ",".join(map(str, v))
+
+
+def _impl_names(impls) -> list[str]:
+    """--impl names for `impls`, registering the Python objects among them."""
+    if isinstance(impls, str):
+        return [x.strip() for x in impls.split(",") if x.strip()]
+    names = []
+    for i, obj in enumerate(impls):
+        if isinstance(obj, str):
+            names.append(obj)
+            continue
+        name = getattr(obj, "__name__", None) or f"impl{i}"
+        plugins.register_object(name, obj)
+        names.append(name)
+    return names
+
+
+def run(ops=None, suites=None, impls=("custom", "torch"), device=None, passes=None, shapes=None,
+        threads=None, quick=False, budget=None, seeds=3, flush_l2=False, peaks=False,
+        progress=False):
+    """Check and time, as `python -m bench.layers` does; the results as a pandas DataFrame."""
+    import pandas as pd
+
+    from . import layers, report
+    argv = ["--impl", ",".join(_impl_names(impls)), "--seeds", str(seeds), "--keep-going"]
+    for flag, v in (("--ops", _csv(ops)), ("--suite", _csv(suites)), ("--device", _csv(device)),
+                    ("--pass", _csv(passes)), ("--shapes", shapes), ("--budget", budget),
+                    ("--threads", threads)):
+        if v is not None:
+            argv += [flag, str(v)]
+    argv += ["--quick"] * bool(quick) + ["--flush-l2"] * bool(flush_l2) + ["--no-peaks"] * (not peaks)
+    args = layers.parse_args(argv)
+    try:
+        apply_threads(args.threads, "bench.run")
+        rows, devices, cfg = layers.build(args)
+    except UsageError as e:
+        raise ValueError(str(e).replace("bench.layers: --", "bench.run: ")) from None
+    results, meta, _ = layers.measure(argv, args, rows, devices, cfg, progress=progress)
+    df = pd.DataFrame(report.records(results, meta))
+    df.attrs["meta"] = meta
+    return df
+
+
+def ratios(df, impl: str | None = None):
+    """(device, op, case) x pass -> the ratio of `impl` (default: the first that is not torch) to
+    torch, from a DataFrame of `run`."""
+    others = [i for i in dict.fromkeys(df["impl"]) if i != "torch"]
+    if not others:
+        raise ValueError("bench.ratios: the results hold no implementation besides torch")
+    impl = impl or others[0]
+    sel = df[(df["impl"] == impl) & (df["status"] == "ok")]
+    return sel.pivot_table(index=["device", "op", "case"], columns="pass", values="ratio",
+                           sort=False)
+
+
+def _records(df) -> list[dict]:
+    """The DataFrame's rows as the JSON records they came from (pandas' NaN back to None)."""
+    return [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
+            for r in df.to_dict("records")]
+
+
+def compare_frames(old, new, threshold: float = 0.10, min_change: float = 0.03):
+    """Row by row what `python -m bench.compare` decides (intervals where both runs have them,
+    else medians): a DataFrame with old, new, new/old, flag and regressed per matched row."""
+    import pandas as pd
+    key = ["device", "op", "case", "impl", "pass"]
+    o = {tuple(r[k] for k in key): r for r in _records(old)}
+    out = []
+    for r in _records(new):
+        k = tuple(r[c] for c in key)
+        if k in o:
+            a, b, change, flag, regressed = compare_mod.verdict(o[k], r, threshold, min_change)
+            out.append(dict(zip(key, k), old=a, new=b, change=change, flag=flag,
+                            regressed=regressed))
+    return pd.DataFrame(out, columns=key + ["old", "new", "change", "flag", "regressed"])
