@@ -21,7 +21,7 @@ import math
 
 from . import compare as compare_mod
 from . import plugins
-from .cli import UsageError, apply_threads
+from .cli import UsageError, apply_threads, split_csv
 
 
 def _csv(v) -> str | None:
@@ -33,7 +33,7 @@ def _csv(v) -> str | None:
 def _impl_names(impls) -> list[str]:
     """--impl names for `impls`, registering the Python objects among them."""
     if isinstance(impls, str):
-        return [x.strip() for x in impls.split(",") if x.strip()]
+        return split_csv(impls)
     names = []
     for i, obj in enumerate(impls):
         if isinstance(obj, str):
@@ -94,12 +94,9 @@ def compare_frames(old, new, threshold: float = 0.10, min_change: float = 0.03):
     else medians): a DataFrame with old, new, new/old, flag and regressed per matched row."""
     import pandas as pd
     key = ["device", "op", "case", "impl", "pass"]
-    o = {tuple(r[k] for k in key): r for r in _records(old)}
     out = []
-    for r in _records(new):
-        k = tuple(r[c] for c in key)
-        if k in o:
-            a, b, change, flag, regressed = compare_mod.verdict(o[k], r, threshold, min_change)
-            out.append(dict(zip(key, k), old=a, new=b, change=change, flag=flag,
-                            regressed=regressed))
+    for k, a, b in compare_mod.matched(_records(old), _records(new)):
+        old_s, new_s, change, flag, regressed = compare_mod.verdict(a, b, threshold, min_change)
+        out.append(dict(zip(key, k), old=old_s, new=new_s, change=change, flag=flag,
+                        regressed=regressed))
     return pd.DataFrame(out, columns=key + ["old", "new", "change", "flag", "regressed"])

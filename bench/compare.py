@@ -87,6 +87,15 @@ def verdict(a: dict, b: dict, threshold: float, min_change: float
     return fmt_time(a["median_s"]), fmt_time(b["median_s"]), f"{ratio:.3f}", flag, regressed
 
 
+def matched(old_records, new_records):
+    """(key, old record, new record) for every row of NEW that OLD has too, in NEW's order."""
+    o = {_key(r): r for r in old_records}
+    for r in new_records:
+        k = _key(r)
+        if k in o:
+            yield k, o[k], r
+
+
 def compare(old: dict, new: dict, threshold: float, min_change: float = 0.03
             ) -> tuple[list[str], int]:
     """Markdown lines and the number of regressions."""
@@ -100,11 +109,9 @@ def compare(old: dict, new: dict, threshold: float, min_change: float = 0.03
              "| device | row | impl | pass | old | new | new/old | |",
              "|---|---|---|---|---:|---:|---:|---|"]
     regressions = 0
-    for k in n:
-        if k not in o:
-            continue
+    for k, a, b in matched(old["results"], new["results"]):
         dev, op, case, impl, pass_ = k
-        old_s, new_s, change, flag, regressed = verdict(o[k], n[k], threshold, min_change)
+        old_s, new_s, change, flag, regressed = verdict(a, b, threshold, min_change)
         regressions += regressed
         lines.append(f"| {dev} | {op} {case} | {impl} | {pass_} | {old_s} | {new_s} | {change} | "
                      f"{flag} |")

@@ -161,7 +161,8 @@ def time_passes(names, passes, make, device: str, budget: Budget, tick, flush=No
                 for n in fns:
                     try:
                         timed[(n, p)] = time_interleaved({n: fns[n]}, device=device, budget=budget,
-                                                         contexts=ctxs, flush=flush)[n]
+                                                         contexts=ctxs, flush=flush,
+                                                         label=f"{label} {p}")[n]
                     except Exception as e1:
                         failed[n] = f"{p}: raised during timing: {type(e1).__name__}: {e1}"
                         if traceback_lines:
