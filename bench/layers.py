@@ -71,14 +71,10 @@ def parse_args(argv):
 
 
 def _list() -> str:
-    eps = plugins.entry_points()
     lines = ["suites: " + ", ".join(workloads.known_suites()) + ", all",
              "implementations: " + ", ".join(impls_mod.names()) + ", pkg.module:name, "
              "path/to/file.py:name, [label=]any of these",
-             f"installed plugins (entry point group {plugins.ENTRY_POINT_GROUP}): " +
-             (", ".join(f"{n} ({ep.value}"
-                        f"{', from ' + ep.dist.name if getattr(ep, 'dist', None) else ''})"
-                        for n, ep in sorted(eps.items())) or "none"), "", "ops:"]
+             plugins.installed_line(), "", "ops:"]
     for spec in registry.ops():
         lines.append(f"  {spec.name} (devices: {', '.join(spec.devices)}; variants: "
                      f"{', '.join(spec.variants) or '-'})")

@@ -4,6 +4,7 @@ torch's layers (dlkern.models), checked before they are timed, in the seeds' mod
     python -m bench.models --impl custom,torch                          # all nine models
     python -m bench.models --models resnet18,vgg16 --batch 8 --reps 6 --out results/
     python -m bench.models --models resnet50 --layers conv2d            # only convs from dlkern
+    python -m bench.models --models resnet50 --impl mine=examples/plain_torch_impl.py:IMPLS,torch
     python -m bench.models --list
 
 Per model and device:
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import json
 import sys
 from dataclasses import dataclass, field
@@ -42,9 +44,10 @@ from dlkern import registry, testing
 from dlkern.registry import Case
 
 from . import impls as impls_mod
-from . import machine, plot, report, runner
+from . import machine, plot, plugins, report, runner
 from .cli import (UsageError, add_report_options, closed_pipe_is_quiet, devices_info,
                   parse_devices, report_failed, split_csv, start, write_reports)
+from .profiling import tracer
 from .progress import Progress, fmt_s
 from .runner import PASS_TITLES, PASSES, Result
 from .timing import Budget
@@ -104,15 +107,20 @@ class ModelImpl:
 
 
 def resolve_impl(name: str, device: str, kinds: tuple[str, ...]) -> ModelImpl:
-    """torch, custom, custom:<variant> (a CPU path: reference, avx2); UsageError otherwise."""
+    """torch, custom, custom:<variant> (a CPU path: reference, avx2), or an implementation from
+    outside (bench/plugins.py) whose functions the layers of the kinds it covers call;
+    UsageError otherwise."""
     dev = torch.device(device).type
     if name == impls_mod.TORCH:
         return ModelImpl(name, f"PyTorch {torch.__version__.split('+')[0]}",
                          {k: "torch" for k in dm.KINDS}, is_baseline=True)
     base, _, variant = name.partition(":")
-    if base != "custom":
-        raise UsageError(f"{PROG}: --impl: {name!r} is not a model implementation; models take "
-                         "torch, custom and custom:<variant> (e.g. custom:reference)")
+    if base != "custom" or plugins.split_label(name)[0] is not None:
+        if not plugins.is_external(name):
+            raise UsageError(f"{PROG}: --impl: {name!r} is not a model implementation; models "
+                             "take torch, custom, custom:<variant> (e.g. custom:reference), "
+                             "pkg.module:name, path/to/file.py:name or an installed plugin")
+        return _external(name, device, kinds)
     mapping = {k: ("dlkern" if k in kinds else "torch") for k in dm.KINDS}
     label = impls_mod._custom_label(dev, variant or None)
     if len(kinds) < len(MODEL_KINDS):
@@ -124,6 +132,21 @@ def resolve_impl(name: str, device: str, kinds: tuple[str, ...]) -> ModelImpl:
         raise UsageError(f"{PROG}: --impl {name}: no such CPU variant here (has: "
                          f"{', '.join(variants)})")
     return ModelImpl(name, label, mapping, context=variants[variant])
+
+
+@functools.lru_cache(maxsize=None)
+def _external(name: str, device: str, kinds: tuple[str, ...]) -> ModelImpl:
+    """An implementation from outside: the layers of the --layers kinds it covers call its
+    functions (dlkern.models.set_impl), the others are torch's (loaded once per run)."""
+    try:
+        fns, why = plugins.covering(name, kinds, device)
+    except ValueError as e:
+        raise UsageError(f"{PROG}: {e}") from None
+    if not fns:
+        raise UsageError(f"{PROG}: --impl {name}: covers none of the layer kinds "
+                         f"{', '.join(kinds)} ({'; '.join(why.values())})")
+    mapping = {k: fns.get(k, "torch") for k in dm.KINDS}
+    return ModelImpl(name, f"{plugins.label_for(name)} ({'+'.join(fns)})", mapping)
 
 
 # ---- the gate ------------------------------------------------------------------------------
@@ -215,6 +238,7 @@ class Config:
     num_classes: int = 1000
     seed: int = 0
     keep_going: bool = False
+    profile: str | None = None      # --profile DIR: a trace per (model, implementation, pass)
 
 
 def _row(plan: Plan, image: int) -> Row:
@@ -262,7 +286,10 @@ def run_model(plan: Plan, device: str, cfg: Config, tick: Callable[[str], None] 
     own = {n: (x.clone().to(device), go.clone().to(device)) for n in ready}
     timed, failed = runner.time_passes(
         ready, cfg.passes, lambda n, p: _callable(ready[n][1], *own[n], p, ready[n][0]), device,
-        cfg.budget, tick, traceback_lines=0)  # a model's report lists failures on one line
+        cfg.budget, tick, traceback_lines=0,  # a model's report lists failures on one line
+        profile=tracer(cfg.profile, device, plan.display,
+                       {n: impl.label for n, (impl, _) in ready.items()}),
+        label=plan.display)
     for n, (impl, model) in ready.items():
         if n not in failed and not impl.is_baseline:
             bad = _after_timing(model, pristine, ref, impl, [r for r in gates if r.impl == n])
@@ -391,7 +418,10 @@ def parse_args(argv):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--impl", default="custom,torch",
                     help="torch, custom (dlkern layers), custom:<variant> (a CPU path, e.g. "
-                         "custom:reference) (default: custom,torch)")
+                         "custom:reference), or your own: [label=]pkg.module:name, "
+                         "path/to/file.py:name or an installed plugin, whose functions the "
+                         "layers of the kinds it covers call (bench/plugins.py) "
+                         "(default: custom,torch)")
     ap.add_argument("--models", default="all",
                     help=f"comma-separated, or all: {', '.join(dm.MODELS)} (default: all)")
     ap.add_argument("--batch", type=int, default=None,
@@ -417,6 +447,9 @@ def parse_args(argv):
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 2 samples, 1 warm-up (numbers are indicative only)")
     ap.add_argument("--plot", action="store_true", help="also write a PNG bar chart to --out")
+    ap.add_argument("--profile", default=None, metavar="DIR",
+                    help="also record one extra call per model, implementation and pass under "
+                         "torch.profiler, as Chrome traces in DIR (not in the statistics)")
     add_report_options(ap, "model")
     ap.add_argument("--list", action="store_true", help="list the models")
     return ap.parse_args(argv)
@@ -431,7 +464,9 @@ def _list() -> str:
         lines.append(f"  {key}: {display}, batch {batch}, {n / 1e6:.1f} M parameters, "
                      f"{model_flops(key, 1, 224) / 1e9:.2f} GFLOP")
     lines.append("implementations: torch, custom, custom:<variant> (" +
-                 ", ".join(registry.cpu_variants()) + ")")
+                 ", ".join(registry.cpu_variants()) + "), pkg.module:name, path/to/file.py:name, "
+                 "[label=]any of these")
+    lines.append(plugins.installed_line())
     return "\n".join(lines)
 
 
@@ -491,7 +526,7 @@ def build(args) -> tuple[list[Plan], list[str], Config]:
                           model_flops(k, args.gate_batch, args.image)))
     cfg = Config(impls=impl_names, kinds=kinds, passes=passes, budget=budget, image=args.image,
                  gate_batch=args.gate_batch, num_classes=args.classes,
-                 keep_going=args.keep_going)
+                 keep_going=args.keep_going, profile=args.profile)
     return plans, devices, cfg
 
 

@@ -14,7 +14,8 @@ The object taken may be
   device with the registry entry and the device string, and returns the callable, or raises
   bench.impls.Unavailable (or returns None) to refuse that op with a reason.
 
-Such an implementation is gated, timed and reported exactly like dlkern's own. A mistake in
+Such an implementation is gated, timed and reported exactly like dlkern's own, by bench.layers
+per op and by bench.models in the layers of the kinds it covers (covering). A mistake in
 loading it (module or file not found, attribute missing, not callable, a factory with the wrong
 parameters) is a ValueError naming the --impl value, which the command lines print as one line
 before anything runs (exit 2); an op it does not cover is a skipped row with the reason, and a
@@ -30,6 +31,7 @@ import os
 import sys
 from collections.abc import Mapping
 
+from dlkern import registry
 from dlkern.registry import OpSpec
 
 from . import impls as impls_mod
@@ -42,6 +44,15 @@ FACTORY_PARAMS = ["spec", "device"]
 def entry_points() -> dict[str, importlib.metadata.EntryPoint]:
     """The installed plugins: name -> entry point in ENTRY_POINT_GROUP."""
     return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def installed_line() -> str:
+    """--list's line of installed plugins, each with its target and distribution."""
+    eps = entry_points()
+    return (f"installed plugins (entry point group {ENTRY_POINT_GROUP}): " +
+            (", ".join(f"{n} ({ep.value}"
+                       f"{', from ' + ep.dist.name if getattr(ep, 'dist', None) else ''})"
+                       for n, ep in sorted(eps.items())) or "none"))
 
 
 def split_label(value: str) -> tuple[str | None, str]:
@@ -149,11 +160,28 @@ def _short(target: str) -> str:
     return f"{base[:-3] if base.endswith('.py') else base}:{attr}"
 
 
+def label_for(value: str) -> str:
+    """The label an --impl value is shown under: its own (mine=...) or file:name."""
+    label, target = split_label(value)
+    return label or _short(target)
+
+
 def make_factory(value: str):
     """Load `value` and return an impls factory (spec, device, arg) -> Impl for it."""
-    obj = load_object(value)
-    label, target = split_label(value)
-    return factory_for(obj, value, label or _short(target), target)
+    return factory_for(load_object(value), value, label_for(value), split_label(value)[1])
+
+
+def covering(value: str, op_names, device: str) -> tuple[dict, dict]:
+    """Load `value`; ({op: callable} for the ops among `op_names` it covers on `device`,
+    {op: why not} for the rest). ValueError for a loading mistake."""
+    factory = make_factory(value)
+    fns, why = {}, {}
+    for op in op_names:
+        try:
+            fns[op] = factory(registry.get(op), device, None).fn
+        except impls_mod.Unavailable as e:
+            why[op] = str(e)
+    return fns, why
 
 
 def factory_for(obj, value: str, label: str, source: str):

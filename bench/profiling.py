@@ -31,3 +31,14 @@ def trace_call(directory: str, label: str, fn, context, device: str) -> str:
     path = trace_path(directory, label)
     prof.export_chrome_trace(path)
     return path
+
+
+def tracer(directory: str | None, device: str, what: str, labels: dict[str, str]):
+    """runner.time_passes's `profile` callback for --profile DIR (None without it): a trace of
+    one call per implementation and pass, labelled "<device> <what> <label> <pass>"."""
+    if not directory:
+        return None
+
+    def profile(name, pass_, fn, context):
+        trace_call(directory, f"{device} {what} {labels[name]} {pass_}", fn, context, device)
+    return profile

@@ -25,6 +25,7 @@ from dlkern import testing
 from dlkern.registry import OpSpec
 
 from . import impls as impls_mod
+from .profiling import tracer
 from .timing import Budget, Stats, time_interleaved
 from .workloads import Row
 
@@ -244,13 +245,8 @@ def run_row(row: Row, device: str, cfg: Config, tick: Callable[[str], None] = la
     if cfg.flush_l2 and device.startswith("cuda"):
         from .machine import l2_flusher
         flush = l2_flusher()
-    profile = None
-    if cfg.profile:
-        from .profiling import trace_call
-
-        def profile(n, p, fn, ctx):
-            trace_call(cfg.profile, f"{device} {row.op} {case.name} {ready[n].label} {p}", fn,
-                       ctx, device)
+    profile = tracer(cfg.profile, device, f"{row.op} {case.name}",
+                     {n: impl.label for n, impl in ready.items()})
     timed, failed = time_passes(
         ready, passes, lambda n, p: _callable(spec, ready[n], own[n], p, device), device,
         cfg.budget, tick, flush, profile=profile, label=f"{row.op} {case.name}")

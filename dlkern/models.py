@@ -15,11 +15,20 @@ dropout and the residual additions are torch's.
 
 `impl` is "dlkern" or "torch" for every layer, or a mapping from a layer kind ("conv2d",
 "batch_norm", "linear", "softmax", "multihead_attention") to "dlkern"/"torch" (kinds not named stay dlkern).
+A conv2d, batch_norm, linear or softmax entry may also be a function of your own with the
+functional's keyword arguments (linear(input, weight, bias), conv2d(input, weight, bias, stride,
+padding, dilation, groups), batch_norm(input, running_mean, running_var, weight, bias, training,
+momentum, eps), softmax(input, dim)): the layers of that kind call it, keeping torch.nn's module
+bookkeeping (padding modes, running-statistics factors), and impl_of says "callable".
+
+    dlkern.models.set_impl(model, {"linear": my_linear})   # my kernel in every Linear layer
+
 The dlkern modules subclass their torch.nn namesakes, so switching an existing model
 (`set_impl`) swaps the modules' classes and keeps every parameter and buffer.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Mapping, Union
 
 import torch
@@ -31,7 +40,7 @@ __all__ = ["MODELS", "Impl", "KINDS", "VGG", "ResNet", "BasicBlock", "Bottleneck
            "set_impl", "impl_of", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn", "resnet18",
            "resnet34", "resnet50", "resnet101", "resnet152"]
 
-Impl = Union[str, Mapping[str, str]]
+Impl = Union[str, Mapping[str, Union[str, Callable]]]
 
 # layer kind -> (torch class, dlkern class); the dlkern class subclasses the torch one
 _PAIRS: dict[str, tuple[tuple[type, type], ...]] = {
@@ -46,8 +55,8 @@ KINDS = tuple(_PAIRS)
 IMPLS = ("dlkern", "torch")
 
 
-def _resolve(impl: Impl) -> dict[str, str]:
-    """{kind: "dlkern" | "torch"} for every kind; ValueError naming what is wrong."""
+def _resolve(impl: Impl) -> dict[str, str | Callable]:
+    """{kind: "dlkern" | "torch" | a function} for every kind; ValueError naming what is wrong."""
     if isinstance(impl, str):
         if impl not in IMPLS:
             raise ValueError(f"dlkern.models: argument 'impl' must be 'dlkern', 'torch' or a "
@@ -61,11 +70,44 @@ def _resolve(impl: Impl) -> dict[str, str]:
         if k not in KINDS:
             raise ValueError(f"dlkern.models: argument 'impl': unknown layer kind {k!r} "
                              f"(expected some of {', '.join(KINDS)})")
-        if v not in IMPLS:
-            raise ValueError(f"dlkern.models: argument 'impl': {k} must be 'dlkern' or 'torch', "
-                             f"got {v!r}")
+        if callable(v) and k in PLUGGABLE:
+            out[k] = v
+            continue
+        if not isinstance(v, str) or v not in IMPLS:
+            also = " or a function with the functional's arguments" if k in PLUGGABLE else ""
+            raise ValueError(f"dlkern.models: argument 'impl': {k} must be 'dlkern' or "
+                             f"'torch'{also}, got {v!r}")
         out[k] = v
     return out
+
+
+PLUGGABLE = ("conv2d", "batch_norm", "linear", "softmax")
+_PLUGGED: dict[tuple[type, int], tuple[type, Callable]] = {}   # (dlkern class, id(fn)) -> class
+
+
+def _plugged(dl_cls: type, fn: Callable) -> type:
+    """A subclass of `dl_cls` whose layers call `fn` by keyword with the arguments the dlkern
+    functional takes positionally (private ones, such as softmax's _stacklevel, left out)."""
+    key = (dl_cls, id(fn))
+    if key not in _PLUGGED:
+        names = list(inspect.signature(dl_cls._kernel).parameters)
+
+        def kernel(*args, **kwargs):
+            kw = {**dict(zip(names, args)), **kwargs}
+            return fn(**{k: v for k, v in kw.items() if not k.startswith("_")})
+        cls = type(dl_cls.__name__, (dl_cls,), {"_kernel": staticmethod(kernel),
+                                                "__module__": dl_cls.__module__,
+                                                "_plugged_fn": fn})
+        _PLUGGED[key] = (cls, fn)        # fn kept alive, so its id is not reused
+    return _PLUGGED[key][0]
+
+
+def _pick(kind: str, torch_cls: type, choice) -> type:
+    """The class a layer of `kind` gets: torch's, dlkern's, or dlkern's calling a function."""
+    dl_cls = dict(_PAIRS[kind])[torch_cls]
+    if choice == "torch":
+        return torch_cls
+    return dl_cls if choice == "dlkern" else _plugged(dl_cls, choice)
 
 
 class _Layers:
@@ -73,37 +115,45 @@ class _Layers:
 
     def __init__(self, impl: Impl):
         which = _resolve(impl)
+        self.Conv2d = _pick("conv2d", tnn.Conv2d, which["conv2d"])
+        self.BatchNorm2d = _pick("batch_norm", tnn.BatchNorm2d, which["batch_norm"])
+        self.Linear = _pick("linear", tnn.Linear, which["linear"])
 
-        def pick(kind, torch_cls):
-            return dict(_PAIRS[kind])[torch_cls] if which[kind] == "dlkern" else torch_cls
-        self.Conv2d = pick("conv2d", tnn.Conv2d)
-        self.BatchNorm2d = pick("batch_norm", tnn.BatchNorm2d)
-        self.Linear = pick("linear", tnn.Linear)
+
+def _kind_of(m: tnn.Module) -> tuple[str, type, type] | None:
+    """(kind, torch class, dlkern class) when `m` is a layer set_impl can switch."""
+    cls = type(m)
+    for kind, pairs in _PAIRS.items():
+        for torch_cls, dl_cls in pairs:
+            if cls in (torch_cls, dl_cls) or (cls.__bases__ == (dl_cls,)
+                                              and "_plugged_fn" in cls.__dict__):
+                return kind, torch_cls, dl_cls
+    return None
 
 
 def set_impl(model: tnn.Module, impl: Impl) -> tnn.Module:
-    """Switches every conv2d / batch_norm / linear / softmax / multihead_attention module of `model` (any
-    module, not only this file's) to dlkern's or torch's class in place, keeping its parameters,
-    buffers and hooks. Returns the model."""
+    """Switches every conv2d / batch_norm / linear / softmax / multihead_attention module of
+    `model` (any module, not only this file's) to dlkern's or torch's class, or to one calling a
+    function of yours, in place, keeping its parameters, buffers and hooks. Returns the model."""
     which = _resolve(impl)
     for m in model.modules():
-        for kind, pairs in _PAIRS.items():
-            for torch_cls, dl_cls in pairs:
-                if type(m) in (torch_cls, dl_cls):
-                    m.__class__ = dl_cls if which[kind] == "dlkern" else torch_cls
+        found = _kind_of(m)
+        if found:
+            kind, torch_cls, _ = found
+            m.__class__ = _pick(kind, torch_cls, which[kind])
     return model
 
 
 def impl_of(model: tnn.Module) -> dict[str, str]:
-    """{kind: "dlkern" | "torch" | "mixed"} for the kinds present in `model`."""
+    """{kind: "dlkern" | "torch" | "callable" | "mixed"} for the kinds present in `model`."""
     seen: dict[str, set] = {}
     for m in model.modules():
-        for kind, pairs in _PAIRS.items():
-            for torch_cls, dl_cls in pairs:
-                if type(m) is dl_cls:
-                    seen.setdefault(kind, set()).add("dlkern")
-                elif type(m) is torch_cls:
-                    seen.setdefault(kind, set()).add("torch")
+        found = _kind_of(m)
+        if found:
+            kind, torch_cls, dl_cls = found
+            which = ("torch" if type(m) is torch_cls else "dlkern" if type(m) is dl_cls
+                     else "callable")
+            seen.setdefault(kind, set()).add(which)
     return {k: (v.pop() if len(v) == 1 else "mixed") for k, v in seen.items()}
 
 

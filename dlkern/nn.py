@@ -1,6 +1,7 @@
 """Modules that are drop-ins for their torch.nn namesakes: same constructor, parameters,
 state_dict keys and repr; forward runs dlkern's kernels. Each subclasses the torch module, so
-isinstance checks and loading torch checkpoints keep working."""
+isinstance checks and loading torch checkpoints keep working. The functional a module calls is its
+class attribute `_kernel` (dlkern.models.set_impl plugs a user's function in there)."""
 import torch
 
 from . import functional as F
@@ -11,17 +12,19 @@ __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "Conv2d", "Linear", "Mul
 
 class Softmax(torch.nn.Softmax):
     """torch.nn.Softmax computed by dlkern.functional.softmax."""
+    _kernel = staticmethod(F.softmax)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return F.softmax(input, self.dim, _stacklevel=5)
+        return self._kernel(input, self.dim, _stacklevel=5)
 
 
 class Linear(torch.nn.Linear):
     """torch.nn.Linear computed by dlkern.functional.linear: same constructor (in_features,
     out_features, bias=True, device, dtype), initialisation, parameters and state_dict keys."""
+    _kernel = staticmethod(F.linear)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return F.linear(input, self.weight, self.bias)
+        return self._kernel(input, self.weight, self.bias)
 
 
 class Conv2d(torch.nn.Conv2d):
@@ -30,13 +33,14 @@ class Conv2d(torch.nn.Conv2d):
     padding_mode, device, dtype), initialisation, parameters and state_dict keys.
     padding_mode 'reflect', 'replicate' and 'circular' pad with torch.nn.functional.pad, as
     torch.nn.Conv2d does, and convolve the padded input with dlkern's kernel."""
+    _kernel = staticmethod(F.conv2d)
 
     def _conv_forward(self, input, weight, bias):
         if self.padding_mode != "zeros":
             padded = torch.nn.functional.pad(input, self._reversed_padding_repeated_twice,
                                              mode=self.padding_mode)
-            return F.conv2d(padded, weight, bias, self.stride, 0, self.dilation, self.groups)
-        return F.conv2d(input, weight, bias, self.stride, self.padding, self.dilation,
+            return self._kernel(padded, weight, bias, self.stride, 0, self.dilation, self.groups)
+        return self._kernel(input, weight, bias, self.stride, self.padding, self.dilation,
                         self.groups)
 
 
@@ -44,6 +48,7 @@ class _BatchNormForward:
     """torch.nn's _BatchNorm.forward with dlkern.functional.batch_norm: the same bookkeeping
     (num_batches_tracked, momentum=None as a cumulative average, track_running_stats=False using
     batch statistics in eval too)."""
+    _kernel = staticmethod(F.batch_norm)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(input)
@@ -54,7 +59,7 @@ class _BatchNormForward:
                       else self.momentum)
         bn_training = self.training or (self.running_mean is None and self.running_var is None)
         use_stats = not self.training or self.track_running_stats
-        return F.batch_norm(input, self.running_mean if use_stats else None,
+        return self._kernel(input, self.running_mean if use_stats else None,
                             self.running_var if use_stats else None, self.weight, self.bias,
                             bn_training, factor, self.eps)
 

@@ -852,13 +852,22 @@ def test_external_impl_from_an_installed_entry_point(tmp_path, capsys, monkeypat
     dist = tmp_path / "plainkern-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: plainkern\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[dlkern.impls]\nplain = plainkern:IMPLS\n")
+    (dist / "entry_points.txt").write_text("[dlkern.impls]\nplain = plainkern:IMPLS\n"
+                                           "broken = nosuchmod_xyz:IMPLS\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    assert layers.main(["--list"]) == 0
-    assert "plain (plainkern:IMPLS, from plainkern)" in capsys.readouterr().out
+    assert layers.main(["--list"]) == 0           # --list names plugins, loads none of them
+    out = capsys.readouterr().out
+    assert "plain (plainkern:IMPLS, from plainkern)" in out
+    assert "broken (nosuchmod_xyz:IMPLS, from plainkern)" in out
     code, out, recs = _layers(capsys, tmp_path / "out", "plain,torch")
     assert code == 0, out.err
     assert any(r["impl"] == "plain" and r["status"] == "ok" for r in recs)
+    # a plugin that cannot be loaded: one line, exit 2, before anything runs
+    code, out, recs = _layers(capsys, tmp_path / "out2", "broken,torch")
+    err = out.err.strip()
+    assert code == 2 and not recs and len(err.splitlines()) == 1, err
+    assert ("--impl broken: loading plugin 'nosuchmod_xyz:IMPLS' raised ModuleNotFoundError"
+            in err)
 
 
 def test_a_wrong_external_kernel_is_refused_by_the_gate(tmp_path, capsys, clean_impls):
@@ -932,9 +941,11 @@ def test_profile_writes_a_loadable_trace_per_row_impl_and_pass(tmp_path, capsys)
     assert code == 0, capsys.readouterr().err
     files = sorted(p.name for p in prof.iterdir())
     assert len(files) == 3 * 2 * 2             # rows x implementations x passes
-    trace = json.loads((prof / "cpu_softmax_128x64_dim=-1_dlkern_avx2_backward.json").read_text())
+    label = impls._custom_label("cpu", None)           # dlkern <the CPU's ISA>
+    trace = json.loads((prof / f"cpu_softmax_128x64_dim=-1_{label.replace(' ', '_')}_backward.json")
+                       .read_text())
     names = [e.get("name", "") for e in trace["traceEvents"]]
-    assert "cpu softmax 128x64 dim=-1 dlkern avx2 backward" in names
+    assert f"cpu softmax 128x64 dim=-1 {label} backward" in names
 
 
 def test_profile_call_comes_after_each_pass_timing():

@@ -187,6 +187,86 @@ def test_set_impl_switches_classes_and_keeps_parameters():
     assert type(mha) is dlkern.nn.MultiheadAttention
 
 
+def _counting(name, calls):
+    """A user's function for layer kind `name`: torch's functional, counting its calls, taking
+    the registry's keyword arguments only (no positional call would reach it)."""
+    F = torch.nn.functional
+
+    def conv2d(*, input, weight, bias, stride, padding, dilation, groups):
+        calls.append(("conv2d", padding))
+        return F.conv2d(input, weight, bias, stride, padding, dilation, groups)
+
+    def batch_norm(*, input, running_mean, running_var, weight, bias, training, momentum, eps):
+        calls.append(("batch_norm", training))
+        return F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum,
+                            eps)
+
+    def linear(*, input, weight, bias):
+        calls.append(("linear", bias is not None))
+        return F.linear(input, weight, bias)
+
+    def softmax(*, input, dim):
+        calls.append(("softmax", dim))
+        return torch.softmax(input, dim)
+    return {"conv2d": conv2d, "batch_norm": batch_norm, "linear": linear, "softmax": softmax}[name]
+
+
+def test_set_impl_plugs_a_users_function_into_every_layer_of_its_kind():
+    torch.manual_seed(0)
+    calls = []
+    fns = {k: _counting(k, calls) for k in ("conv2d", "batch_norm", "linear")}
+    mine = dm.resnet18(num_classes=4, impl=fns)
+    ref = dm.resnet18(num_classes=4, impl="torch")
+    ref.load_state_dict(mine.state_dict())
+    assert dm.impl_of(mine) == {"conv2d": "callable", "batch_norm": "callable",
+                                "linear": "callable"}
+    x = torch.randn(2, 3, 64, 64)
+    out = mine(x)
+    torch.testing.assert_close(out, ref(x), rtol=0, atol=0)   # the same torch ops, in order
+    n_conv = sum(isinstance(m, torch.nn.Conv2d) for m in mine.modules())
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in mine.modules())
+    assert [c[0] for c in calls].count("conv2d") == n_conv == 20
+    assert calls.count(("batch_norm", True)) == n_bn and calls.count(("linear", True)) == 1
+    # running statistics move as torch's do (the module's bookkeeping is kept)
+    for (k, v), (_, w) in zip(mine.state_dict().items(), ref.state_dict().items()):
+        torch.testing.assert_close(v, w, rtol=0, atol=0, msg=k)
+    out.sum().backward()                                      # gradients flow through it
+    assert mine.fc.weight.grad is not None
+    # eval mode passes training=False; switching back to torch or dlkern drops the function
+    mine.eval()(x)
+    assert ("batch_norm", False) in calls
+    dm.set_impl(mine, {"linear": "torch"})                   # kinds not named: dlkern's
+    assert type(mine.fc) is torch.nn.Linear and dm.impl_of(mine)["conv2d"] == "dlkern"
+    dm.set_impl(mine, "dlkern")
+    assert set(dm.impl_of(mine).values()) == {"dlkern"}
+    # a second function of the same kind replaces the first
+    dm.set_impl(mine, {"linear": fns["linear"]})
+    other = []
+    dm.set_impl(mine, {"linear": _counting("linear", other)})
+    mine(x)
+    assert other == [("linear", True)] and dm.impl_of(mine)["linear"] == "callable"
+
+
+def test_a_plugged_function_sees_padding_modes_and_softmax_dims_as_torch_nn_does():
+    calls = []
+    conv = torch.nn.Conv2d(3, 5, 3, padding=2, padding_mode="reflect")
+    ref = torch.nn.Conv2d(3, 5, 3, padding=2, padding_mode="reflect")
+    ref.load_state_dict(conv.state_dict())
+    dm.set_impl(conv, {"conv2d": _counting("conv2d", calls)})
+    x = torch.randn(2, 3, 9, 7)
+    torch.testing.assert_close(conv(x), ref(x))
+    assert calls == [("conv2d", 0)]         # the padded input, convolved without padding
+    sm = dm.set_impl(torch.nn.Softmax(dim=1), {"softmax": _counting("softmax", calls)})
+    torch.testing.assert_close(sm(x), torch.softmax(x, 1))
+    assert calls[-1] == ("softmax", 1)       # no private argument (_stacklevel) reaches it
+
+
+@pytest.mark.parametrize("impl", [{"multihead_attention": len}, {"linear": 3}])
+def test_set_impl_refuses_what_cannot_be_plugged(impl):
+    with pytest.raises(ValueError, match="dlkern.models: argument 'impl'"):
+        dm.set_impl(torch.nn.Linear(2, 2), impl)
+
+
 @pytest.mark.parametrize("bad,err", [("cuda", ValueError), ({"conv": "torch"}, ValueError),
                                      ({"conv2d": "tf"}, ValueError), (3, TypeError)])
 def test_impl_errors_name_the_argument(bad, err):
@@ -426,6 +506,52 @@ def test_bench_models_estimate_scales_with_work():
     # 50 GFLOP/s, plus the gate: torch float32 + float64 (2x) + the checked impl twice, each a
     # forward and backward (3x) of 1 GFLOP, and 1 s of set-up
     assert b == pytest.approx(2 * 6 * 6.9 * 20 / 50 + (1 + 2 + 2) * 3 * 1 / 50 + 1.0, rel=1e-6)
+
+
+EXAMPLE = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "examples"
+              / "plain_torch_impl.py")
+SMALL = ["--models", "resnet18", "--batch", "2", "--image", "32", "--quick", "--no-peaks",
+         "--classes", "10", "--pass", "forward,backward"]
+
+
+def test_bench_models_times_an_external_implementation_in_the_layers_it_covers(tmp_path,
+                                                                               capsys):
+    prof = tmp_path / "prof"
+    rc = bm.main(["--impl", f"mine={EXAMPLE}:IMPLS,torch", "--out", str(tmp_path), "--format",
+                  "json", "--profile", str(prof)] + SMALL)
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    doc = json.loads((tmp_path / "models.json").read_text())
+    mine = [r for r in doc["results"] if r["impl"] == f"mine={EXAMPLE}:IMPLS"]
+    assert len(mine) == 2 and all(r["status"] == "ok" for r in mine)
+    assert {r["label"] for r in mine} == {"mine (linear)"}    # IMPLS has no conv2d, batch_norm
+    assert [g["ok"] for g in doc["gates"]] == [True]
+    assert sorted(p.name for p in prof.iterdir()) == [
+        f"cpu_Resnet18_{who}_{p}.json" for who in (f"PyTorch_{torch.__version__.split('+')[0]}",
+                                                   "mine_linear") for p in ("backward", "forward")]
+    trace = json.loads((prof / "cpu_Resnet18_mine_linear_forward.json").read_text())
+    assert "cpu Resnet18 mine (linear) forward" in [e.get("name") for e in trace["traceEvents"]]
+
+
+def test_bench_models_refuses_a_wrong_external_kernel(tmp_path, capsys):
+    wrong = tmp_path / "wrong.py"
+    wrong.write_text("import torch\n\ndef linear(input, weight, bias=None):\n"
+                     "    return torch.nn.functional.linear(input, weight, bias) * 1.001\n")
+    rc = bm.main(["--impl", f"{wrong}:linear,torch"] + SMALL)
+    cap = capsys.readouterr()
+    assert rc == 1 and "FAILED" in cap.out and "wrong:linear (linear)" in cap.out
+
+
+@pytest.mark.parametrize("value,match", [
+    (f"{EXAMPLE}:softmax", "covers none of the layer kinds conv2d, batch_norm, linear"),
+    (f"{EXAMPLE}:NOT_CALLABLE", "int object is not callable"),
+    ("examples/nosuch.py:fn", "no such file"),
+    ("nosuchpkg_xyz.mod:fn", "cannot import 'nosuchpkg_xyz.mod'"),
+])
+def test_bench_models_external_mistakes_are_one_line(value, match, capsys):
+    assert bm.main(["--impl", f"{value},torch", "--no-peaks"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and match in err and err.startswith("bench.models: --impl")
 
 
 def test_bench_models_list(capsys):
