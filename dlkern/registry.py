@@ -35,6 +35,20 @@ class Tolerance:
     k: float = 3.0
     floor: float = 1e-6
 
+    def at(self, dtype: torch.dtype) -> "Tolerance":
+        """This (float32) rule for results in `dtype`. k stays: the bound is still k times
+        torch's own error at that dtype. The floor is in units of the dtype's rounding: float64
+        scales it by eps64/eps32 (and the check scales torch's float32 error likewise, float64
+        having no more precise reference to measure torch's float64 error against); float16
+        and bfloat16 take one unit in the last place of the largest reference magnitude (their
+        results are rounded to that, whatever the arithmetic inside)."""
+        if dtype == torch.float32:
+            return self
+        eps = torch.finfo(dtype).eps
+        if dtype == torch.float64:
+            return Tolerance(self.k, self.floor * eps / torch.finfo(torch.float32).eps)
+        return Tolerance(self.k, max(self.floor, eps))
+
 
 @dataclass(frozen=True)
 class Inputs:
@@ -57,6 +71,9 @@ class OpSpec:
     bytes: Callable[[Mapping[str, Any]], dict]
     tol_forward: Tolerance = Tolerance()
     tol_backward: Tolerance = Tolerance()
+    # Per dtype name ("float16", ...), (forward, backward) tolerances replacing the float32 ones
+    # scaled by Tolerance.at; none of the ops needs one yet.
+    tol_dtypes: Mapping[str, tuple[Tolerance, Tolerance]] = field(default_factory=dict)
     devices: tuple[str, ...] = ("cpu",)           # devices with dlkern kernels
     # Kernel variants selectable by `--impl custom:<name>`: a name -> context manager factory.
     variants: Mapping[str, Callable[[], ContextManager]] = field(default_factory=dict)
@@ -72,6 +89,13 @@ class OpSpec:
     # Arguments the op updates in place by contract (batchnorm's running statistics): checked
     # against torch's updated copies instead of being required unchanged.
     mutates: tuple[str, ...] = ()
+
+    def tolerances(self, dtype: torch.dtype = torch.float32) -> tuple[Tolerance, Tolerance]:
+        """(forward, backward) tolerance of results in `dtype`."""
+        name = str(dtype).removeprefix("torch.")
+        if name in self.tol_dtypes:
+            return self.tol_dtypes[name]
+        return self.tol_forward.at(dtype), self.tol_backward.at(dtype)
 
     def check_params(self, params: Mapping[str, Any]) -> None:
         """Raises ValueError naming the op and the parameter when `params` does not fit."""

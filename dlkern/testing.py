@@ -63,6 +63,13 @@ def _to(inputs: Inputs, dtype) -> dict:
     return out
 
 
+def cast(kwargs: dict, dtype: torch.dtype) -> dict:
+    """The floating tensors of `kwargs` rounded to `dtype` (differentiable; layout kept where
+    dense); the rest as they are."""
+    return {k: (v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point()
+                else v) for k, v in kwargs.items()}
+
+
 def _run(fn, kwargs: dict, grad_names, grad_out, grad_layout: str | None = None):
     out = fn(**kwargs)
     grads = {}
@@ -90,15 +97,24 @@ def _grad_out(seed: int):
     return make
 
 
-def _judge(what: str, got, f32, f64, tol: Tolerance) -> Verdict:
+def _judge(what: str, got, f32, f64, tol: Tolerance, dtype: torch.dtype | None = None,
+           torch_scale: float = 1.0) -> Verdict:
+    """`got` (expected in `dtype`, default torch's: f32's) against the float64 reference f64,
+    the bound from torch's own result f32 (its error times `torch_scale`)."""
     got, f32, f64 = got.detach().cpu(), f32.detach().cpu(), f64.detach().cpu()
+    dtype = dtype or f32.dtype
     if got.shape != f64.shape:
         return Verdict(what, False, float("inf"), 0.0, 0.0, float("inf"), 0.0,
                        f"shape {tuple(got.shape)} != {tuple(f64.shape)}")
-    if got.dtype != f32.dtype:
+    if got.dtype != dtype:
         return Verdict(what, False, float("inf"), 0.0, 0.0, float("inf"), 0.0,
-                       f"dtype {got.dtype} != torch's {f32.dtype}")
+                       f"dtype {got.dtype} != torch's {dtype}")
     shape = tuple(f64.shape)
+    tiny = torch.finfo(f32.dtype).tiny
+    if dtype != torch.float64:
+        # beyond the dtype's range the rounded reference is an infinity
+        big = f64.abs() > torch.finfo(dtype).max
+        f64 = torch.where(big, f64.sign() * float("inf"), f64)
     got, f32, f64 = got.reshape(-1).double(), f32.reshape(-1).double(), f64.reshape(-1)
 
     def at(i):
@@ -129,12 +145,12 @@ def _judge(what: str, got, f32, f64, tol: Tolerance) -> Verdict:
     # Elementwise: |dlkern - float64| <= k * max|torch - float64| + floor * max|float64|, an
     # atol test whose atol is torch's own float32 error on these inputs.
     err = (g - r).abs_()
-    terr_max = (t - r).abs_().max().item()
+    terr_max = (t - r).abs_().max().item() * torch_scale
     scale = r.abs().max().item()
     bound = tol.k * terr_max + tol.floor * scale
     # Norm-wise: relative L2 error within k times torch's (benchdnn judges batchnorm backward so).
     rnorm = r.norm().item() or 1.0
-    rel, trel = err.norm().item() / rnorm, (t - r).norm().item() / rnorm
+    rel, trel = err.norm().item() / rnorm, (t - r).norm().item() / rnorm * torch_scale
     rel_bound = tol.k * trel + tol.floor
     i = int(err.argmax())
     err_max = err[i].item()
@@ -144,7 +160,7 @@ def _judge(what: str, got, f32, f64, tol: Tolerance) -> Verdict:
     # softmax of long rows is within a loose atol of the real one). Refused whatever the bounds
     # say. Counted where torch's float32 value is a normal number: underflow to 0 (float64 tiny
     # values) and flushing float32 denormals to 0 are both legitimate.
-    nz32 = t.abs() >= torch.finfo(torch.float32).tiny
+    nz32 = t.abs() >= tiny
     n_nz32 = int(nz32.sum().item())
     zeros = int(((g == 0) & nz32).sum().item())
     mostly_zero = zeros > 0 and zeros > 0.5 * n_nz32
@@ -240,16 +256,23 @@ def layout_plans(spec: OpSpec, case: Case, device: str = "cpu") -> list[dict]:
 
 
 def check(spec: OpSpec, case: Case, device: str = "cpu", seed: int = 0,
-          fn=None, layouts: dict | None = None, grad: tuple[str, ...] | None = None
-          ) -> list[Verdict]:
-    """Forward and every gradient of `fn` (default: the op's dlkern function) against torch in
-    float32 and float64 on one seeded input of `case`. Also verifies the inputs were not written.
+          fn=None, layouts: dict | None = None, grad: tuple[str, ...] | None = None,
+          dtype: torch.dtype = torch.float32) -> list[Verdict]:
+    """Forward and every gradient of `fn` (default: the op's dlkern function) against torch at
+    `dtype` and in float64 on one seeded input of `case`. Also verifies the inputs were not
+    written.
 
     `layouts` ({argument name or "grad_output": layout}) gives those arguments, and the upstream
     gradient, to every run as `relayout` views (the references see the same values). `grad`
-    names the arguments that require grad instead of the generator's choice."""
+    names the arguments that require grad instead of the generator's choice. `dtype`: the
+    generator's floating tensors are rounded to it and `fn`'s results must be in it; the bound
+    is k x torch's own error at that dtype (spec.tolerances(dtype)). For float64, whose
+    reference is torch's float64 itself, torch's float32 error scaled by eps64/eps32 stands in
+    for its own."""
     fn = fn or spec.fn
     inputs = spec.make_inputs(case.params, device, seed)
+    if dtype != torch.float32:
+        inputs = Inputs(cast(inputs.kwargs, dtype), inputs.grad)
     if grad is not None:
         inputs = Inputs(inputs.kwargs, tuple(grad))
     layouts = dict(layouts or {})
@@ -263,10 +286,18 @@ def check(spec: OpSpec, case: Case, device: str = "cpu", seed: int = 0,
         inputs = Inputs({k: relayout(v, layouts[k]) if k in layouts else v
                          for k, v in inputs.kwargs.items()}, inputs.grad)
     snapshot = {k: v.clone() for k, v in inputs.kwargs.items() if isinstance(v, torch.Tensor)}
-    kw32 = _to(inputs, torch.float32)
+    scale = 1.0
+    ref_dtype = dtype
+    if dtype == torch.float64:
+        ref_dtype = torch.float32
+        scale = torch.finfo(torch.float64).eps / torch.finfo(torch.float32).eps
+    kw32 = _to(inputs, ref_dtype)       # torch at the dtype ("32": float32 by default)
     kw64 = _to(inputs, torch.float64)   # both copied before dlkern runs (it may update its inputs)
     # dlkern gets the generator's tensors themselves (layout and strides as made), with grads.
     go = _grad_out(seed + 1000)
+    if torch.finfo(dtype).eps > torch.finfo(torch.float32).eps:
+        # the float64 reference differentiates with the upstream gradient the others get
+        go = (lambda make: lambda shape: make(shape).to(dtype).double())(go)
     try:
         out, grads = _run(fn, leaf_kwargs(inputs), inputs.grad, go, grad_layout)
     except Exception as e:  # a kernel that raises (or breaks autograd) on valid input is wrong
@@ -274,13 +305,15 @@ def check(spec: OpSpec, case: Case, device: str = "cpu", seed: int = 0,
                         f"raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")]
     out32, grads32 = _run(spec.ref, kw32, inputs.grad, go)
     out64, grads64 = _run(spec.ref, kw64, inputs.grad, go)
-    verdicts = [_judge("forward", out, out32, out64, spec.tol_forward)]
+    tol_f, tol_b = spec.tolerances(dtype)
+    verdicts = [_judge("forward", out, out32, out64, tol_f, dtype, scale)]
     for n in inputs.grad:
-        verdicts.append(_judge(f"grad[{n}]", grads[n], grads32[n], grads64[n], spec.tol_backward))
+        verdicts.append(_judge(f"grad[{n}]", grads[n], grads32[n], grads64[n], tol_b, dtype,
+                               scale))
     for k in spec.mutates:
         if isinstance(inputs.kwargs.get(k), torch.Tensor):
             verdicts.append(_judge(f"updated[{k}]", inputs.kwargs[k], kw32[k], kw64[k],
-                                   spec.tol_forward))
+                                   tol_f, inputs.kwargs[k].dtype, scale))
     for k, before in snapshot.items():
         if k in spec.mutates:
             continue

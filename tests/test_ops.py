@@ -302,3 +302,64 @@ def test_cuda_tensor_in_cpu_only_build_is_refused_first(name):
     with pytest.raises(NotImplementedError, match=rf"^dlkern\.{name}: got a CUDA tensor, but this "
                        r"build of dlkern has no CUDA kernels .* pip install --no-build-isolation"):
         op.redispatch(cuda, *_schema_args(op._schema))
+
+
+# ---- other dtypes: the same rule at float16, bfloat16 and float64 (testing.check dtype=) ------
+
+DTYPES = (torch.float16, torch.bfloat16, torch.float64)
+
+
+def _numel(spec, case) -> int:
+    return next(v.numel() for v in spec.make_inputs(case.params, "cpu", 0).kwargs.values()
+                if isinstance(v, torch.Tensor))
+
+
+def _at(dtype, compute, perturb=None):
+    """A candidate for results in `dtype`: torch's reference computed in `compute` (its floating
+    inputs cast there, its outputs cast back), optionally perturbed."""
+    def wrap(spec):
+        def fn(**kw):
+            out = spec.ref(**testing.cast(kw, compute)).to(dtype)
+            return perturb(out) if perturb else out
+        return fn
+    return wrap
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("spec", registry.ops(), ids=lambda s: s.name)
+def test_other_dtypes_pass_torch_and_refuse_worse_arithmetic(spec, dtype):
+    cases = [c for c in spec.edge_cases if "nan" not in c.name and "inf" not in c.name
+             and _numel(spec, c) >= 256][:12]
+    assert len(cases) >= 3
+    eps = torch.finfo(dtype).eps
+    # torch at the dtype passes its own bound; a lower-precision computation does not: float64
+    # computed in float32, float16 computed in bfloat16; bfloat16 off by 8 units in the last place
+    worse = {torch.float64: _at(dtype, torch.float32), torch.float16: _at(dtype, torch.bfloat16),
+             torch.bfloat16: _at(dtype, dtype, lambda o: o * (1 + 8 * eps))}[dtype](spec)
+    judged, refused = 0, 0
+    for case in cases:
+        vs = testing.check(spec, case, "cpu", 0, fn=spec.ref, dtype=dtype)
+        assert all(v.ok for v in vs), f"{spec.name} {case.name} {dtype}: {[str(v) for v in vs]}"
+        if max(v.torch_rel_l2 for v in vs) > 0.01:
+            continue      # torch itself lost the result at this dtype (softmax of extreme logits
+            #               underflows to one-hot in float16): nothing finer to tell apart
+        judged += 1
+        refused += not all(v.ok for v in testing.check(spec, case, "cpu", 0, fn=worse,
+                                                       dtype=dtype))
+    assert judged >= 3 and refused == judged, f"{spec.name} {dtype}: {refused} of {judged}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_a_result_in_another_dtype_is_refused(dtype):
+    spec = registry.get("softmax")
+    vs = testing.check(spec, spec.edge_cases[0], "cpu", 0,
+                       fn=lambda **kw: spec.ref(**testing.cast(kw, torch.float32)), dtype=dtype)
+    assert not vs[0].ok and f"!= torch's {dtype}" in vs[0].detail
+
+
+def test_tolerances_at_other_dtypes():
+    t = registry.Tolerance(k=3.0, floor=1e-6)
+    assert t.at(torch.float32) is t
+    assert t.at(torch.float64).floor == pytest.approx(1e-6 * 2.0 ** -52 / 2.0 ** -23)
+    assert t.at(torch.bfloat16) == registry.Tolerance(3.0, 2.0 ** -7)
+    assert t.at(torch.float16).k == 3.0 and t.at(torch.float16).floor == 2.0 ** -10
