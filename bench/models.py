@@ -137,7 +137,8 @@ def resolve_impl(name: str, device: str, kinds: tuple[str, ...]) -> ModelImpl:
 @functools.lru_cache(maxsize=None)
 def _external(name: str, device: str, kinds: tuple[str, ...]) -> ModelImpl:
     """An implementation from outside: the layers of the --layers kinds it covers call its
-    functions (dlkern.models.set_impl), the others are torch's (loaded once per run)."""
+    functions (dlkern.models' impl mapping), the others are torch's (loaded once per run: build
+    clears the cache, so a file edited between two runs in one process is loaded again)."""
     try:
         fns, why = plugins.covering(name, kinds, device)
     except ValueError as e:
@@ -503,9 +504,12 @@ def build(args) -> tuple[list[Plan], list[str], Config]:
     if not impl_names or len(set(impl_names)) != len(impl_names):
         raise UsageError(f"{PROG}: --impl: expected distinct implementations, got {args.impl!r}")
     devices = parse_devices(args.device, PROG)
+    _external.cache_clear()
     for d in devices:
-        for n in impl_names:
-            resolve_impl(n, d, kinds)
+        labels = [resolve_impl(n, d, kinds).label for n in impl_names]
+        if len(set(labels)) != len(labels):
+            raise UsageError(f"{PROG}: --impl: two implementations would share a label "
+                             f"({', '.join(labels)}); name them apart with label=...")
     fmts = split_csv(args.format)
     if any(f not in ("md", "csv", "json") for f in fmts):
         raise UsageError(f"{PROG}: --format: expected md, csv and/or json, got {args.format!r}")

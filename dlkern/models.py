@@ -19,7 +19,10 @@ A conv2d, batch_norm, linear or softmax entry may also be a function of your own
 functional's keyword arguments (linear(input, weight, bias), conv2d(input, weight, bias, stride,
 padding, dilation, groups), batch_norm(input, running_mean, running_var, weight, bias, training,
 momentum, eps), softmax(input, dim)): the layers of that kind call it, keeping torch.nn's module
-bookkeeping (padding modes, running-statistics factors), and impl_of says "callable".
+bookkeeping (padding modes, running-statistics factors, softmax's implicit dim), and impl_of
+says "callable". Such a function reaches torch.nn.Conv2d, BatchNorm1d/2d/3d, Linear and Softmax
+modules only, not the projections or the softmax inside multihead attention. A model with a
+function plugged in pickles when the function does (a state_dict always does).
 
     dlkern.models.set_impl(model, {"linear": my_linear})   # my kernel in every Linear layer
 
@@ -71,6 +74,9 @@ def _resolve(impl: Impl) -> dict[str, str | Callable]:
             raise ValueError(f"dlkern.models: argument 'impl': unknown layer kind {k!r} "
                              f"(expected some of {', '.join(KINDS)})")
         if callable(v) and k in PLUGGABLE:
+            why = _signature_problem(k, v)
+            if why:
+                raise ValueError(f"dlkern.models: argument 'impl': {k}: {why}")
             out[k] = v
             continue
         if not isinstance(v, str) or v not in IMPLS:
@@ -81,23 +87,53 @@ def _resolve(impl: Impl) -> dict[str, str | Callable]:
     return out
 
 
-PLUGGABLE = ("conv2d", "batch_norm", "linear", "softmax")
+# the arguments a layer of each kind passes its function, by keyword (the functional's names)
+PLUGGABLE = {
+    "conv2d": ("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
+    "batch_norm": ("input", "running_mean", "running_var", "weight", "bias", "training",
+                   "momentum", "eps"),
+    "linear": ("input", "weight", "bias"),
+    "softmax": ("input", "dim"),
+}
 _PLUGGED: dict[tuple[type, int], tuple[type, Callable]] = {}   # (dlkern class, id(fn)) -> class
 
 
+def _signature_problem(kind: str, fn: Callable) -> str | None:
+    """Why `fn` cannot take a `kind` layer's keyword arguments (None when it can, or when it has
+    no signature to read)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    try:
+        sig.bind(**{n: None for n in PLUGGABLE[kind]})
+    except TypeError as e:
+        return (f"{getattr(fn, '__name__', fn)!s}{sig} does not take {kind}'s arguments "
+                f"({', '.join(PLUGGABLE[kind])}): {e}")
+    return None
+
+
+def _replug(dl_cls: type, fn: Callable, state: dict) -> tnn.Module:
+    """Unpickling (and deepcopy) of a plugged layer: dlkern's module, plugged again."""
+    m = dl_cls.__new__(dl_cls)
+    m.__setstate__(state)
+    m.__class__ = _plugged(dl_cls, fn)
+    return m
+
+
 def _plugged(dl_cls: type, fn: Callable) -> type:
-    """A subclass of `dl_cls` whose layers call `fn` by keyword with the arguments the dlkern
-    functional takes positionally (private ones, such as softmax's _stacklevel, left out)."""
+    """A subclass of `dl_cls` whose layers call `fn` with their arguments by keyword. It pickles
+    as dlkern's class plus `fn` (which must itself be picklable to save the whole model)."""
     key = (dl_cls, id(fn))
     if key not in _PLUGGED:
-        names = list(inspect.signature(dl_cls._kernel).parameters)
+        kind = next(k for k, pairs in _PAIRS.items() if any(d is dl_cls for _, d in pairs))
+        names = PLUGGABLE[kind]
 
-        def kernel(*args, **kwargs):
-            kw = {**dict(zip(names, args)), **kwargs}
-            return fn(**{k: v for k, v in kw.items() if not k.startswith("_")})
-        cls = type(dl_cls.__name__, (dl_cls,), {"_kernel": staticmethod(kernel),
-                                                "__module__": dl_cls.__module__,
-                                                "_plugged_fn": fn})
+        def kernel(*args):
+            return fn(**dict(zip(names, args)))
+        cls = type(dl_cls.__name__, (dl_cls,), {
+            "_kernel": staticmethod(kernel), "__module__": dl_cls.__module__, "_plugged_fn": fn,
+            "__reduce_ex__": lambda self, protocol: (_replug, (dl_cls, fn, self.__dict__))})
         _PLUGGED[key] = (cls, fn)        # fn kept alive, so its id is not reused
     return _PLUGGED[key][0]
 
@@ -145,16 +181,18 @@ def set_impl(model: tnn.Module, impl: Impl) -> tnn.Module:
 
 
 def impl_of(model: tnn.Module) -> dict[str, str]:
-    """{kind: "dlkern" | "torch" | "callable" | "mixed"} for the kinds present in `model`."""
+    """{kind: "dlkern" | "torch" | "callable" | "mixed"} for the kinds present in `model`
+    ("callable": every layer of the kind calls the same function of yours)."""
     seen: dict[str, set] = {}
     for m in model.modules():
         found = _kind_of(m)
         if found:
             kind, torch_cls, dl_cls = found
             which = ("torch" if type(m) is torch_cls else "dlkern" if type(m) is dl_cls
-                     else "callable")
+                     else ("callable", id(type(m)._plugged_fn)))
             seen.setdefault(kind, set()).add(which)
-    return {k: (v.pop() if len(v) == 1 else "mixed") for k, v in seen.items()}
+    return {k: ("mixed" if len(v) > 1 else v.pop() if isinstance(next(iter(v)), str)
+                else "callable") for k, v in seen.items()}
 
 
 # ---- VGG -----------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ class attribute `_kernel` (dlkern.models.set_impl plugs a user's function in the
 import torch
 
 from . import functional as F
+from .ops.softmax import _implicit_dim
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "Conv2d", "Linear", "MultiheadAttention",
            "Softmax"]
@@ -15,7 +16,9 @@ class Softmax(torch.nn.Softmax):
     _kernel = staticmethod(F.softmax)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return self._kernel(input, self.dim, _stacklevel=5)
+        # dim=None: torch's deprecated implicit choice, with its warning pointing at the caller
+        dim = self.dim if self.dim is not None else _implicit_dim(input.dim(), 4)
+        return self._kernel(input, dim)
 
 
 class Linear(torch.nn.Linear):
@@ -41,7 +44,7 @@ class Conv2d(torch.nn.Conv2d):
                                              mode=self.padding_mode)
             return self._kernel(padded, weight, bias, self.stride, 0, self.dilation, self.groups)
         return self._kernel(input, weight, bias, self.stride, self.padding, self.dilation,
-                        self.groups)
+                            self.groups)
 
 
 class _BatchNormForward:

@@ -259,9 +259,49 @@ def test_a_plugged_function_sees_padding_modes_and_softmax_dims_as_torch_nn_does
     sm = dm.set_impl(torch.nn.Softmax(dim=1), {"softmax": _counting("softmax", calls)})
     torch.testing.assert_close(sm(x), torch.softmax(x, 1))
     assert calls[-1] == ("softmax", 1)       # no private argument (_stacklevel) reaches it
+    # dim=None: torch.nn.Softmax's implicit choice (dim 1 of a 4-d input), with its warning
+    implicit = dm.set_impl(torch.nn.Softmax(), {"softmax": _counting("softmax", calls)})
+    with pytest.warns(UserWarning, match="Implicit dimension choice"):
+        torch.testing.assert_close(implicit(x), torch.softmax(x, 1))
+    assert calls[-1] == ("softmax", 1)
 
 
-@pytest.mark.parametrize("impl", [{"multihead_attention": len}, {"linear": 3}])
+def _plain_linear(input, weight, bias):
+    return torch.nn.functional.linear(input, weight, bias)
+
+
+def test_a_plugged_model_pickles_and_copies_with_its_function():
+    import copy
+    import io
+    torch.manual_seed(0)
+    m = dm.resnet18(num_classes=3, impl={"linear": _plain_linear})
+    x = torch.randn(2, 3, 64, 64)
+    want = m.eval()(x)
+    buf = io.BytesIO()
+    torch.save(m, buf)
+    buf.seek(0)
+    for back in (torch.load(buf, weights_only=False), copy.deepcopy(m)):
+        assert dm.impl_of(back)["linear"] == "callable"
+        assert back.fc._plugged_fn.__qualname__ == "_plain_linear"
+        torch.testing.assert_close(back.eval()(x), want, rtol=0, atol=0)
+
+
+def test_impl_of_tells_two_functions_of_one_kind_apart():
+    m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    dm.set_impl(m[0], {"linear": _plain_linear})
+    dm.set_impl(m[1], {"linear": lambda input, weight, bias: _plain_linear(input, weight, bias)})
+    assert dm.impl_of(m)["linear"] == "mixed"
+    dm.set_impl(m[1], {"linear": _plain_linear})
+    assert dm.impl_of(m)["linear"] == "callable"
+
+
+def _positional_only(input, weight, bias, /):
+    return input
+
+
+@pytest.mark.parametrize("impl", [{"multihead_attention": len}, {"linear": 3},
+                                  {"linear": lambda x, w, b: x}, {"linear": _positional_only},
+                                  {"softmax": lambda input: input}])
 def test_set_impl_refuses_what_cannot_be_plugged(impl):
     with pytest.raises(ValueError, match="dlkern.models: argument 'impl'"):
         dm.set_impl(torch.nn.Linear(2, 2), impl)
@@ -545,6 +585,7 @@ def test_bench_models_refuses_a_wrong_external_kernel(tmp_path, capsys):
 @pytest.mark.parametrize("value,match", [
     (f"{EXAMPLE}:softmax", "covers none of the layer kinds conv2d, batch_norm, linear"),
     (f"{EXAMPLE}:NOT_CALLABLE", "int object is not callable"),
+    (f"a={EXAMPLE}:IMPLS,a={EXAMPLE}:linear", "two implementations would share a label"),
     ("examples/nosuch.py:fn", "no such file"),
     ("nosuchpkg_xyz.mod:fn", "cannot import 'nosuchpkg_xyz.mod'"),
 ])
