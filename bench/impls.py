@@ -16,7 +16,7 @@ from typing import Callable, ContextManager
 import torch
 
 import dlkern
-from dlkern.registry import OpSpec
+from dlkern.registry import CPU_ISAS, OpSpec
 
 TORCH = "torch"
 TORCH_AGAIN = "torch-again"
@@ -105,10 +105,19 @@ def _custom(spec: OpSpec, device: str, arg) -> Impl:
     return Impl("custom", _custom_label(dev, None), spec.fn)
 
 
+# What each CPU path needs of the CPU, for the message that refuses it.
+ISA_NEEDS = {"reference": "nothing", "avx2": "AVX2 and FMA",
+             "avx512": "AVX-512 F, BW, DQ and VL, enabled by the OS"}
+
+
 def _custom_variant(spec: OpSpec, device: str, variant) -> Impl:
     dev = torch.device(device).type
     if dev not in spec.devices:
         raise Unavailable(f"dlkern has no {dev.upper()} kernel for {spec.name}")
+    if variant in CPU_ISAS and variant not in spec.variants:
+        raise Unavailable(f"this CPU cannot run dlkern's {variant} path (its best is "
+                          f"{torch.ops.dlkern._cpu_isa_best()}; {variant} needs "
+                          f"{ISA_NEEDS[variant]})")
     if variant not in spec.variants:
         raise Unavailable(f"{spec.name} has no kernel variant {variant!r} here "
                           f"(has: {', '.join(spec.variants) or 'none'})")

@@ -12,7 +12,7 @@ ENV_ISA = "DLKERN_CPU_ISA"
 def capabilities() -> dict:
     """A dict describing the kernels in use:
 
-    cpu_isa         CPU path the kernels dispatch to now ('avx2' or 'reference')
+    cpu_isa         CPU path the kernels dispatch to now ('avx512', 'avx2' or 'reference')
     cpu_isa_best    best path this CPU supports
     openmp          whether the kernels were built with OpenMP
     openmp_threads  threads the CPU kernels use (torch.get_num_threads(), shared with torch)
@@ -33,7 +33,8 @@ def capabilities() -> dict:
 
 
 def set_cpu_isa(name: str) -> None:
-    """Selects the CPU kernel path: 'auto' (best supported), 'avx2' or 'reference'.
+    """Selects the CPU kernel path: 'auto' (best supported), 'avx512', 'avx2' or
+    'reference'.
 
     Raises ValueError for an unknown name or a path this CPU cannot run."""
     torch.ops.dlkern._set_cpu_isa(str(name))

@@ -7,6 +7,7 @@ Adding an op = one `register(OpSpec(...))` in its module under dlkern/ops/.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, Mapping
 
@@ -138,11 +139,14 @@ def kernel_devices() -> tuple[str, ...]:
     return ("cpu", "cuda") if build_info()["cuda"] == "1" else ("cpu",)
 
 
+# dlkern's CPU paths, each needing every feature of the one before (csrc/core/common.h CpuIsa)
+CPU_ISAS = ("reference", "avx2", "avx512")
+
+
 def cpu_variants() -> dict[str, Callable[[], ContextManager]]:
-    """The CPU ISA paths as kernel variants (shared by every CPU op)."""
+    """The CPU ISA paths this CPU can run, as kernel variants (shared by every CPU op)."""
     from ._capabilities import cpu_isa
-    out = {"reference": lambda: cpu_isa("reference")}
-    if torch.ops.dlkern._cpu_isa_best() == "avx2":
-        out["avx2"] = lambda: cpu_isa("avx2")
-    return out
+    best = torch.ops.dlkern._cpu_isa_best()
+    names = CPU_ISAS[:CPU_ISAS.index(best) + 1]
+    return {name: functools.partial(cpu_isa, name) for name in names}
 

@@ -4,7 +4,7 @@ import torch
 import dlkern
 from dlkern import registry
 
-ALL_ISAS = ("reference", "avx2")
+ALL_ISAS = registry.CPU_ISAS
 
 
 def isa_params():

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import dlkern
+from dlkern import registry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,7 +24,7 @@ def test_capabilities():
     caps = dlkern.capabilities()
     assert set(caps) >= {"cpu_isa", "cpu_isa_best", "openmp", "openmp_threads", "cuda_built",
                          "gpu_visible", "torch"}
-    assert caps["cpu_isa"] in ("reference", "avx2")
+    assert caps["cpu_isa"] in registry.CPU_ISAS
     assert caps["torch"] == torch.__version__
     assert caps["openmp"], "dlkern was built without OpenMP"
     assert caps["gpu_visible"] == torch.cuda.is_available()
@@ -41,7 +42,7 @@ def test_set_cpu_isa_and_context_manager():
     with dlkern.cpu_isa("reference"):
         assert dlkern.capabilities()["cpu_isa"] == "reference"
     assert dlkern.capabilities()["cpu_isa"] == best
-    with pytest.raises(ValueError, match=r"must be one of 'auto', 'reference', 'avx2', got 'sse9'"):
+    with pytest.raises(ValueError, match=r"must be one of 'auto', 'reference', 'avx2', 'avx512', got 'sse9'"):
         dlkern.set_cpu_isa("sse9")
 
 
@@ -50,6 +51,25 @@ def test_env_var_forces_reference_path():
                 {"DLKERN_CPU_ISA": "reference"})
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "reference"
+
+
+def test_env_var_selects_avx512_or_says_the_cpu_lacks_it():
+    r = _python("import dlkern; print(dlkern.capabilities()['cpu_isa'])",
+                {"DLKERN_CPU_ISA": "avx512"})
+    if "avx512" in registry.cpu_variants():
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == "avx512"
+    else:
+        assert r.returncode != 0
+        assert "DLKERN_CPU_ISA='avx512'" in r.stderr and "does not support 'avx512'" in r.stderr
+
+
+def test_cpu_paths_are_ordered_and_best_is_the_default():
+    have = list(registry.cpu_variants())
+    best = dlkern.capabilities()["cpu_isa_best"]
+    assert have == list(registry.CPU_ISAS[:registry.CPU_ISAS.index(best) + 1])
+    r = _python("import dlkern; print(dlkern.capabilities()['cpu_isa'])", {"DLKERN_CPU_ISA": ""})
+    assert r.stdout.strip() == best, r.stderr
 
 
 def test_env_var_invalid_value_is_an_import_error_naming_it():

@@ -23,7 +23,7 @@ void set_cpu_isa(std::string name) {
   dlkern::CpuIsa isa;
   const dlkern::Status s = dlkern::cpu_isa_parse(name.c_str(), &isa);
   TORCH_CHECK_VALUE(s != dlkern::Status::kInvalidArgument, "dlkern.set_cpu_isa: argument 'name' ",
-                    "must be one of 'auto', 'reference', 'avx2', got '", name, "'");
+                    "must be one of 'auto', 'reference', 'avx2', 'avx512', got '", name, "'");
   TORCH_CHECK_VALUE(s == dlkern::Status::kOk, "dlkern.set_cpu_isa: this CPU does not support '",
                     name, "' (best available: '", cpu_isa_best(), "')");
   dlkern::cpu_isa_select(isa);

@@ -1,6 +1,9 @@
 #include "common.h"
 
 #include <atomic>
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 #include <cstring>
 #include <initializer_list>
 
@@ -31,17 +34,42 @@ const char* cpu_isa_name(CpuIsa isa) {
   switch (isa) {
     case CpuIsa::kReference: return "reference";
     case CpuIsa::kAvx2: return "avx2";
+    case CpuIsa::kAvx512: return "avx512";
   }
   return "unknown";
 }
+
+namespace {
+
+#if defined(__x86_64__) || defined(__i386__)
+// Whether the OS saves the register state an AVX-512 kernel uses: XCR0 bits 1-2 (xmm, ymm) and
+// 5-7 (opmask, the upper halves of zmm0-15, zmm16-31). A CPU can have the instructions while
+// the OS (or a hypervisor) leaves them disabled; using them then faults.
+bool os_saves_zmm() {
+  unsigned eax, ebx, ecx, edx;
+  if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !(ecx & bit_OSXSAVE)) return false;
+  unsigned lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  return (lo & 0xe6) == 0xe6;
+}
+#endif
+
+}  // namespace
 
 CpuIsa cpu_isa_best() {
   static const CpuIsa best = [] {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return CpuIsa::kAvx2;
-#endif
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma"))
+      return CpuIsa::kReference;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+        os_saves_zmm())
+      return CpuIsa::kAvx512;
+    return CpuIsa::kAvx2;
+#else
     return CpuIsa::kReference;
+#endif
   }();
   return best;
 }
@@ -67,7 +95,7 @@ Status cpu_isa_parse(const char* name, CpuIsa* out) {
     *out = cpu_isa_best();
     return Status::kOk;
   }
-  for (CpuIsa isa : {CpuIsa::kReference, CpuIsa::kAvx2}) {
+  for (CpuIsa isa : {CpuIsa::kReference, CpuIsa::kAvx2, CpuIsa::kAvx512}) {
     if (std::strcmp(name, cpu_isa_name(isa)) == 0) {
       if (static_cast<int>(isa) > static_cast<int>(cpu_isa_best())) return Status::kUnsupported;
       *out = isa;

@@ -29,10 +29,13 @@ const char* status_detail();
 enum class CpuIsa : int {
   kReference = 0,  // scalar, accumulates in double; runs anywhere
   kAvx2 = 1,       // AVX2 + FMA
+  kAvx512 = 2,     // AVX-512 F, BW, DQ and VL (Skylake-SP and later, Zen 4 and later), with the
+                   // OS saving the zmm and mask registers (XCR0); ops without an AVX-512 kernel of
+                   // their own run their AVX2 one on this path
 };
 
 const char* cpu_isa_name(CpuIsa isa);
-// Parses "reference" / "avx2" / "auto" (the best supported). Returns kInvalidArgument for an
+// Parses "reference" / "avx2" / "avx512" / "auto" (the best supported). Returns kInvalidArgument for an
 // unknown name and kUnsupported when the machine lacks the requested features.
 Status cpu_isa_parse(const char* name, CpuIsa* out);
 // The best path this CPU supports (cpuid, checked once).

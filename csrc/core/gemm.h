@@ -28,7 +28,7 @@ struct MatrixRef {
   int64_t cs = 1;
 };
 
-// The packed B layout (AVX2 path): a kc x nc block is stored as ceil(nc / kGemmNR) micro-panels
+// The packed B layout (AVX2 and AVX-512 paths): a kc x nc block is stored as ceil(nc / kGemmNR) micro-panels
 // of kc x kGemmNR floats, panel p at bp + p * kc * kGemmNR holding B[k0 + k][n0 + p * kGemmNR + j]
 // at [k * kGemmNR + j], zero for columns past nc. bp is 64-byte aligned.
 constexpr int kGemmNR = 16;
@@ -41,7 +41,7 @@ struct GemmArgs {
   int64_t M = 0, N = 0, K = 0;
   MatrixRef A;   // M x K
   MatrixRef B;   // K x N (unused when pack_b is set)
-  BPacker pack_b;  // implicit B: AVX2 path only (gemm_ref and gemm_cpu's reference path refuse it)
+  BPacker pack_b;  // implicit B: AVX2 and AVX-512 paths only (gemm_ref and gemm_cpu's reference path refuse it)
   float* C = nullptr;
   int64_t ldc = 0;
   const float* bias = nullptr;  // N values, or null
@@ -53,6 +53,7 @@ struct GemmArgs {
 Status gemm_cpu(const GemmArgs& g, int threads);
 Status gemm_ref(const GemmArgs& g, int threads);   // double accumulation, any strides
 Status gemm_avx2(const GemmArgs& g, int threads);  // packed, register-blocked (gemm_avx2.cpp)
+Status gemm_avx512(const GemmArgs& g, int threads);  // its packed path on zmm (gemm_avx512.cpp)
 
 // out[n] = sum_m X[m, n] for a row-major M x N matrix with leading dimension ld (the linear
 // layer's bias gradient). `accumulate` adds into out.

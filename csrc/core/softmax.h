@@ -36,6 +36,9 @@ Status softmax_bwd_ref(const SoftmaxShape& s, const float* y, const float* dy, f
 Status softmax_fwd_avx2(const SoftmaxShape& s, const float* x, float* y, int num_threads);
 Status softmax_bwd_avx2(const SoftmaxShape& s, const float* y, const float* dy, float* dx,
                         int num_threads);
+Status softmax_fwd_avx512(const SoftmaxShape& s, const float* x, float* y, int num_threads);
+Status softmax_bwd_avx512(const SoftmaxShape& s, const float* y, const float* dy, float* dx,
+                          int num_threads);
 
 // CUDA (csrc/core/cuda/softmax.cu). `stream` is a cudaStream_t; pointers are device pointers.
 Status softmax_fwd_cuda(const SoftmaxShape& s, const float* x, float* y, void* stream);

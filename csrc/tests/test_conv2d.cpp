@@ -150,6 +150,10 @@ int main(int argc, char** argv) {
     bench();
     return 0;
   }
+  // conv2d_*_avx2 run the GEMM of the active path: the AVX2 one, then the AVX-512 one
+  for (CpuIsa isa : {CpuIsa::kAvx2, CpuIsa::kAvx512}) {
+  if (dlkern::cpu_isa_select(isa) != dlkern::Status::kOk) continue;
+  std::printf("%s:\n", dlkern::cpu_isa_name(isa));
   std::mt19937 rng(42);
   for (int64_t k : {1, 2, 3, 5, 7})
     for (int64_t stride : {1, 2, 3})
@@ -179,6 +183,10 @@ int main(int argc, char** argv) {
   // empty batch and no output channels
   check_shape(make(0, 3, 5, 5, 4, 3, 3, 1, 1, 1, 1), rng);
   check_shape(make(2, 3, 5, 5, 0, 3, 3, 1, 1, 1, 1), rng);
+  // output channels past the AVX-512 tile (8 x 48) and its K block (384)
+  check_shape(make(2, 50, 9, 9, 21, 3, 3, 1, 1, 1, 1), rng);
+  }
+  dlkern::cpu_isa_select(dlkern::cpu_isa_best());
   std::printf("%d (shape, algorithm) pairs compared\n", g_compared);
   CHECK(g_compared > 100, "expected over 100 comparisons, ran %d", g_compared);
   TEST_MAIN_END();

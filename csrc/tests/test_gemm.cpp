@@ -1,7 +1,8 @@
-// The GEMM core against the double-accumulating reference: every path (packed, dot, direct),
-// sizes below, at and above the micro-tile (6x16) and the cache blocks (KC=256, MC=144), all
+// The GEMM core against the double-accumulating reference, on the AVX2 path and (where the CPU
+// has it) the AVX-512 one: every version (packed, dot, direct, axpy, outer), sizes below, at and
+// above the micro-tiles (6x16; 8x48) and the cache blocks (KC=320, MC=144; KC=192, MC=384), all
 // four transpose combinations plus sliced (strided) operands, bias, accumulate, 1 and 2 threads.
-// With --bench: GFLOP/s of a square GEMM (not part of ctest).
+// With --bench [n]: GFLOP/s of a square GEMM on each path (not part of ctest).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -19,6 +20,19 @@ using dlkern::MatrixRef;
 using dlkern::Status;
 
 namespace {
+
+using GemmFn = Status (*)(const GemmArgs&, int);
+struct Path {
+  const char* name;
+  GemmFn fn;
+};
+Path g_path = {"avx2", dlkern::gemm_avx2};
+
+std::vector<Path> paths() {
+  std::vector<Path> out = {{"avx2", dlkern::gemm_avx2}};
+  if (dlkern::cpu_isa_best() >= dlkern::CpuIsa::kAvx512) out.push_back({"avx512", dlkern::gemm_avx512});
+  return out;
+}
 
 struct Mat {
   std::vector<float> buf;
@@ -54,7 +68,7 @@ int check_case(int64_t M, int64_t N, int64_t K, int la, int lb, bool bias, bool 
   g.C = want.data();
   CHECK(dlkern::gemm_ref(g, 1) == Status::kOk, "ref failed");
   g.C = got.data();
-  CHECK(dlkern::gemm_avx2(g, threads) == Status::kOk, "avx2 failed");
+  CHECK(g_path.fn(g, threads) == Status::kOk, "%s failed", g_path.name);
   // error bound: float32 summation of K products, relative to sum |a||b|
   double worst = 0;
   for (int64_t i = 0; i < M; ++i)
@@ -71,27 +85,27 @@ int check_case(int64_t M, int64_t N, int64_t K, int la, int lb, bool bias, bool 
       worst = std::max(worst, std::fabs(got[at] - want[at]) / mag);
     }
   const double bound = 4 * 6e-8 * std::sqrt(static_cast<double>(K) + 1) + 1e-7;
-  CHECK(worst <= bound, "M=%lld N=%lld K=%lld layouts %d/%d bias %d acc %d threads %d: rel err %g > %g",
-        (long long)M, (long long)N, (long long)K, la, lb, (int)bias, (int)acc, threads, worst,
+  CHECK(worst <= bound, "%s: M=%lld N=%lld K=%lld layouts %d/%d bias %d acc %d threads %d: rel err %g > %g",
+        g_path.name, (long long)M, (long long)N, (long long)K, la, lb, (int)bias, (int)acc, threads, worst,
         bound);
   return 0;
 }
 
-void bench(int64_t n, int threads) {
+void bench(int64_t n, int threads, const Path& path) {
   std::mt19937 rng(1);
   Mat A = make(n, n, 0, rng), B = make(n, n, 0, rng);
   std::vector<float> C(static_cast<size_t>(n * n));
   GemmArgs g;
   g.M = g.N = g.K = n, g.A = A.ref, g.B = B.ref, g.C = C.data(), g.ldc = n;
-  dlkern::gemm_avx2(g, threads);
+  path.fn(g, threads);
   std::vector<double> ts;
   for (int r = 0; r < 7; ++r) {
     auto t0 = std::chrono::steady_clock::now();
-    dlkern::gemm_avx2(g, threads);
+    path.fn(g, threads);
     ts.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
   std::sort(ts.begin(), ts.end());
-  std::printf("gemm %lld^3, %d threads: %.2f ms, %.1f GFLOP/s\n", (long long)n, threads,
+  std::printf("%s gemm %lld^3, %d threads: %.2f ms, %.1f GFLOP/s\n", path.name, (long long)n, threads,
               ts[3] * 1e3, 2.0 * n * n * n / ts[3] * 1e-9);
 }
 
@@ -100,14 +114,16 @@ void bench(int64_t n, int threads) {
 int main(int argc, char** argv) {
   if (argc > 1 && std::strcmp(argv[1], "--bench") == 0) {
     const int64_t n = argc > 2 ? std::atoll(argv[2]) : 2048;
-    bench(n, 1);
-    bench(n, 2);
+    for (const Path& p : paths())
+      for (int t = 1; t <= 2; ++t) bench(n, t, p);
     return 0;
   }
   if (dlkern::cpu_isa_best() < dlkern::CpuIsa::kAvx2) {
     std::printf("no AVX2/FMA on this CPU: only the reference path exists\n");
     return 77;
   }
+  for (const Path& path : paths()) {
+  g_path = path;
   std::mt19937 rng(42);
   const int64_t sizes[] = {1, 2, 3, 7, 15, 16, 17, 31, 33, 64, 100};
   // every layout pair on small/odd sizes
@@ -119,7 +135,8 @@ int main(int argc, char** argv) {
   // across the cache blocks and thread splits, with bias and accumulate
   const int64_t big[][3] = {{145, 33, 257}, {7, 3073, 5}, {150, 40, 600}, {13, 1000, 300},
                             {64, 100, 1000}, {49, 17, 1025}, {300, 70, 20}, {1, 1024, 784},
-                            {4, 1024, 784}, {16, 784, 1024}, {17, 31, 2049}};
+                            {4, 1024, 784}, {16, 784, 1024}, {17, 31, 2049}, {385, 97, 193},
+                            {23, 3100, 40}, {64, 3136, 576}};
   for (auto& s : big)
     for (int la = 0; la < 2; ++la)
       for (int lb = 0; lb < 2; ++lb)
@@ -138,9 +155,10 @@ int main(int argc, char** argv) {
     GemmArgs g;
     g.M = g.N = g.K = 1, g.A = {&a, 1, 1}, g.B = {&b, 1, 1}, g.C = &c, g.ldc = 1;
     g.bias = &a, g.accumulate = true;
-    CHECK(dlkern::gemm_avx2(g, 1) == Status::kInvalidArgument, "bias+accumulate accepted");
+    CHECK(path.fn(g, 1) == Status::kInvalidArgument, "bias+accumulate accepted");
     g.bias = nullptr, g.accumulate = false, g.M = -1;
-    CHECK(dlkern::gemm_avx2(g, 1) == Status::kInvalidArgument, "negative M accepted");
+    CHECK(path.fn(g, 1) == Status::kInvalidArgument, "negative M accepted");
+  }
   }
   TEST_MAIN_END();
 }

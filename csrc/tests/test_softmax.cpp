@@ -36,15 +36,25 @@ std::vector<float> hard_input(int64_t n, uint32_t seed) {
   return v;
 }
 
+using Fwd = Status (*)(const SoftmaxShape&, const float*, float*, int);
+using Bwd = Status (*)(const SoftmaxShape&, const float*, const float*, float*, int);
+
+// The AVX2 path and, where the CPU has it, the AVX-512 one, each against the reference.
 void compare_paths(const SoftmaxShape& s, uint32_t seed) {
+  struct Path { Fwd fwd; Bwd bwd; };
+  const Path avx2 = {dlkern::softmax_fwd_avx2, dlkern::softmax_bwd_avx2};
+  const Path avx512 = {dlkern::softmax_fwd_avx512, dlkern::softmax_bwd_avx512};
+  const bool has512 = dlkern::cpu_isa_best() >= CpuIsa::kAvx512;
+  for (const Path& p : {avx2, avx512}) {
+  if (p.fwd == avx512.fwd && !has512) continue;
   const int64_t n = s.numel();
   auto x = hard_input(n, seed), dy = hard_input(n, seed + 1);
   for (auto& g : dy)
     if (!std::isfinite(g)) g = 1.f;
   std::vector<float> yr(n), ya(n), ya1(n), dxr(n), dxa(n), dxa1(n);
   CHECK(dlkern::softmax_fwd_ref(s, x.data(), yr.data(), 2) == Status::kOk, "ref fwd");
-  CHECK(dlkern::softmax_fwd_avx2(s, x.data(), ya.data(), 2) == Status::kOk, "avx2 fwd");
-  CHECK(dlkern::softmax_fwd_avx2(s, x.data(), ya1.data(), 1) == Status::kOk, "avx2 fwd 1t");
+  CHECK(p.fwd(s, x.data(), ya.data(), 2) == Status::kOk, "avx2 fwd");
+  CHECK(p.fwd(s, x.data(), ya1.data(), 1) == Status::kOk, "avx2 fwd 1t");
   Err e;
   CHECK(close(ya, yr, 1e-37, 4e-6, &e), "fwd outer=%lld dim=%lld inner=%lld: max abs %g rel %g",
         (long long)s.outer, (long long)s.dim, (long long)s.inner, e.max_abs, e.max_rel);
@@ -52,14 +62,15 @@ void compare_paths(const SoftmaxShape& s, uint32_t seed) {
         "fwd differs between 1 and 2 threads (dim=%lld)", (long long)s.dim);
   // Backward from the same y so only the backward kernel is compared.
   CHECK(dlkern::softmax_bwd_ref(s, yr.data(), dy.data(), dxr.data(), 2) == Status::kOk, "ref bwd");
-  CHECK(dlkern::softmax_bwd_avx2(s, yr.data(), dy.data(), dxa.data(), 2) == Status::kOk, "avx2 bwd");
-  CHECK(dlkern::softmax_bwd_avx2(s, yr.data(), dy.data(), dxa1.data(), 1) == Status::kOk, "bwd 1t");
+  CHECK(p.bwd(s, yr.data(), dy.data(), dxa.data(), 2) == Status::kOk, "avx2 bwd");
+  CHECK(p.bwd(s, yr.data(), dy.data(), dxa1.data(), 1) == Status::kOk, "bwd 1t");
   // dx = y * (dy - dot): cancellation in (dy - dot) makes relative error unbounded near zero,
   // so the absolute bound scales with the line's magnitude (|dy| ~ 3, y <= 1).
   Err eb;
   CHECK(close(dxa, dxr, 2e-5 * 3.0, 1e-4, &eb), "bwd dim=%lld inner=%lld: max abs %g rel %g",
         (long long)s.dim, (long long)s.inner, eb.max_abs, eb.max_rel);
   CHECK(std::memcmp(dxa.data(), dxa1.data(), n * sizeof(float)) == 0, "bwd threads differ");
+  }
 }
 
 void special_values() {
@@ -76,7 +87,7 @@ void special_values() {
       {{-inf, 0, -inf, 0, -inf, 0, -inf, 0, -inf, 0, -inf}, false},
       {{5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5}, false},
   };
-  for (auto isa : {CpuIsa::kReference, CpuIsa::kAvx2}) {
+  for (auto isa : {CpuIsa::kReference, CpuIsa::kAvx2, CpuIsa::kAvx512}) {
     if (dlkern::cpu_isa_select(isa) != Status::kOk) continue;
     for (const auto& c : cases) {
       for (int64_t reps : {int64_t{1}, int64_t{1000}}) {  // short row (3-pass), long (online)
@@ -181,7 +192,7 @@ int main() {
   }
   exp_accuracy();
   uint32_t seed = 1;
-  for (int64_t dim : {1, 2, 7, 8, 9, 31, 32, 33, 100, 1000, 8192, 8193, 20011})
+  for (int64_t dim : {1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100, 1000, 8191, 8192, 8193, 20011})
     compare_paths({3, dim, 1}, seed++);
   for (int64_t inner : {2, 3, 7, 8, 9, 31, 32, 33, 40, 100})
     for (int64_t dim : {1, 5, 64})

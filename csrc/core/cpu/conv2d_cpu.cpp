@@ -1,4 +1,5 @@
-// Runtime dispatch of conv2d: the reference loops or the AVX2 algorithms (conv2d_avx2.cpp).
+// Runtime dispatch of conv2d: the reference loops or the AVX2 algorithms (conv2d_avx2.cpp), whose
+// GEMMs run on the active path's GEMM (on the avx512 path, gemm_avx512).
 #include "../conv2d.h"
 
 namespace dlkern {

@@ -34,6 +34,7 @@
 #include <cstring>
 
 #include "../gemm.h"
+#include "gemm_parts.h"
 #include "parallel.h"
 #include "scratch.h"
 #include "vec_avx2.h"
@@ -281,6 +282,20 @@ void gemm_packed_block(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, in
 template <int kR, int kC>
 static void dot_tile(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t k0,
                      int64_t k1, float* c, int64_t ldc, bool add, const float* bias) {
+  if (k1 - k0 < 8) {
+    // Fewer than 8 products: each would sit alone in a lane, rounded before the lanes are
+    // summed. Summed exactly in double instead (float products are exact there), C is rounded
+    // once: a sum that cancels (dW of a batch of 2) is then as exact as torch's FMA chain.
+    for (int i = 0; i < kR; ++i)
+      for (int j = 0; j < kC; ++j) {
+        double s = 0;
+        for (int64_t k = k0; k < k1; ++k)
+          s += static_cast<double>(a[i * lda + k]) * static_cast<double>(b[j * ldb + k]);
+        float* out = c + i * ldc + j;
+        *out = add ? static_cast<float>(*out + s) : static_cast<float>(s + (bias ? bias[j] : 0.f));
+      }
+    return;
+  }
   __m256 acc[kR][kC];
   for (int i = 0; i < kR; ++i)
     for (int j = 0; j < kC; ++j) acc[i][j] = _mm256_setzero_ps();
@@ -490,51 +505,55 @@ void gemm_outer_block(const GemmArgs& g, int64_t n0, int64_t n1) {
   }
 }
 
-// Splits [0, n) into `parts` ranges whose boundaries are multiples of `align`.
-static inline void split(int64_t n, int parts, int part, int64_t align, int64_t* b, int64_t* e) {
-  const int64_t units = (n + align - 1) / align;
-  const int64_t per = units / parts, rem = units % parts;
-  const int64_t ub = part * per + std::min<int64_t>(part, rem);
-  const int64_t ue = ub + per + (part < rem ? 1 : 0);
-  *b = std::min(n, ub * align);
-  *e = std::min(n, ue * align);
+}  // namespace
+
+void gemm_pack_b_avx2(int64_t kc, int64_t nc, const float* b, int64_t rs, int64_t cs, float* bp) {
+  pack_b(kc, nc, b, rs, cs, bp);
 }
 
-}  // namespace
+void gemm_empty_k(const GemmArgs& g) {
+  if (g.accumulate) return;
+  for (int64_t i = 0; i < g.M; ++i)
+    for (int64_t j = 0; j < g.N; ++j)
+      g.C[i * g.ldc + j] = g.bias ? g.bias[j] : g.row_bias ? g.row_bias[i] : 0.f;
+}
+
+GemmPath gemm_avx2_path(const GemmArgs& g) {
+  // an implicit B or a row bias exists only in the packed path
+  if (g.pack_b.fn != nullptr || g.row_bias != nullptr) return GemmPath::kPacked;
+  if (g.A.cs == 1 && g.B.rs == 1 && g.M <= kDotMaxM) return GemmPath::kDot;
+  // B rows whose stride is a multiple of 4 KiB put every k step of the direct path's strips in
+  // one L1 set on a new page; the axpy path reads B row by row instead.
+  const bool page_rows = g.B.rs % 1024 == 0;
+  const bool nn = g.A.cs == 1 && g.B.cs == 1;
+  if (nn && g.M > kAxpyMaxM && g.M <= kDirectMaxM && !page_rows) return GemmPath::kDirect;
+  // the outer path serves any product with K <= 4 (dW of batches 1-4, an outer product): C is
+  // then written row by row in one pass, where the packed path's 6-row tiles would write 6 rows
+  // at a 4 KiB stride when C's rows are that long.
+  if (g.K <= 4 && g.M > kAxpyMaxM) return GemmPath::kOuter;
+  if (nn && g.M <= kDirectMaxM) return GemmPath::kAxpy;
+  return GemmPath::kPacked;
+}
 
 Status gemm_avx2(const GemmArgs& g, int threads) {
   const Status s = gemm_validate(g);
   if (s != Status::kOk || g.M == 0 || g.N == 0) return s;
-  if (g.K == 0) {  // C = bias (or 0), or unchanged when accumulating
-    if (!g.accumulate)
-      for (int64_t i = 0; i < g.M; ++i)
-        for (int64_t j = 0; j < g.N; ++j)
-          g.C[i * g.ldc + j] = g.bias ? g.bias[j] : g.row_bias ? g.row_bias[i] : 0.f;
+  if (g.K == 0) {
+    gemm_empty_k(g);
     return Status::kOk;
   }
   // ~64k FMAs per thread before a second thread pays for its fork/join (~1-2 us)
   const int nt = threads_for(g.M * g.N * g.K, int64_t{1} << 16, threads);
-  // an implicit B or a row bias exists only in the packed path
-  const bool packed_only = g.pack_b.fn != nullptr || g.row_bias != nullptr;
-  const bool dot = !packed_only && g.A.cs == 1 && g.B.rs == 1 && g.M <= kDotMaxM;
-  // B rows whose stride is a multiple of 4 KiB put every k step of the direct path's strips in
-  // one L1 set on a new page; the axpy path reads B row by row instead.
-  const bool page_rows = g.B.rs % 1024 == 0;
-  const bool nn = !packed_only && !dot && g.A.cs == 1 && g.B.cs == 1;
-  const bool direct = nn && g.M > kAxpyMaxM && g.M <= kDirectMaxM && !page_rows;
-  // axpy also serves any product with K <= 4 (dW of batches 1-4, an outer product): C is then
-  // written row by row in one pass, where the packed path's 6-row tiles would write 6 rows at a
-  // 4 KiB stride when C's rows are that long.
-  const bool outer = !packed_only && !dot && !direct && g.K <= 4 && g.M > kAxpyMaxM;
-  const bool axpy = !packed_only && !dot && !direct && !outer && g.B.cs == 1 && g.A.cs == 1 &&
-                    g.M <= kDirectMaxM;
+  const GemmPath path = gemm_avx2_path(g);
+  const bool dot = path == GemmPath::kDot, direct = path == GemmPath::kDirect;
+  const bool axpy = path == GemmPath::kAxpy, outer = path == GemmPath::kOuter;
   if (dot || direct || axpy || outer) {
     const int64_t align = direct ? NR : outer ? 64 : 8;
     const int parts = static_cast<int>(std::min<int64_t>(nt, (g.N + align - 1) / align));
     parallel_for(parts, parts, [&](int64_t b, int64_t e) {
       for (int64_t t = b; t < e; ++t) {
         int64_t n0, n1;
-        split(g.N, parts, static_cast<int>(t), align, &n0, &n1);
+        gemm_split(g.N, parts, static_cast<int>(t), align, &n0, &n1);
         if (n0 >= n1) continue;
         if (dot)
           gemm_dot_block(g, n0, n1);
@@ -548,24 +567,7 @@ Status gemm_avx2(const GemmArgs& g, int threads) {
     });
     return Status::kOk;
   }
-  // Packed: split along N when that duplicates the smaller packing (each thread packs all of
-  // A for its columns) or when M is too short to split. An implicit B (im2col) is the costly
-  // packing, so it is never duplicated.
-  const bool by_n = ((g.pack_b.fn != nullptr || g.M <= g.N) && g.N >= int64_t{nt} * NR) ||
-                    g.M < int64_t{nt} * MR;
-  const int64_t extent = by_n ? g.N : g.M, align = by_n ? NR : MR;
-  const int parts = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nt, (extent + align - 1) / align)));
-  parallel_for(parts, parts, [&](int64_t b, int64_t e) {
-    for (int64_t t = b; t < e; ++t) {
-      int64_t lo, hi;
-      split(extent, parts, static_cast<int>(t), align, &lo, &hi);
-      if (lo >= hi) continue;
-      if (by_n)
-        gemm_packed_block(g, 0, g.M, lo, hi);
-      else
-        gemm_packed_block(g, lo, hi, 0, g.N);
-    }
-  });
+  gemm_packed_parallel(g, nt, MR, NR, gemm_packed_block);
   return Status::kOk;
 }
 

@@ -4,7 +4,11 @@
 namespace dlkern {
 
 Status gemm_cpu(const GemmArgs& g, int threads) {
-  return cpu_isa_active() >= CpuIsa::kAvx2 ? gemm_avx2(g, threads) : gemm_ref(g, threads);
+  switch (cpu_isa_active()) {
+    case CpuIsa::kAvx512: return gemm_avx512(g, threads);
+    case CpuIsa::kAvx2: return gemm_avx2(g, threads);
+    default: return gemm_ref(g, threads);
+  }
 }
 
 Status colsum_cpu(int64_t M, int64_t N, const float* x, int64_t ld, float* out, bool accumulate,

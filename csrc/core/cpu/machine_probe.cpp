@@ -25,15 +25,6 @@ double now() {
   return std::chrono::duration<double>(clock::now().time_since_epoch()).count();
 }
 
-bool has_avx512f() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f");
-#else
-  return false;
-#endif
-}
-
 }  // namespace
 
 Status cpu_fma_peak(int width, int threads, double seconds, double* gflops) {
@@ -45,7 +36,7 @@ Status cpu_fma_peak(int width, int threads, double seconds, double* gflops) {
     block = fma_block_avx2;
     flops_per_iter = fma_block_flops_avx2();
   } else if (width == 512) {
-    if (!has_avx512f()) return Status::kUnsupported;
+    if (cpu_isa_best() < CpuIsa::kAvx512) return Status::kUnsupported;
     block = fma_block_avx512;
     flops_per_iter = fma_block_flops_avx512();
   } else {
