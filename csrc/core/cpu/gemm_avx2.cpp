@@ -505,6 +505,30 @@ void gemm_outer_block(const GemmArgs& g, int64_t n0, int64_t n1) {
   }
 }
 
+// The packed path's threads: C split into contiguous blocks along N (multiples of nr) or M
+// (multiples of mr), block(g, m0, m1, n0, n1) run on each with its own packing buffers. Along N
+// when that duplicates the smaller packing (each thread packs all of A for its columns) or when
+// M is too short to split. An implicit B (im2col) is the costly packing, so it is never
+// duplicated.
+template <typename Block>
+void gemm_packed_parallel(const GemmArgs& g, int nt, int64_t mr, int64_t nr, const Block& block) {
+  const bool by_n = ((g.pack_b.fn != nullptr || g.M <= g.N) && g.N >= nt * nr) || g.M < nt * mr;
+  const int64_t extent = by_n ? g.N : g.M, align = by_n ? nr : mr;
+  const int parts = static_cast<int>(
+      std::max<int64_t>(1, std::min<int64_t>(nt, (extent + align - 1) / align)));
+  parallel_for(parts, parts, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      int64_t lo, hi;
+      gemm_split(extent, parts, static_cast<int>(t), align, &lo, &hi);
+      if (lo >= hi) continue;
+      if (by_n)
+        block(g, 0, g.M, lo, hi);
+      else
+        block(g, lo, hi, 0, g.N);
+    }
+  });
+}
+
 }  // namespace
 
 void gemm_pack_b_avx2(int64_t kc, int64_t nc, const float* b, int64_t rs, int64_t cs, float* bp) {

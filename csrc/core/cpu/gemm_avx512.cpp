@@ -23,6 +23,7 @@
 
 #include "../gemm.h"
 #include "gemm_parts.h"
+#include "parallel.h"
 #include "scratch.h"
 
 #if defined(__clang__) && !defined(__AVX512F__)
@@ -170,42 +171,75 @@ Kernel kernel_for(int rows, int panels) {
                                                               : kernel_for_rows<3>(rows);
 }
 
-void packed_block(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+// The tiles of C[ic + m0 : ic + m1][jc + n0 : jc + n1) from the packed blocks (m0 a multiple of
+// MR, n0 of NR): A's rows ic.. at ap, B's columns jc.. at bp.
+void tiles(const GemmArgs& g, const float* ap, const float* bp, int64_t kc, Init init, int64_t ic,
+           int64_t jc, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  constexpr int64_t kTile = NP * NR;
+  for (int64_t jr = n0; jr < n1; jr += kTile) {
+    const int64_t cols = std::min(kTile, n1 - jr);
+    const int panels = static_cast<int>((cols + NR - 1) / NR);
+    const int tail = static_cast<int>(cols - (panels - 1) * NR);
+    const __mmask16 last = static_cast<__mmask16>((1u << tail) - 1);
+    for (int64_t ir = m0; ir < m1; ir += MR) {
+      const int rows = static_cast<int>(std::min<int64_t>(MR, m1 - ir));
+      const float* bias = init == kBias      ? g.bias + jc + jr
+                          : init == kRowBias ? g.row_bias + ic + ir
+                                             : nullptr;
+      kernel_for(rows, panels)(kc, ap + ir * kc, bp + jr * kc, g.C + (ic + ir) * g.ldc + jc + jr,
+                               g.ldc, last, init, bias);
+    }
+  }
+}
+
+// BLIS's loops with the packed blocks shared by the team (BLIS's way, rather than
+// gemm_avx2's split of C into one block per thread, where each thread packs all of A or all of
+// B for itself): every thread packs its share of each B block's micro-panels and of each A
+// block's, waits for the others, computes its share of the block's tiles (columns when there
+// are enough micro-panels, else rows), and waits again before the buffers are refilled. Each
+// element of A and B is packed once, whatever the thread count.
+void packed(const GemmArgs& g, int nt) {
   float* ap = tl_a.get(static_cast<size_t>(MC * KC));
-  float* bp = tl_b.get(static_cast<size_t>(KC * ((std::min(NC, n1 - n0) + NR - 1) / NR * NR)));
+  float* bp = tl_b.get(static_cast<size_t>(KC * ((std::min(NC, g.N) + NR - 1) / NR * NR)));
   const Init first = g.accumulate ? kAddC : g.bias ? kBias : g.row_bias ? kRowBias : kZero;
   const int64_t kblocks = (g.K + KC - 1) / KC;
   const int64_t kstep = std::min(KC, ((g.K + kblocks - 1) / kblocks + 7) & ~int64_t{7});
-  constexpr int64_t kTile = NP * NR;
-  for (int64_t jc = n0; jc < n1; jc += NC) {
-    const int64_t nc = std::min(NC, n1 - jc);
-    for (int64_t pc = 0; pc < g.K; pc += kstep) {
-      const int64_t kc = std::min(kstep, g.K - pc);
-      if (g.pack_b.fn != nullptr)
-        g.pack_b.fn(g.pack_b.ctx, pc, kc, jc, nc, bp);
-      else
-        gemm_pack_b_avx2(kc, nc, g.B.data + pc * g.B.rs + jc * g.B.cs, g.B.rs, g.B.cs, bp);
-      const Init init = pc == 0 ? first : kAddC;
-      for (int64_t ic = m0; ic < m1; ic += MC) {
-        const int64_t mc = std::min(MC, m1 - ic);
-        pack_a(mc, kc, g.A.data + ic * g.A.rs + pc * g.A.cs, g.A.rs, g.A.cs, ap);
-        for (int64_t jr = 0; jr < nc; jr += kTile) {
-          for (int64_t ir = 0; ir < mc; ir += MR) {
-            const int rows = static_cast<int>(std::min<int64_t>(MR, mc - ir));
-            const int64_t cols = std::min(kTile, nc - jr);
-            const int panels = static_cast<int>((cols + NR - 1) / NR);
-            const int tail = static_cast<int>(cols - (panels - 1) * NR);
-            const __mmask16 last = static_cast<__mmask16>((1u << tail) - 1);
-            const float* bias = init == kBias      ? g.bias + jc + jr
-                                : init == kRowBias ? g.row_bias + ic + ir
-                                                   : nullptr;
-            kernel_for(rows, panels)(kc, ap + ir * kc, bp + jr * kc,
-                                     g.C + (ic + ir) * g.ldc + jc + jr, g.ldc, last, init, bias);
+  auto team = [&](int tid, int nth) {
+    for (int64_t jc = 0; jc < g.N; jc += NC) {
+      const int64_t nc = std::min(NC, g.N - jc);
+      // columns split on micro-panels when each thread gets at least two tiles' worth
+      const bool by_n = nc >= int64_t{2} * nth * NP * NR;
+      for (int64_t pc = 0; pc < g.K; pc += kstep) {
+        const int64_t kc = std::min(kstep, g.K - pc);
+        int64_t b0, b1;
+        gemm_split(nc, nth, tid, NR, &b0, &b1);
+        if (b0 < b1 && g.pack_b.fn != nullptr)
+          g.pack_b.fn(g.pack_b.ctx, pc, kc, jc + b0, b1 - b0, bp + b0 * kc);
+        else if (b0 < b1)
+          gemm_pack_b_avx2(kc, b1 - b0, g.B.data + pc * g.B.rs + (jc + b0) * g.B.cs, g.B.rs,
+                           g.B.cs, bp + b0 * kc);
+        team_barrier(nth);
+        const Init init = pc == 0 ? first : kAddC;
+        for (int64_t ic = 0; ic < g.M; ic += MC) {
+          const int64_t mc = std::min(MC, g.M - ic);
+          int64_t a0, a1;
+          gemm_split(mc, nth, tid, MR, &a0, &a1);
+          if (a0 < a1)
+            pack_a(a1 - a0, kc, g.A.data + (ic + a0) * g.A.rs + pc * g.A.cs, g.A.rs, g.A.cs,
+                   ap + a0 * kc);
+          team_barrier(nth);
+          if (by_n) {
+            gemm_split(nc, nth, tid, NR, &b0, &b1);
+            if (b0 < b1) tiles(g, ap, bp, kc, init, ic, jc, 0, mc, b0, b1);
+          } else if (a0 < a1) {
+            tiles(g, ap, bp, kc, init, ic, jc, a0, a1, 0, nc);
           }
+          team_barrier(nth);
         }
       }
     }
-  }
+  };
+  run_team(nt, team);
 }
 
 }  // namespace
@@ -216,7 +250,7 @@ Status gemm_avx512(const GemmArgs& g, int threads) {
       gemm_avx2_path(g) != GemmPath::kPacked)
     return gemm_avx2(g, threads);
   const int nt = threads_for(g.M * g.N * g.K, int64_t{1} << 16, threads);
-  gemm_packed_parallel(g, nt, MR, NP * NR, packed_block);
+  packed(g, nt);
   return Status::kOk;
 }
 
