@@ -110,14 +110,19 @@ ISA_NEEDS = {"reference": "nothing", "avx2": "AVX2 and FMA",
              "avx512": "AVX-512 F, BW, DQ and VL, enabled by the OS"}
 
 
+def cpu_isa_best() -> str:
+    """The best CPU path of this machine (a function, so that tests can pretend otherwise)."""
+    return torch.ops.dlkern._cpu_isa_best()
+
+
 def _custom_variant(spec: OpSpec, device: str, variant) -> Impl:
     dev = torch.device(device).type
     if dev not in spec.devices:
         raise Unavailable(f"dlkern has no {dev.upper()} kernel for {spec.name}")
-    if variant in CPU_ISAS and variant not in spec.variants:
-        raise Unavailable(f"this CPU cannot run dlkern's {variant} path (its best is "
-                          f"{torch.ops.dlkern._cpu_isa_best()}; {variant} needs "
-                          f"{ISA_NEEDS[variant]})")
+    best = cpu_isa_best()
+    if variant in CPU_ISAS and CPU_ISAS.index(variant) > CPU_ISAS.index(best):
+        raise Unavailable(f"this CPU cannot run dlkern's {variant} path (its best is {best}; "
+                          f"{variant} needs {ISA_NEEDS[variant]})")
     if variant not in spec.variants:
         raise Unavailable(f"{spec.name} has no kernel variant {variant!r} here "
                           f"(has: {', '.join(spec.variants) or 'none'})")

@@ -107,7 +107,7 @@ class ModelImpl:
 
 
 def resolve_impl(name: str, device: str, kinds: tuple[str, ...]) -> ModelImpl:
-    """torch, custom, custom:<variant> (a CPU path: reference, avx2), or an implementation from
+    """torch, custom, custom:<variant> (a CPU path: reference, avx2, avx512), or an implementation from
     outside (bench/plugins.py) whose functions the layers of the kinds it covers call;
     UsageError otherwise."""
     dev = torch.device(device).type

@@ -516,17 +516,15 @@ def test_torch_compile_impl_is_checked_and_timed(tmp_path):
     assert {r.label for r in res} == {"torch.compile", f"PyTorch {torch.__version__.split('+')[0]}"}
 
 
-def test_custom_avx512_refused_with_the_reason_where_the_cpu_lacks_it():
-    import dataclasses
-    spec = SOFTMAX
-    if "avx512" in spec.variants:  # this CPU has it: see what a CPU without it would say
-        spec = dataclasses.replace(spec, variants={k: v for k, v in spec.variants.items()
-                                                   if k != "avx512"})
-    else:
-        assert impls.resolve("custom:avx2", spec, "cpu").label == "dlkern avx2"
-    with pytest.raises(impls.Unavailable, match=r"this CPU cannot run dlkern's avx512 path .*"
-                                                r"AVX-512 F, BW, DQ and VL"):
-        impls.resolve("custom:avx512", spec, "cpu")
+def test_custom_avx512_refused_with_the_reason_where_the_cpu_lacks_it(monkeypatch):
+    monkeypatch.setattr(impls, "cpu_isa_best", lambda: "avx2")  # a CPU without AVX-512
+    with pytest.raises(impls.Unavailable, match=r"this CPU cannot run dlkern's avx512 path \(its "
+                                                r"best is avx2; avx512 needs AVX-512 F, BW, DQ"):
+        impls.resolve("custom:avx512", SOFTMAX, "cpu")
+    res = runner.run_row(GATE_ROW, "cpu", runner.Config(impls=["custom:avx512", "torch"],
+                                                        passes=["forward"], budget=QUICK))
+    skipped = next(r for r in res if r.impl == "custom:avx512")
+    assert skipped.status == "skipped" and "avx512 path" in skipped.detail
 
 
 def test_custom_variant_unavailable_on_unknown_variant():

@@ -64,6 +64,24 @@ def test_env_var_selects_avx512_or_says_the_cpu_lacks_it():
         assert "DLKERN_CPU_ISA='avx512'" in r.stderr and "does not support 'avx512'" in r.stderr
 
 
+def _cpuinfo_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            line = next(l for l in f if l.startswith("flags"))
+    except (OSError, StopIteration):
+        pytest.skip("no /proc/cpuinfo flags line (not Linux x86)")
+    return set(line.split(":", 1)[1].split())
+
+
+def test_detection_agrees_with_the_kernel_s_cpu_flags():
+    # Linux lists a feature only when the kernel enabled its register state, so its flags are an
+    # outside check of dlkern's cpuid + XGETBV detection
+    flags = _cpuinfo_flags()
+    want = ("avx512" if {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= flags else
+            "avx2" if {"avx2", "fma"} <= flags else "reference")
+    assert dlkern.capabilities()["cpu_isa_best"] == want
+
+
 def test_cpu_paths_are_ordered_and_best_is_the_default():
     have = list(registry.cpu_variants())
     best = dlkern.capabilities()["cpu_isa_best"]

@@ -87,6 +87,12 @@ Status conv2d_fwd_avx2(const Conv2dShape& s, const float* x, const float* w, con
                        float* y, int threads, Conv2dAlgo algo);
 Status conv2d_bwd_avx2(const Conv2dShape& s, const float* x, const float* w, const float* dy,
                        float* dx, float* dw, float* db, int threads, Conv2dAlgo algo);
+// The avx512 path (conv2d_avx512.cpp): stride-1 im2col forwards and backward data over a padded
+// input; the rest through the AVX2 algorithms (whose GEMMs run gemm_avx512 on this path).
+Status conv2d_fwd_avx512(const Conv2dShape& s, const float* x, const float* w, const float* bias,
+                         float* y, int threads, Conv2dAlgo algo);
+Status conv2d_bwd_avx512(const Conv2dShape& s, const float* x, const float* w, const float* dy,
+                         float* dx, float* dw, float* db, int threads, Conv2dAlgo algo);
 
 // CUDA (csrc/core/cuda/conv2d.cu): implicit GEMMs (no im2col buffer) for forward, backward data
 // and backward weight; any kernel size, stride, padding, dilation and groups. Device pointers, a

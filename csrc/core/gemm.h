@@ -42,6 +42,17 @@ struct GemmArgs {
   MatrixRef A;   // M x K
   MatrixRef B;   // K x N (unused when pack_b is set)
   BPacker pack_b;  // implicit B: AVX2 and AVX-512 paths only (gemm_ref and gemm_cpu's reference path refuse it)
+  // Row-offset B, AVX-512 path only (the others give kUnsupported): B[k][n] = B.data[b_rows[k] + n],
+  // rows anywhere, contiguous along n, each readable 16 floats past column N (the last micro-panel
+  // is loaded whole, its extra lanes discarded). A stride-1 convolution over a padded copy of its
+  // input is such a B: row k = (c, r, t) starts at c * plane + r * Wp + t (conv2d_avx512.cpp), and
+  // the micro-kernel reads it in place, without im2col.
+  const int64_t* b_rows = nullptr;
+  // Wrapped C, together with b_rows (AVX-512 path only): C's columns come in rows of c_row kept
+  // columns followed by c_skip discarded ones, c_row + c_skip >= 16: column n = i * (c_row +
+  // c_skip) + q goes to C[m * ldc + i * c_row + q] when q < c_row, and nowhere otherwise. A
+  // convolution over a padded input computes Wp = Q + (S-1)*dw columns per output row and keeps Q.
+  int64_t c_row = 0, c_skip = 0;
   float* C = nullptr;
   int64_t ldc = 0;
   const float* bias = nullptr;  // N values, or null
@@ -76,5 +87,7 @@ Status colsum_cuda(int64_t M, int64_t N, const float* x, int64_t ld, float* out,
 
 // Validation shared by every path: sizes non-negative, pointers present when needed.
 Status gemm_validate(const GemmArgs& g);
+// How many columns of each row of C the product writes: N, or for a wrapped C fewer.
+int64_t gemm_c_width(const GemmArgs& g);
 
 }  // namespace dlkern

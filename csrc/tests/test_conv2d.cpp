@@ -70,10 +70,10 @@ void check_shape(const Conv2dShape& s, std::mt19937& rng) {
     for (int t = 0; t < 2; ++t) {
       o[t] = {std::vector<float>(ny, 7.f), std::vector<float>(nx, 7.f), std::vector<float>(nw, 7.f),
               std::vector<float>(s.K, 7.f)};
-      CHECK(dlkern::conv2d_fwd_avx2(s, x.data(), w.data(), b.data(), o[t].y.data(), t + 1, a) ==
+      CHECK(dlkern::conv2d_fwd_cpu(s, x.data(), w.data(), b.data(), o[t].y.data(), t + 1, a) ==
                 Status::kOk, "fwd failed");
-      CHECK(dlkern::conv2d_bwd_avx2(s, x.data(), w.data(), dy.data(), o[t].dx.data(),
-                                    o[t].dw.data(), o[t].db.data(), t + 1, a) == Status::kOk,
+      CHECK(dlkern::conv2d_bwd_cpu(s, x.data(), w.data(), dy.data(), o[t].dx.data(),
+                                   o[t].dw.data(), o[t].db.data(), t + 1, a) == Status::kOk,
             "bwd failed");
     }
     // the sums have up to Cg*R*S (forward), K*R*S (dx) and N*P*Q (dw) float terms
@@ -150,7 +150,7 @@ int main(int argc, char** argv) {
     bench();
     return 0;
   }
-  // conv2d_*_avx2 run the GEMM of the active path: the AVX2 one, then the AVX-512 one
+  // the avx2 path, then the avx512 one (its GEMM, and its stride-1 forward over a padded input)
   for (CpuIsa isa : {CpuIsa::kAvx2, CpuIsa::kAvx512}) {
   if (dlkern::cpu_isa_select(isa) != dlkern::Status::kOk) continue;
   std::printf("%s:\n", dlkern::cpu_isa_name(isa));
@@ -185,6 +185,21 @@ int main(int argc, char** argv) {
   check_shape(make(2, 3, 5, 5, 0, 3, 3, 1, 1, 1, 1), rng);
   // output channels past the AVX-512 tile (8 x 48) and its K block (384)
   check_shape(make(2, 50, 9, 9, 21, 3, 3, 1, 1, 1, 1), rng);
+  // stride-1 forwards over a padded input (images of 256 positions or more): pads, dilation,
+  // groups, 'same' with an extra column, no padding, channels across K blocks
+  check_shape(make(1, 5, 17, 23, 19, 3, 3, 1, 1, 1, 1), rng);
+  check_shape(make(2, 4, 20, 80, 9, 5, 5, 1, 2, 2, 1), rng);
+  check_shape(make(2, 6, 20, 40, 10, 3, 3, 1, 1, 1, 2), rng);
+  check_shape(make(1, 3, 30, 40, 4, 2, 2, 1, 0, 1, 1, 1), rng);
+  check_shape(make(1, 3, 30, 40, 7, 3, 3, 1, 0, 1, 1), rng);
+  check_shape(make(1, 3, 24, 64, 5, 1, 7, 1, 3, 1, 1), rng);
+  check_shape(make(1, 45, 18, 18, 17, 3, 3, 1, 1, 1, 1), rng);
+  // and backward data the same way (16 input channels or more): padding wider than the kernel's
+  // reach (the transposed convolution then crops), dilation, groups
+  check_shape(make(2, 20, 20, 30, 24, 3, 3, 1, 1, 1, 1), rng);
+  check_shape(make(1, 16, 24, 40, 8, 3, 3, 1, 2, 2, 1), rng);
+  check_shape(make(1, 17, 20, 36, 9, 3, 3, 1, 3, 1, 1), rng);
+  check_shape(make(1, 32, 20, 24, 32, 5, 5, 1, 2, 1, 2), rng);
   }
   dlkern::cpu_isa_select(dlkern::cpu_isa_best());
   std::printf("%d (shape, algorithm) pairs compared\n", g_compared);

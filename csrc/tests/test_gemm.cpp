@@ -1,7 +1,8 @@
 // The GEMM core against the double-accumulating reference, on the AVX2 path and (where the CPU
 // has it) the AVX-512 one: every version (packed, dot, direct, axpy, outer), sizes below, at and
-// above the micro-tiles (6x16; 8x48) and the cache blocks (KC=320, MC=144; KC=192, MC=384), all
-// four transpose combinations plus sliced (strided) operands, bias, accumulate, 1 and 2 threads.
+// above the micro-tiles (6x16; 8x48) and the cache blocks (KC=320, MC=144; KC=384, MC=192), all
+// four transpose combinations plus sliced (strided) operands, bias, accumulate, 1 to 3 threads
+// (results bit-identical across thread counts).
 // With --bench [n]: GFLOP/s of a square GEMM on each path (not part of ctest).
 #include <algorithm>
 #include <chrono>
@@ -91,6 +92,22 @@ int check_case(int64_t M, int64_t N, int64_t K, int la, int lb, bool bias, bool 
   return 0;
 }
 
+void same_across_threads(int64_t M, int64_t N, int64_t K, int la, int lb, std::mt19937& rng) {
+  Mat A = make(M, K, la, rng), B = make(K, N, lb, rng);
+  std::vector<float> c1(static_cast<size_t>(M * N)), cn(c1.size());
+  GemmArgs g;
+  g.M = M, g.N = N, g.K = K, g.A = A.ref, g.B = B.ref, g.ldc = N;
+  g.C = c1.data();
+  CHECK(g_path.fn(g, 1) == Status::kOk, "%s failed", g_path.name);
+  for (int t = 2; t <= 3; ++t) {
+    g.C = cn.data();
+    CHECK(g_path.fn(g, t) == Status::kOk, "%s failed", g_path.name);
+    CHECK(std::memcmp(c1.data(), cn.data(), c1.size() * sizeof(float)) == 0,
+          "%s: M=%lld N=%lld K=%lld layouts %d/%d: %d threads differ from 1", g_path.name,
+          (long long)M, (long long)N, (long long)K, la, lb, t);
+  }
+}
+
 void bench(int64_t n, int threads, const Path& path) {
   std::mt19937 rng(1);
   Mat A = make(n, n, 0, rng), B = make(n, n, 0, rng);
@@ -140,10 +157,14 @@ int main(int argc, char** argv) {
   for (auto& s : big)
     for (int la = 0; la < 2; ++la)
       for (int lb = 0; lb < 2; ++lb)
-        for (int t = 1; t <= 2; ++t) {
+        for (int t = 1; t <= 3; ++t) {
           check_case(s[0], s[1], s[2], la, lb, true, false, t, rng);
           check_case(s[0], s[1], s[2], la, lb, false, true, t, rng);
         }
+  // the same product on 1, 2 and 3 threads, bit for bit, in every layout (the sliced one too)
+  for (auto& s : big)
+    for (int la = 0; la < 3; ++la)
+      for (int lb = 0; lb < 3; ++lb) same_across_threads(s[0], s[1], s[2], la, lb, rng);
   // empty and degenerate sizes
   check_case(0, 5, 5, 0, 0, false, false, 2, rng);
   check_case(5, 0, 5, 0, 0, false, false, 2, rng);

@@ -1,7 +1,7 @@
 """conv2d: dlkern.functional.conv2d mirrors torch.nn.functional.conv2d.
 
-Kernels: csrc/core/{conv2d.h, ref/conv2d_ref.cpp, cpu/conv2d_avx2.cpp, cpu/conv2d_cpu.cpp} on the
-GEMM core (gemm.h); bindings and autograd: csrc/bindings/conv2d.cpp. The op itself takes explicit
+Kernels: csrc/core/{conv2d.h, ref/conv2d_ref.cpp, cpu/conv2d_avx2.cpp, cpu/conv2d_avx512.cpp,
+cpu/conv2d_cpu.cpp} on the GEMM core (gemm.h); bindings and autograd: csrc/bindings/conv2d.cpp. The op itself takes explicit
 [top, bottom, left, right] padding; this module turns torch's argument forms ('same', 'valid',
 ints, pairs) and unbatched 3-D inputs into that.
 """

@@ -1,6 +1,7 @@
 """linear: dlkern.functional.linear mirrors torch.nn.functional.linear (y = x W^T + b).
 
-Kernels: csrc/core/{gemm.h, linear.h, ref/gemm_ref.cpp, cpu/gemm_avx2.cpp, cpu/linear_cpu.cpp};
+Kernels: csrc/core/{gemm.h, linear.h, ref/gemm_ref.cpp, cpu/gemm_avx2.cpp, cpu/gemm_avx512.cpp,
+cpu/linear_cpu.cpp};
 bindings and autograd: csrc/bindings/linear.cpp.
 """
 from __future__ import annotations

@@ -30,6 +30,13 @@ constexpr int64_t kSmallImage = 256;  // forward: below this many output positio
 
 thread_local Scratch tl_tile, tl_wt;
 
+// The GEMMs of this file: gemm_avx512 on the avx512 path, gemm_avx2 otherwise (this code runs
+// only on the avx2 and avx512 paths; gemm_cpu would send an implicit B to gemm_ref, which refuses
+// it, if the reference path were selected while a conv2d_*_avx2 call ran).
+Status conv_gemm(const GemmArgs& g, int threads) {
+  return cpu_isa_active() == CpuIsa::kAvx512 ? gemm_avx512(g, threads) : gemm_avx2(g, threads);
+}
+
 // ---- the gather: B[k][n] of an implicit GEMM --------------------------------------------------
 
 // k = (c, r, t) in the weight's order, n = (p, q) an output position:
@@ -452,7 +459,7 @@ Status conv2d_fwd_avx2(const Conv2dShape& s, const float* x, const float* w, con
       ga.C = out;
       ga.ldc = s.N * PQ;
       ga.row_bias = bias ? bias + g * Kg : nullptr;
-      st = gemm_cpu(ga, threads);
+      st = conv_gemm(ga, threads);
       parallel_for(s.N, threads_for(s.N * Kg * PQ, 1 << 15, threads), [&](int64_t b, int64_t e) {
         for (int64_t n = b; n < e; ++n)
           for (int64_t k = 0; k < Kg; ++k)
@@ -479,7 +486,7 @@ Status conv2d_fwd_avx2(const Conv2dShape& s, const float* x, const float* w, con
       ga.C = y + (n * s.K + g * Kg) * PQ;
       ga.ldc = PQ;
       ga.row_bias = bias ? bias + g * Kg : nullptr;
-      const Status r = gemm_cpu(ga, inner);
+      const Status r = conv_gemm(ga, inner);
       if (r != Status::kOk) status[n] = r;
     }
   });
@@ -524,7 +531,7 @@ Status bwd_data_group(const Conv2dShape& s, Conv2dAlgo algo, int64_t g, const fl
     ga.M = Cg, ga.N = HW, ga.K = Kg;
     ga.A = {w + g * Kg * Cg, 1, Cg};
     ga.B = {dyg, PQ, 1};
-    return gemm_cpu(ga, inner);
+    return conv_gemm(ga, inner);
   }
   if (wt != nullptr) {  // dX_g = Wt_g * im2col'(dY_g)
     const Gather gi{dyg, PQ, s.P, s.Q, s.R, s.S, 1, 1,
@@ -533,7 +540,7 @@ Status bwd_data_group(const Conv2dShape& s, Conv2dAlgo algo, int64_t g, const fl
     ga.M = Cg, ga.N = HW, ga.K = Kg * RS;
     ga.A = {wt + g * Cg * Kg * RS, Kg * RS, 1};
     ga.pack_b = {gather_panels, &gi};
-    return gemm_cpu(ga, inner);
+    return conv_gemm(ga, inner);
   }
   std::memset(dxg, 0, sizeof(float) * Cg * HW);
   const Gather gi = input_gather(s, dxg);
@@ -546,7 +553,7 @@ Status bwd_data_group(const Conv2dShape& s, Conv2dAlgo algo, int64_t g, const fl
     ga.B = {dyg + n0, PQ, 1};
     ga.C = tile;
     ga.ldc = T;
-    const Status r = gemm_cpu(ga, inner);
+    const Status r = conv_gemm(ga, inner);
     if (r != Status::kOk) return r;
     scatter_tile(gi, Cg, n0, len, tile, T, dxg, inner);
   }
@@ -595,7 +602,7 @@ Status bwd_weight(const Conv2dShape& s, Conv2dAlgo algo, const float* x, const f
         ga.K = PQ;
         ga.A = {dyg, PQ, 1};
         ga.B = {xg, 1, HW};
-        const Status r = gemm_cpu(ga, threads);
+        const Status r = conv_gemm(ga, threads);
         if (r != Status::kOk) return r;
         continue;
       }
@@ -606,7 +613,7 @@ Status bwd_weight(const Conv2dShape& s, Conv2dAlgo algo, const float* x, const f
         ga.K = len;
         ga.A = {dyg + n0, PQ, 1};
         ga.B = {tile, 1, T};
-        const Status r = gemm_cpu(ga, threads);
+        const Status r = conv_gemm(ga, threads);
         if (r != Status::kOk) return r;
       }
     }

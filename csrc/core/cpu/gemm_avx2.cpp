@@ -537,8 +537,9 @@ void gemm_pack_b_avx2(int64_t kc, int64_t nc, const float* b, int64_t rs, int64_
 
 void gemm_empty_k(const GemmArgs& g) {
   if (g.accumulate) return;
+  // (a wrapped C has no column bias: its first gemm_c_width columns are the ones kept)
   for (int64_t i = 0; i < g.M; ++i)
-    for (int64_t j = 0; j < g.N; ++j)
+    for (int64_t j = 0; j < gemm_c_width(g); ++j)
       g.C[i * g.ldc + j] = g.bias ? g.bias[j] : g.row_bias ? g.row_bias[i] : 0.f;
 }
 
@@ -562,6 +563,7 @@ GemmPath gemm_avx2_path(const GemmArgs& g) {
 Status gemm_avx2(const GemmArgs& g, int threads) {
   const Status s = gemm_validate(g);
   if (s != Status::kOk || g.M == 0 || g.N == 0) return s;
+  if (g.b_rows != nullptr || g.c_row > 0) return Status::kUnsupported;  // gemm_avx512's features
   if (g.K == 0) {
     gemm_empty_k(g);
     return Status::kOk;

@@ -26,11 +26,12 @@
 #include "parallel.h"
 #include "scratch.h"
 
-#if defined(__clang__) && !defined(__AVX512F__)
+// every feature of the avx512 path, whatever the command line enabled already
+#if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,fma"))), \
                              apply_to = function)
 #define DLKERN_AVX512_CLANG_PUSHED 1
-#elif defined(__GNUC__) && !defined(__AVX512F__)
+#elif defined(__GNUC__)
 #pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,fma")
 #endif
 #if defined(__GNUC__) && !defined(__clang__)
@@ -101,21 +102,53 @@ void pack_a(int64_t mc, int64_t kc, const float* a, int64_t rs, int64_t cs, floa
   }
 }
 
-// C[0..kRows)[0..16*kPanels) of one tile. `a`: a packed A micro-panel (MR values per k);
-// `b`: the first of kPanels packed B micro-panels, each kc x NR. `last`: the lanes of the last
-// panel that lie inside C. `bias`: NR*kPanels column biases (kBias) or kRows row biases (kRowBias).
-template <int kRows, int kPanels>
-void ukernel(int64_t kc, const float* __restrict a, const float* __restrict b, float* c,
-             int64_t ldc, __mmask16 last, Init init, const float* bias) {
+// Where a tile's columns go in its first row of C (further rows at + ldc): panel p's lane j to
+// c[off[0][p] + j] where bit j of mask[0][p] is set, and, in a wrapped C (gemm.h c_row), the
+// lanes that fall in the next row of the wrap to c[off[1][p] + j] where mask[1][p] has them.
+struct CTile {
+  int64_t off[2][NP];
+  __mmask16 mask[2][NP];
+};
+
+// The CTile of columns [n, n + cols) of C (cols <= NP * NR).
+CTile ctile(const GemmArgs& g, int64_t n, int64_t cols) {
+  CTile t{};
+  for (int p = 0; p < NP; ++p) {
+    const int64_t v0 = n + p * NR;  // the panel's first column
+    const int64_t lanes = std::max<int64_t>(0, std::min<int64_t>(NR, n + cols - v0));
+    const __mmask16 in = static_cast<__mmask16>((1u << lanes) - 1);
+    if (g.c_row == 0) {
+      t.off[0][p] = v0;
+      t.mask[0][p] = in;
+      continue;
+    }
+    // a wrapped C: lanes [0, c_row - q0) in row i, lanes [L - q0, L - q0 + c_row) in row i + 1
+    const int64_t L = g.c_row + g.c_skip, i = v0 / L, q0 = v0 % L;
+    const int64_t first = std::max<int64_t>(0, std::min<int64_t>(NR, g.c_row - q0));
+    const int64_t j2 = L - q0, second = std::max<int64_t>(0, std::min<int64_t>(NR - j2, g.c_row));
+    t.off[0][p] = i * g.c_row + q0;
+    t.mask[0][p] = static_cast<__mmask16>(((1u << first) - 1) & in);
+    t.off[1][p] = second > 0 ? (i + 1) * g.c_row + q0 - L : 0;
+    t.mask[1][p] = second > 0 ? static_cast<__mmask16>((((1u << second) - 1) << j2) & in) : 0;
+  }
+  return t;
+}
+
+// C[0..kRows)[tile] of one tile. `a`: a packed A micro-panel (MR values per k). `b`: the first of
+// kPanels packed B micro-panels, each kc x NR, or with kConv (a row-offset B and a wrapped C),
+// B's tile in place: row k at b + rows[k], its kPanels * 16 columns contiguous. `c`: the tile's
+// first row of C, its columns where `t` says. `bias`: NR*kPanels column biases (kBias) or kRows
+// row biases (kRowBias).
+template <int kRows, int kPanels, bool kConv>
+void ukernel(int64_t kc, const float* __restrict a, const float* __restrict b,
+             const int64_t* __restrict rows, float* c, int64_t ldc, const CTile& t, Init init,
+             const float* bias) {
   __m512 acc[kRows][kPanels];
-  __mmask16 mask[kPanels];
-#pragma GCC unroll 3
-  for (int p = 0; p < kPanels; ++p) mask[p] = p == kPanels - 1 ? last : __mmask16(0xffff);
 #pragma GCC unroll 8
   for (int r = 0; r < kRows; ++r)
 #pragma GCC unroll 3
     for (int p = 0; p < kPanels; ++p)
-      acc[r][p] = init == kBias      ? _mm512_maskz_loadu_ps(mask[p], bias + p * NR)
+      acc[r][p] = init == kBias      ? _mm512_maskz_loadu_ps(t.mask[0][p], bias + p * NR)
                   : init == kRowBias ? _mm512_set1_ps(bias[r])
                                      : _mm512_setzero_ps();
   // C's rows are far apart (a new page each when they are long): fetch the tile now, while the
@@ -124,13 +157,15 @@ void ukernel(int64_t kc, const float* __restrict a, const float* __restrict b, f
   for (int r = 0; r < kRows; ++r)
 #pragma GCC unroll 3
     for (int p = 0; p < kPanels; ++p)
-      _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc + p * NR), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc + t.off[0][p]), _MM_HINT_T0);
   const int64_t pstride = kc * NR;
 #pragma GCC unroll 2
   for (int64_t k = 0; k < kc; ++k) {
     __m512 bv[kPanels];
 #pragma GCC unroll 3
-    for (int p = 0; p < kPanels; ++p) bv[p] = _mm512_load_ps(b + p * pstride + k * NR);
+    for (int p = 0; p < kPanels; ++p)
+      bv[p] = kConv ? _mm512_loadu_ps(b + rows[k] + p * NR)
+                    : _mm512_load_ps(b + p * pstride + k * NR);
 #pragma GCC unroll 8
     for (int r = 0; r < kRows; ++r) {
       const __m512 ar = _mm512_set1_ps(a[k * MR + r]);
@@ -142,52 +177,65 @@ void ukernel(int64_t kc, const float* __restrict a, const float* __restrict b, f
   for (int r = 0; r < kRows; ++r)
 #pragma GCC unroll 3
     for (int p = 0; p < kPanels; ++p) {
-      float* cp = c + r * ldc + p * NR;
+      float* c0 = c + r * ldc + t.off[0][p];
+      float* c1 = c + r * ldc + t.off[1][p];
       __m512 v = acc[r][p];
-      if (init == kAddC) v = _mm512_add_ps(_mm512_maskz_loadu_ps(mask[p], cp), v);
-      _mm512_mask_storeu_ps(cp, mask[p], v);
+      if (init == kAddC) {
+        __m512 old = _mm512_maskz_loadu_ps(t.mask[0][p], c0);
+        if (kConv) old = _mm512_mask_loadu_ps(old, t.mask[1][p], c1);
+        v = _mm512_add_ps(old, v);
+      }
+      _mm512_mask_storeu_ps(c0, t.mask[0][p], v);
+      if (kConv) _mm512_mask_storeu_ps(c1, t.mask[1][p], v);
     }
 }
 
-using Kernel = void (*)(int64_t, const float*, const float*, float*, int64_t, __mmask16, Init,
-                        const float*);
+using Kernel = void (*)(int64_t, const float*, const float*, const int64_t*, float*, int64_t,
+                        const CTile&, Init, const float*);
 
-template <int kPanels>
+template <int kPanels, bool kConv>
 Kernel kernel_for_rows(int rows) {
   switch (rows) {
-    case 1: return ukernel<1, kPanels>;
-    case 2: return ukernel<2, kPanels>;
-    case 3: return ukernel<3, kPanels>;
-    case 4: return ukernel<4, kPanels>;
-    case 5: return ukernel<5, kPanels>;
-    case 6: return ukernel<6, kPanels>;
-    case 7: return ukernel<7, kPanels>;
-    default: return ukernel<8, kPanels>;
+    case 1: return ukernel<1, kPanels, kConv>;
+    case 2: return ukernel<2, kPanels, kConv>;
+    case 3: return ukernel<3, kPanels, kConv>;
+    case 4: return ukernel<4, kPanels, kConv>;
+    case 5: return ukernel<5, kPanels, kConv>;
+    case 6: return ukernel<6, kPanels, kConv>;
+    case 7: return ukernel<7, kPanels, kConv>;
+    default: return ukernel<8, kPanels, kConv>;
   }
 }
 
+template <bool kConv>
 Kernel kernel_for(int rows, int panels) {
-  return panels == 1 ? kernel_for_rows<1>(rows) : panels == 2 ? kernel_for_rows<2>(rows)
-                                                              : kernel_for_rows<3>(rows);
+  return panels == 1   ? kernel_for_rows<1, kConv>(rows)
+         : panels == 2 ? kernel_for_rows<2, kConv>(rows)
+                       : kernel_for_rows<3, kConv>(rows);
 }
 
-// The tiles of C[ic + m0 : ic + m1][jc + n0 : jc + n1) from the packed blocks (m0 a multiple of
-// MR, n0 of NR): A's rows ic.. at ap, B's columns jc.. at bp.
-void tiles(const GemmArgs& g, const float* ap, const float* bp, int64_t kc, Init init, int64_t ic,
-           int64_t jc, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+// The tiles of C's rows [ic + m0, ic + m1) and columns [jc + n0, jc + n1) from the packed blocks
+// (m0 a multiple of MR, n0 of NR): A's rows ic.. at ap, B's columns jc.. at bp (packed), or for
+// kConv, B's rows pc.. at rows (bp then B.data + jc).
+void tiles(const GemmArgs& g, const float* ap, const float* bp, const int64_t* rows, int64_t kc,
+           Init init, int64_t ic, int64_t jc, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   constexpr int64_t kTile = NP * NR;
   for (int64_t jr = n0; jr < n1; jr += kTile) {
     const int64_t cols = std::min(kTile, n1 - jr);
     const int panels = static_cast<int>((cols + NR - 1) / NR);
-    const int tail = static_cast<int>(cols - (panels - 1) * NR);
-    const __mmask16 last = static_cast<__mmask16>((1u << tail) - 1);
+    const CTile t = ctile(g, jc + jr, cols);
     for (int64_t ir = m0; ir < m1; ir += MR) {
-      const int rows = static_cast<int>(std::min<int64_t>(MR, m1 - ir));
+      const int tile_rows = static_cast<int>(std::min<int64_t>(MR, m1 - ir));
       const float* bias = init == kBias      ? g.bias + jc + jr
                           : init == kRowBias ? g.row_bias + ic + ir
                                              : nullptr;
-      kernel_for(rows, panels)(kc, ap + ir * kc, bp + jr * kc, g.C + (ic + ir) * g.ldc + jc + jr,
-                               g.ldc, last, init, bias);
+      float* c = g.C + (ic + ir) * g.ldc;
+      if (rows != nullptr)
+        kernel_for<true>(tile_rows, panels)(kc, ap + ir * kc, bp + jr, rows, c, g.ldc, t, init,
+                                            bias);
+      else
+        kernel_for<false>(tile_rows, panels)(kc, ap + ir * kc, bp + jr * kc, nullptr, c, g.ldc, t,
+                                             init, bias);
     }
   }
 }
@@ -200,25 +248,30 @@ void tiles(const GemmArgs& g, const float* ap, const float* bp, int64_t kc, Init
 // element of A and B is packed once, whatever the thread count.
 void packed(const GemmArgs& g, int nt) {
   float* ap = tl_a.get(static_cast<size_t>(MC * KC));
-  float* bp = tl_b.get(static_cast<size_t>(KC * ((std::min(NC, g.N) + NR - 1) / NR * NR)));
+  const bool row_b = g.b_rows != nullptr;
+  float* bp = row_b ? nullptr
+                    : tl_b.get(static_cast<size_t>(KC * ((std::min(NC, g.N) + NR - 1) / NR * NR)));
   const Init first = g.accumulate ? kAddC : g.bias ? kBias : g.row_bias ? kRowBias : kZero;
   const int64_t kblocks = (g.K + KC - 1) / KC;
   const int64_t kstep = std::min(KC, ((g.K + kblocks - 1) / kblocks + 7) & ~int64_t{7});
   auto team = [&](int tid, int nth) {
     for (int64_t jc = 0; jc < g.N; jc += NC) {
       const int64_t nc = std::min(NC, g.N - jc);
-      // columns split on micro-panels when each thread gets at least two tiles' worth
-      const bool by_n = nc >= int64_t{2} * nth * NP * NR;
+      // columns split on micro-panels when each thread gets at least two tiles' worth, or when
+      // there are more micro-panels than 8-row slices (few rows: a split by rows would leave
+      // threads idle)
+      const bool by_n = nc >= int64_t{2} * nth * NP * NR ||
+                        (nc + NR - 1) / NR >= (std::min(MC, g.M) + MR - 1) / MR;
       for (int64_t pc = 0; pc < g.K; pc += kstep) {
         const int64_t kc = std::min(kstep, g.K - pc);
         int64_t b0, b1;
         gemm_split(nc, nth, tid, NR, &b0, &b1);
-        if (b0 < b1 && g.pack_b.fn != nullptr)
+        if (!row_b && b0 < b1 && g.pack_b.fn != nullptr)  // (a row-offset B is read in place)
           g.pack_b.fn(g.pack_b.ctx, pc, kc, jc + b0, b1 - b0, bp + b0 * kc);
-        else if (b0 < b1)
+        else if (!row_b && b0 < b1)
           gemm_pack_b_avx2(kc, b1 - b0, g.B.data + pc * g.B.rs + (jc + b0) * g.B.cs, g.B.rs,
                            g.B.cs, bp + b0 * kc);
-        team_barrier(nth);
+        if (!row_b) team_barrier(nth);
         const Init init = pc == 0 ? first : kAddC;
         for (int64_t ic = 0; ic < g.M; ic += MC) {
           const int64_t mc = std::min(MC, g.M - ic);
@@ -228,11 +281,13 @@ void packed(const GemmArgs& g, int nt) {
             pack_a(a1 - a0, kc, g.A.data + (ic + a0) * g.A.rs + pc * g.A.cs, g.A.rs, g.A.cs,
                    ap + a0 * kc);
           team_barrier(nth);
+          const float* b = row_b ? g.B.data + jc : bp;
+          const int64_t* rows = row_b ? g.b_rows + pc : nullptr;
           if (by_n) {
             gemm_split(nc, nth, tid, NR, &b0, &b1);
-            if (b0 < b1) tiles(g, ap, bp, kc, init, ic, jc, 0, mc, b0, b1);
+            if (b0 < b1) tiles(g, ap, b, rows, kc, init, ic, jc, 0, mc, b0, b1);
           } else if (a0 < a1) {
-            tiles(g, ap, bp, kc, init, ic, jc, a0, a1, 0, nc);
+            tiles(g, ap, b, rows, kc, init, ic, jc, a0, a1, 0, nc);
           }
           team_barrier(nth);
         }
@@ -246,9 +301,14 @@ void packed(const GemmArgs& g, int nt) {
 
 Status gemm_avx512(const GemmArgs& g, int threads) {
   const Status s = gemm_validate(g);
-  if (s != Status::kOk || g.M == 0 || g.N == 0 || g.K == 0 ||
-      gemm_avx2_path(g) != GemmPath::kPacked)
-    return gemm_avx2(g, threads);
+  if (s != Status::kOk || g.M == 0 || g.N == 0) return s;
+  if (g.K == 0) {
+    gemm_empty_k(g);
+    return Status::kOk;
+  }
+  // a row-offset B and a wrapped C come together (the convolution over a padded input)
+  if ((g.b_rows != nullptr) != (g.c_row > 0)) return Status::kUnsupported;
+  if (g.b_rows == nullptr && gemm_avx2_path(g) != GemmPath::kPacked) return gemm_avx2(g, threads);
   const int nt = threads_for(g.M * g.N * g.K, int64_t{1} << 16, threads);
   packed(g, nt);
   return Status::kOk;

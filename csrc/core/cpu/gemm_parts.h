@@ -1,6 +1,6 @@
 // Pieces of the AVX2 GEMM (gemm_avx2.cpp) that the AVX-512 GEMM (gemm_avx512.cpp) shares.
-// Nothing here is AVX2-encoded inline: the functions are compiled in gemm_avx2.cpp, and an
-// AVX-512 CPU runs AVX2 code.
+// The functions declared here are compiled for AVX2 in gemm_avx2.cpp: call them only from the
+// avx2 and avx512 paths (an AVX-512 CPU runs AVX2 code), never from the reference path.
 #pragma once
 
 #include <algorithm>

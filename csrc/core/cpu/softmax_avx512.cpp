@@ -7,11 +7,12 @@
 #include "../softmax.h"
 #include "parallel.h"
 
-#if defined(__clang__) && !defined(__AVX512F__)
+// every feature of the avx512 path, whatever the command line enabled already
+#if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,fma"))), \
                              apply_to = function)
 #define DLKERN_AVX512_CLANG_PUSHED 1
-#elif defined(__GNUC__) && !defined(__AVX512F__)
+#elif defined(__GNUC__)
 #pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,fma")
 #endif
 #if defined(__GNUC__) && !defined(__clang__)
@@ -29,14 +30,18 @@ constexpr int64_t kMinWorkPerThread = 1 << 11;
 inline __mmask16 first_lanes(int64_t n) { return static_cast<__mmask16>((1u << n) - 1); }
 
 // Horizontal sum and max, by halves (GCC 12's _mm512_reduce_* warn of an uninitialised value).
-inline __m128 fold(__m512 v, __m256 (*op256)(__m256, __m256), __m128 (*op128)(__m128, __m128)) {
-  const __m256 h = op256(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
-  __m128 q = op128(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-  q = op128(q, _mm_movehl_ps(q, q));
-  return op128(q, _mm_movehdup_ps(q));
+inline float hsum(__m512 v) {
+  const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+  __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+  q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+  return _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
 }
-inline float hsum(__m512 v) { return _mm_cvtss_f32(fold(v, _mm256_add_ps, _mm_add_ps)); }
-inline float hmax(__m512 v) { return _mm_cvtss_f32(fold(v, _mm256_max_ps, _mm_max_ps)); }
+inline float hmax(__m512 v) {
+  const __m256 h = _mm256_max_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+  __m128 q = _mm_max_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+  q = _mm_max_ps(q, _mm_movehl_ps(q, q));
+  return _mm_cvtss_f32(_mm_max_ss(q, _mm_movehdup_ps(q)));
+}
 
 // exp(x) for x <= 0 or NaN: avx2::exp_nonpos_ps (vec_avx2.h) on 16 lanes, the same arithmetic.
 inline __m512 exp_nonpos(__m512 x) {
@@ -73,10 +78,9 @@ float row_max(const float* x, int64_t n) {
   }
   for (; i + 16 <= n; i += 16) m0 = _mm512_max_ps(m0, _mm512_loadu_ps(x + i));
   if (i < n) m1 = _mm512_max_ps(m1, _mm512_mask_loadu_ps(ninf, first_lanes(n - i), x + i));
-  // a NaN lane must win: vmaxps returns its second operand when either is NaN
-  const __m512 m = _mm512_max_ps(_mm512_max_ps(m0, m1), _mm512_max_ps(m2, m3));
-  if (_mm512_cmp_ps_mask(m, m, _CMP_UNORD_Q)) return __builtin_nanf("");
-  return hmax(m);
+  // a NaN may be lost here (vmaxps returns its second operand when either is NaN); it still
+  // makes its row NaN through exp(NaN - max) in the sum
+  return hmax(_mm512_max_ps(_mm512_max_ps(m0, m1), _mm512_max_ps(m2, m3)));
 }
 
 // y = exp(x - mx); returns sum(y).

@@ -115,7 +115,8 @@ size_t gemm_cuda_workspace(const GemmArgs& g) {
 Status gemm_cuda(const GemmArgs& g, void* workspace, size_t workspace_bytes, void* stream) {
   const Status st = gemm_validate(g);
   if (st != Status::kOk || g.M == 0 || g.N == 0) return st;
-  if (g.pack_b.fn != nullptr) return Status::kUnsupported;  // a CPU packing callback
+  if (g.pack_b.fn != nullptr || g.b_rows != nullptr || g.c_row > 0)
+    return Status::kUnsupported;  // CPU features
   return gemm_cuda_impl(g, workspace, workspace_bytes, static_cast<cudaStream_t>(stream));
 }
 

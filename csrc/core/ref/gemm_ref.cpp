@@ -1,9 +1,17 @@
 // Reference GEMM and column sum: accumulate in double, any strides. The ground truth for the
 // AVX2 kernels' tests and the fallback on CPUs without AVX2/FMA.
+#include <algorithm>
+
 #include "../cpu/parallel.h"
 #include "../gemm.h"
 
 namespace dlkern {
+
+int64_t gemm_c_width(const GemmArgs& g) {
+  if (g.c_row == 0) return g.N;
+  const int64_t L = g.c_row + g.c_skip;  // a wrapped C keeps c_row of every L columns
+  return g.N / L * g.c_row + std::min(g.N % L, g.c_row);
+}
 
 Status gemm_validate(const GemmArgs& g) {
   if (g.M < 0 || g.N < 0 || g.K < 0) return Status::kInvalidArgument;
@@ -11,7 +19,9 @@ Status gemm_validate(const GemmArgs& g) {
   if ((g.bias != nullptr) + (g.row_bias != nullptr) + g.accumulate > 1)
     return Status::kInvalidArgument;
   if (g.M == 0 || g.N == 0) return Status::kOk;
-  if (g.C == nullptr || g.ldc < g.N) return Status::kInvalidArgument;
+  if (g.c_row < 0 || g.c_skip < 0 || (g.c_row > 0 && g.c_row + g.c_skip < 16))
+    return Status::kInvalidArgument;
+  if (g.C == nullptr || g.ldc < gemm_c_width(g)) return Status::kInvalidArgument;
   if (g.K > 0 && (g.A.data == nullptr || (g.B.data == nullptr && g.pack_b.fn == nullptr)))
     return Status::kInvalidArgument;
   return Status::kOk;
@@ -20,7 +30,8 @@ Status gemm_validate(const GemmArgs& g) {
 Status gemm_ref(const GemmArgs& g, int threads) {
   const Status s = gemm_validate(g);
   if (s != Status::kOk || g.M == 0 || g.N == 0) return s;
-  if (g.pack_b.fn != nullptr) return Status::kUnsupported;  // implicit B is a packed-path feature
+  // implicit and row-offset B are packed-path features
+  if (g.pack_b.fn != nullptr || g.b_rows != nullptr || g.c_row > 0) return Status::kUnsupported;
   parallel_for(g.M, threads_for(g.M * g.N * (g.K + 1), 1 << 16, threads), [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       for (int64_t j = 0; j < g.N; ++j) {

@@ -1,0 +1,183 @@
+// conv2d forward and backward data on the avx512 path: stride-1 convolutions as a GEMM over a zero-padded copy of
+// the input, read in place by gemm_avx512 (a row-offset B, gemm.h), with no im2col.
+//
+// With the input padded to Hp x Wp = (P + (R-1)*dh) x (Q + (S-1)*dw), the im2col matrix of a
+// stride-1 convolution is B[(c, r, t)][n] = xpad[c][r*dh][t*dw + n] for n = p*Wp + q: every row
+// is a contiguous run of the padded plane, at offset c*Hp*Wp + r*dh*Wp + t*dw. The GEMM computes
+// Wp columns per output row, of which the last (S-1)*dw are discarded as it stores them into
+// NCHW (a wrapped C, gemm.h), and never gathers: the gather of conv2d_avx2.cpp writes and
+// then reads back every element of B, which was a third of a 3x3, 64-channel layer's time.
+// Backward data at stride 1 is the same forward, over dy with the flipped, transposed weight.
+// Everything else (strides above 1, 1x1, depthwise, small images batched into one GEMM, and
+// layers whose discarded columns would exceed kMaxWaste; the weight gradient) runs the
+// conv2d_avx2.cpp algorithms.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "../conv2d.h"
+#include "../gemm.h"
+#include "parallel.h"
+#include "scratch.h"
+
+namespace dlkern {
+namespace {
+
+constexpr int64_t kSmallImage = 256;  // as conv2d_avx2.cpp: smaller images are batched there
+constexpr double kMaxWaste = 0.125;   // discarded columns per output column, at most
+
+thread_local Scratch tl_pad, tl_wt;
+
+struct Padded {
+  int64_t Hp, Wp;
+  // zeros past the last plane: B's last row, (S-1)*dw past it, read 16 floats past its end
+  int64_t slack;
+  int64_t plane() const { return Hp * Wp; }
+};
+
+Padded padded(const Conv2dShape& s) {
+  return {s.P + (s.R - 1) * s.dil_h, s.Q + (s.S - 1) * s.dil_w, (s.S - 1) * s.dil_w + 16};
+}
+
+bool applies(const Conv2dShape& s, Conv2dAlgo algo) {
+  if (algo != Conv2dAlgo::kIm2col || s.stride_h != 1 || s.stride_w != 1) return false;
+  if (s.N == 0 || s.K == 0 || s.P * s.Q == 0 || s.C == 0) return false;
+  if (s.P * s.Q < kSmallImage && s.N > 1) return false;
+  if (s.Q < 16) return false;  // a wrapped C needs rows of 16 columns or more
+  return static_cast<double>((s.S - 1) * s.dil_w) <= kMaxWaste * static_cast<double>(s.Q);
+}
+
+// xp[c][i][j] = x[c][i - pad_h][j - pad_w], zero outside the input, for `channels` planes.
+void pad_input(const Conv2dShape& s, const Padded& pd, const float* x, int64_t channels,
+               float* xp) {
+  for (int64_t c = 0; c < channels; ++c) {
+    const float* xc = x + c * s.H * s.W;
+    float* pc = xp + c * pd.plane();
+    for (int64_t i = 0; i < pd.Hp; ++i) {
+      float* row = pc + i * pd.Wp;
+      const int64_t ih = i - s.pad_h;
+      if (ih < 0 || ih >= s.H) {
+        std::memset(row, 0, sizeof(float) * pd.Wp);
+        continue;
+      }
+      // columns j with 0 <= j - pad_w < W
+      const int64_t j0 = std::min(pd.Wp, std::max<int64_t>(0, s.pad_w));
+      const int64_t j1 = std::max(j0, std::min(pd.Wp, s.W + s.pad_w));
+      std::memset(row, 0, sizeof(float) * j0);
+      std::memcpy(row + j0, xc + ih * s.W + (j0 - s.pad_w), sizeof(float) * (j1 - j0));
+      std::memset(row + j1, 0, sizeof(float) * (pd.Wp - j1));
+    }
+  }
+  std::memset(xp + channels * pd.plane(), 0, sizeof(float) * pd.slack);
+}
+
+// The offset of B's row k = (c, r, t), in the weight's order.
+std::vector<int64_t> row_offsets(const Conv2dShape& s, const Padded& pd) {
+  const int64_t Cg = s.C / s.groups;
+  std::vector<int64_t> rows(static_cast<size_t>(Cg * s.R * s.S));
+  size_t k = 0;
+  for (int64_t c = 0; c < Cg; ++c)
+    for (int64_t r = 0; r < s.R; ++r)
+      for (int64_t t = 0; t < s.S; ++t)
+        rows[k++] = c * pd.plane() + r * s.dil_h * pd.Wp + t * s.dil_w;
+  return rows;
+}
+
+// One image's group g: pad, then the GEMM, its Kg x (P * Wp) product wrapped into y's Kg x P x Q.
+Status image_group(const Conv2dShape& s, const Padded& pd, const std::vector<int64_t>& rows,
+                   const float* x, const float* w, const float* bias, float* y, int64_t n,
+                   int64_t g, int threads) {
+  const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups, Kd = Cg * s.R * s.S;
+  float* xp = tl_pad.get(static_cast<size_t>(Cg * pd.plane() + pd.slack));
+  pad_input(s, pd, x + (n * s.C + g * Cg) * s.H * s.W, Cg, xp);
+  GemmArgs ga;
+  ga.M = Kg;
+  ga.N = s.P * pd.Wp;
+  ga.K = Kd;
+  ga.A = {w + g * Kg * Kd, Kd, 1};
+  ga.B = {xp, 0, 1};
+  ga.b_rows = rows.data();
+  ga.C = y + (n * s.K + g * Kg) * s.P * s.Q;
+  ga.ldc = s.P * s.Q;
+  ga.c_row = s.Q;
+  ga.c_skip = pd.Wp - s.Q;
+  ga.row_bias = bias ? bias + g * Kg : nullptr;
+  return gemm_avx512(ga, threads);
+}
+
+// The forward over a padded input, for a shape `applies` accepts (pads may be negative: the
+// transposed convolution of backward data crops rather than pads where ph > (R-1)*dh).
+Status fwd_padded(const Conv2dShape& s, const float* x, const float* w, const float* bias,
+                  float* y, int threads) {
+  if (x == nullptr || w == nullptr || y == nullptr) return Status::kInvalidArgument;
+  const Padded pd = padded(s);
+  const std::vector<int64_t> rows = row_offsets(s, pd);
+  // images in rounds of `threads`, one thread each, then the rest with every thread inside
+  // (conv2d_avx2.cpp's for_images)
+  const int64_t work = s.K * s.P * s.Q * (s.C / s.groups * s.R * s.S + 1);
+  const int nt = threads_for(s.N * work, int64_t{1} << 16, threads);
+  const int64_t full = nt > 1 ? s.N / nt * nt : 0;
+  std::vector<Status> status(static_cast<size_t>(s.N), Status::kOk);  // one per image: no race
+  auto image = [&](int64_t n, int inner) {
+    for (int64_t g = 0; g < s.groups && status[n] == Status::kOk; ++g)
+      status[n] = image_group(s, pd, rows, x, w, bias, y, n, g, inner);
+  };
+  if (full > 0) parallel_for(full, nt, [&](int64_t b, int64_t e) {
+      for (int64_t n = b; n < e; ++n) image(n, 1);
+    });
+  for (int64_t n = full; n < s.N; ++n) image(n, threads);
+  for (const Status r : status)
+    if (r != Status::kOk) return r;
+  return Status::kOk;
+}
+
+// Backward data at stride 1 is a stride-1 convolution over dy (P x Q, padded by (R-1)*dh - ph
+// and (S-1)*dw - pw) with the flipped, transposed weight, producing H x W: the shape of it.
+Conv2dShape transposed(const Conv2dShape& s) {
+  Conv2dShape t = s;
+  t.C = s.K, t.H = s.P, t.W = s.Q, t.K = s.C;
+  t.pad_h = (s.R - 1) * s.dil_h - s.pad_h, t.pad_w = (s.S - 1) * s.dil_w - s.pad_w;
+  t.P = s.H, t.Q = s.W;
+  return t;
+}
+
+// wt[g][c][k][R-1-r][S-1-t] = w[g*Kg + k][c][r][t] (thread-local)
+const float* flipped_weight(const Conv2dShape& s, const float* w) {
+  const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups, RS = s.R * s.S;
+  float* wt = tl_wt.get(static_cast<size_t>(s.K * Cg * RS));
+  for (int64_t g = 0; g < s.groups; ++g)
+    for (int64_t k = 0; k < Kg; ++k)
+      for (int64_t c = 0; c < Cg; ++c)
+        for (int64_t i = 0; i < RS; ++i)
+          wt[((g * Cg + c) * Kg + k) * RS + (RS - 1 - i)] = w[((g * Kg + k) * Cg + c) * RS + i];
+  return wt;
+}
+
+}  // namespace
+
+Status conv2d_fwd_avx512(const Conv2dShape& s, const float* x, const float* w, const float* bias,
+                         float* y, int threads, Conv2dAlgo algo) {
+  if (conv2d_validate(s) != Status::kOk) return conv2d_fwd_avx2(s, x, w, bias, y, threads, algo);
+  const Conv2dAlgo a = algo == Conv2dAlgo::kAuto ? conv2d_pick_algo(s) : algo;
+  if (!applies(s, a)) return conv2d_fwd_avx2(s, x, w, bias, y, threads, algo);
+  return fwd_padded(s, x, w, bias, y, threads);
+}
+
+Status conv2d_bwd_avx512(const Conv2dShape& s, const float* x, const float* w, const float* dy,
+                         float* dx, float* dw, float* db, int threads, Conv2dAlgo algo) {
+  if (conv2d_validate(s) != Status::kOk || dx == nullptr)
+    return conv2d_bwd_avx2(s, x, w, dy, dx, dw, db, threads, algo);
+  const Conv2dAlgo a = algo == Conv2dAlgo::kAuto ? conv2d_pick_algo(s) : algo;
+  const Conv2dShape t = transposed(s);
+  // as conv2d_avx2.cpp's transposed route: a GEMM of C/groups rows wastes the 8-row tiles when
+  // it is small (an RGB input), where the col2im tiles serve better
+  if (!applies(s, a) || !applies(t, Conv2dAlgo::kIm2col) || s.C / s.groups < 16)
+    return conv2d_bwd_avx2(s, x, w, dy, dx, dw, db, threads, algo);
+  if (w == nullptr || dy == nullptr) return Status::kInvalidArgument;
+  const Status st = fwd_padded(t, dy, flipped_weight(s, w), nullptr, dx, threads);
+  if (st != Status::kOk || (dw == nullptr && db == nullptr)) return st;
+  return conv2d_bwd_avx2(s, x, w, dy, nullptr, dw, db, threads, algo);
+}
+
+}  // namespace dlkern
