@@ -9,6 +9,11 @@
 #elif defined(__GNUC__) && !defined(__AVX512F__)
 #pragma GCC target("avx512f")
 #endif
+#if defined(__GNUC__) && !defined(__clang__)
+// GCC 12's own intrinsics (_mm512_reduce_add_ps: an undefined pass-through operand) set this off
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
 #include <immintrin.h>
 
 namespace dlkern {
