@@ -12,8 +12,8 @@ Elsewhere (torch itself, rows timed apart, too few rounds for an interval) the m
 new/old > 1 + threshold regressed. A row checked and timed in OLD that FAILED in NEW regressed.
 
 --aa judges a bench.layers run of `--impl torch-again,torch` (torch timed against itself): it
-passes when no torch-again row FAILED, every torch-again ratio whose interval reached the target
-is within 1 +- tolerance, and the ratios are not on one side of 1 more often than chance
+passes when no torch-again row FAILED, no torch-again interval that reached the target lies
+wholly outside 1 +- tolerance (a median alone 3% off is noise on a 10 us row), and the ratios are not on one side of 1 more often than chance
 explains (a sign test at a 1% false alarm rate, ties left out: an order effect or any other
 advantage the harness gives one side shows there).
 The intervals that exclude 1 are counted, not judged: on the shared machine they miss more
@@ -158,7 +158,8 @@ def judge_aa(doc: dict, tolerance: float) -> tuple[list[str], bool]:
     for r in recs:
         flags = []
         judged = _has_interval(r) and not r["ratio_wide"]
-        if judged and abs(r["ratio"] - 1) > tolerance:
+        # a bias shown by the interval, not by a median the noise put 3% off
+        if judged and (r["ratio_lo"] > 1 + tolerance or r["ratio_hi"] < 1 - tolerance):
             flags.append(f"off by more than {tolerance:.0%}")
             off += 1
         if _has_interval(r) and not r["ratio_lo"] <= 1 <= r["ratio_hi"]:
@@ -174,7 +175,8 @@ def judge_aa(doc: dict, tolerance: float) -> tuple[list[str], bool]:
     ok = not failed and off == 0 and lo <= above <= hi
     with_interval = sum(_has_interval(r) for r in recs)
     lines += ["", f"A/A: {len(recs)} rows timed, {len(failed)} FAILED; {off} off by more than "
-              f"{tolerance:.0%} (of those with an interval not marked {WIDE_MARK}); {above} of "
+              f"{tolerance:.0%} (intervals wholly outside 1 +- {tolerance:.0%}, of those not "
+              f"marked {WIDE_MARK}); {above} of "
               f"{len(signed)} above 1 (ties left out; no bias: {lo} to {hi} at a "
               f"{AA_FALSE_ALARM:.0%} false alarm rate); {misses} of {with_interval} intervals "
               f"exclude 1 (about {0.05 * with_interval:.1f} expected if the rounds were all the "

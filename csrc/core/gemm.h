@@ -50,13 +50,14 @@ struct GemmArgs {
   const int64_t* b_rows = nullptr;
   // Wrapped C, together with b_rows (AVX-512 path only): C's columns come in rows of c_row kept
   // columns followed by c_skip discarded ones, c_row + c_skip >= 16: column n = i * (c_row +
-  // c_skip) + q goes to C[m * ldc + i * c_row + q] when q < c_row, and nowhere otherwise. A
-  // convolution over a padded input computes Wp = Q + (S-1)*dw columns per output row and keeps Q.
+  // c_skip) + q goes to C[m * ldc + i * c_row + q] when q < c_row, and nowhere otherwise; no
+  // column bias. A convolution over a padded input computes Wp = Q + (S-1)*dw columns per output
+  // row and keeps Q.
   int64_t c_row = 0, c_skip = 0;
   float* C = nullptr;
   int64_t ldc = 0;
   const float* bias = nullptr;  // N values, or null
-  const float* row_bias = nullptr;  // M values, or null; AVX2 packed path
+  const float* row_bias = nullptr;  // M values, or null; the AVX2 and AVX-512 packed paths
   bool accumulate = false;      // C += A*B; not together with bias or row_bias
 };
 

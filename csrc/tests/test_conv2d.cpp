@@ -1,10 +1,11 @@
-// conv2d core: every AVX2 algorithm that applies to a shape (gemm1x1, im2col, depthwise)
-// against the double-accumulating reference, forward and all three gradients, with 1 and 2
-// threads (which must agree bit for bit), over kernels 1-7, strides 1-3, paddings 0-3,
-// dilations 1-2, groups 1, 2 and C, odd sizes, and an asymmetric ('same'-style) output size.
+// conv2d core: every algorithm that applies to a shape (gemm1x1, im2col, depthwise), on the avx2
+// path and (where the CPU has it) the avx512 one with its padded-input route, against the
+// double-accumulating reference, forward and all three gradients, with 1 and 2 threads (which
+// must agree bit for bit), over kernels 1-7, strides 1-3, paddings 0-5, dilations 1-2, groups 1,
+// 2 and C, odd sizes, and an asymmetric ('same'-style) output size.
 //
 //   test_conv2d            the checks
-//   test_conv2d --bench    GFLOP/s of the AVX2 path on the benchmark shapes (no checks)
+//   test_conv2d --bench    GFLOP/s of the best path on the benchmark shapes (no checks)
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -152,7 +153,10 @@ int main(int argc, char** argv) {
   }
   // the avx2 path, then the avx512 one (its GEMM, and its stride-1 forward over a padded input)
   for (CpuIsa isa : {CpuIsa::kAvx2, CpuIsa::kAvx512}) {
-  if (dlkern::cpu_isa_select(isa) != dlkern::Status::kOk) continue;
+  if (dlkern::cpu_isa_select(isa) != dlkern::Status::kOk) {
+    std::printf("%s: skipped (this CPU lacks it)\n", dlkern::cpu_isa_name(isa));
+    continue;
+  }
   std::printf("%s:\n", dlkern::cpu_isa_name(isa));
   std::mt19937 rng(42);
   for (int64_t k : {1, 2, 3, 5, 7})
@@ -199,7 +203,16 @@ int main(int argc, char** argv) {
   check_shape(make(2, 20, 20, 30, 24, 3, 3, 1, 1, 1, 1), rng);
   check_shape(make(1, 16, 24, 40, 8, 3, 3, 1, 2, 2, 1), rng);
   check_shape(make(1, 17, 20, 36, 9, 3, 3, 1, 3, 1, 1), rng);
-  check_shape(make(1, 32, 20, 24, 32, 5, 5, 1, 2, 1, 2), rng);
+  check_shape(make(1, 32, 20, 48, 32, 3, 3, 1, 1, 1, 2), rng);   // groups
+  check_shape(make(1, 16, 20, 24, 48, 3, 3, 1, 1, 1, 1), rng);   // dX over two K blocks
+  check_shape(make(1, 16, 4, 20, 4, 3, 3, 1, 5, 1, 1), rng);     // pad beyond the kernel: crop
+  // column blocks past the first (P * Wp > 3072), rows past MC split by rows, three images on
+  // two threads, a kernel one column wide (nothing discarded), rows of exactly 16
+  check_shape(make(1, 16, 56, 56, 16, 3, 3, 1, 1, 1, 1), rng);
+  check_shape(make(1, 64, 8, 18, 200, 3, 3, 1, 1, 1, 1), rng);
+  check_shape(make(3, 16, 16, 20, 8, 3, 3, 1, 1, 1, 1), rng);
+  check_shape(make(1, 4, 20, 32, 6, 3, 1, 1, 1, 1, 1), rng);
+  check_shape(make(1, 3, 20, 16, 5, 3, 3, 1, 1, 1, 1), rng);
   }
   dlkern::cpu_isa_select(dlkern::cpu_isa_best());
   std::printf("%d (shape, algorithm) pairs compared\n", g_compared);

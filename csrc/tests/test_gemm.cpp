@@ -108,6 +108,65 @@ void same_across_threads(int64_t M, int64_t N, int64_t K, int la, int lb, std::m
   }
 }
 
+// gemm_avx512's row-offset B and wrapped C (the convolution over a padded input): B's row k at
+// x + rows[k], C's columns in rows of c_row kept and c_skip dropped, against a double reference,
+// with the row bias or not, on 1-3 threads (bit-identical), and the other paths' refusals.
+void check_wrapped(int64_t M, int64_t K, int64_t N, int64_t c_row, int64_t c_skip, bool row_bias,
+                   std::mt19937& rng) {
+  std::normal_distribution<float> d;
+  const int64_t L = c_row + c_skip, stride = N + 21;  // rows of B apart, 16 readable past N
+  std::vector<float> x(static_cast<size_t>(K * stride + 16)), a(static_cast<size_t>(M * K)),
+      rb(static_cast<size_t>(M));
+  for (auto& v : x) v = d(rng);
+  for (auto& v : a) v = d(rng);
+  for (auto& v : rb) v = d(rng);
+  std::vector<int64_t> rows(static_cast<size_t>(K));
+  for (int64_t k = 0; k < K; ++k) rows[k] = ((k * 7) % K) * stride + k % 5;  // any order
+  GemmArgs g;
+  g.M = M, g.N = N, g.K = K, g.A = {a.data(), K, 1}, g.B = {x.data(), 0, 1};
+  g.b_rows = rows.data(), g.c_row = c_row, g.c_skip = c_skip;
+  g.row_bias = row_bias ? rb.data() : nullptr;
+  const int64_t width = dlkern::gemm_c_width(g);
+  g.ldc = width + 5;
+  std::vector<float> c[3];
+  for (int t = 1; t <= 3; ++t) {
+    c[t - 1].assign(static_cast<size_t>(M * g.ldc), 7.f);
+    g.C = c[t - 1].data();
+    CHECK(dlkern::gemm_avx512(g, t) == Status::kOk, "wrapped: avx512 failed");
+  }
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t j = 0; j < g.ldc; ++j) {
+      const float got = c[0][m * g.ldc + j];
+      if (j >= width) {
+        CHECK(got == 7.f, "wrapped: column %lld of row %lld past the kept ones was written",
+              (long long)j, (long long)m);
+        continue;
+      }
+      const int64_t n = j / c_row * L + j % c_row;  // the virtual column stored at j
+      double want = row_bias ? rb[m] : 0.0, mag = std::fabs(want) + 1e-3;
+      for (int64_t k = 0; k < K; ++k) {
+        want += static_cast<double>(a[m * K + k]) * x[rows[k] + n];
+        mag += std::fabs(a[m * K + k] * x[rows[k] + n]);
+      }
+      CHECK(std::fabs(got - want) <= 4 * 6e-8 * std::sqrt(K + 1.0) * mag + 1e-6,
+            "wrapped M=%lld K=%lld N=%lld c_row=%lld c_skip=%lld: C[%lld][%lld] %g, want %g",
+            (long long)M, (long long)K, (long long)N, (long long)c_row, (long long)c_skip,
+            (long long)m, (long long)j, got, want);
+    }
+  CHECK(c[0] == c[1] && c[0] == c[2], "wrapped: threads differ");
+  CHECK(dlkern::gemm_avx2(g, 1) == Status::kUnsupported, "avx2 took a row-offset B");
+  CHECK(dlkern::gemm_ref(g, 1) == Status::kUnsupported, "ref took a row-offset B");
+  GemmArgs h = g;
+  h.c_row = 0, h.c_skip = 0, h.ldc = N;
+  CHECK(dlkern::gemm_avx512(h, 1) == Status::kUnsupported, "a row-offset B without a wrapped C");
+  h = g;
+  h.c_skip = 15 - c_row;
+  if (h.c_skip >= 0) CHECK(dlkern::gemm_avx512(h, 1) == Status::kInvalidArgument, "wrap < 16");
+  h = g;
+  h.row_bias = nullptr, h.bias = rb.data();
+  CHECK(dlkern::gemm_avx512(h, 1) == Status::kInvalidArgument, "column bias on a wrapped C");
+}
+
 void bench(int64_t n, int threads, const Path& path) {
   std::mt19937 rng(1);
   Mat A = make(n, n, 0, rng), B = make(n, n, 0, rng);
@@ -139,6 +198,18 @@ int main(int argc, char** argv) {
     std::printf("no AVX2/FMA on this CPU: only the reference path exists\n");
     return 77;
   }
+  if (dlkern::cpu_isa_best() >= dlkern::CpuIsa::kAvx512) {
+    std::mt19937 rng(7);
+    // partial last wrap row, c_skip 0, wraps shorter than a 48-column tile, two K blocks,
+    // rows past MC, several column blocks (N > 3072)
+    check_wrapped(13, 27, 230, 23, 2, true, rng);
+    check_wrapped(8, 9, 100, 20, 0, false, rng);
+    check_wrapped(20, 400, 150, 14, 2, true, rng);
+    check_wrapped(200, 50, 300, 40, 4, false, rng);
+    check_wrapped(17, 30, 3300, 56, 2, true, rng);
+  } else {
+    std::printf("avx512: skipped (this CPU lacks it)\n");
+  }
   for (const Path& path : paths()) {
   g_path = path;
   std::mt19937 rng(42);
@@ -153,7 +224,7 @@ int main(int argc, char** argv) {
   const int64_t big[][3] = {{145, 33, 257}, {7, 3073, 5}, {150, 40, 600}, {13, 1000, 300},
                             {64, 100, 1000}, {49, 17, 1025}, {300, 70, 20}, {1, 1024, 784},
                             {4, 1024, 784}, {16, 784, 1024}, {17, 31, 2049}, {385, 97, 193},
-                            {23, 3100, 40}, {64, 3136, 576}};
+                            {23, 3100, 40}, {64, 3136, 576}, {1024, 784, 1}, {300, 1000, 4}};
   for (auto& s : big)
     for (int la = 0; la < 2; ++la)
       for (int lb = 0; lb < 2; ++lb)

@@ -11,6 +11,9 @@
 // Everything else (strides above 1, 1x1, depthwise, small images batched into one GEMM, and
 // layers whose discarded columns would exceed kMaxWaste; the weight gradient) runs the
 // conv2d_avx2.cpp algorithms.
+// Workspace: per thread, the padded copy of one image's group (Cg x Hp x Wp floats, 13 MiB for
+// 64 x 224 x 224), and for backward data a copy of the weight; thread-local, kept for the next
+// call.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -42,7 +45,7 @@ Padded padded(const Conv2dShape& s) {
 
 bool applies(const Conv2dShape& s, Conv2dAlgo algo) {
   if (algo != Conv2dAlgo::kIm2col || s.stride_h != 1 || s.stride_w != 1) return false;
-  if (s.N == 0 || s.K == 0 || s.P * s.Q == 0 || s.C == 0) return false;
+  if (s.N == 0 || s.K == 0 || s.P * s.Q == 0 || s.C == 0 || s.H * s.W == 0) return false;
   if (s.P * s.Q < kSmallImage && s.N > 1) return false;
   if (s.Q < 16) return false;  // a wrapped C needs rows of 16 columns or more
   return static_cast<double>((s.S - 1) * s.dil_w) <= kMaxWaste * static_cast<double>(s.Q);
@@ -65,7 +68,7 @@ void pad_input(const Conv2dShape& s, const Padded& pd, const float* x, int64_t c
       const int64_t j0 = std::min(pd.Wp, std::max<int64_t>(0, s.pad_w));
       const int64_t j1 = std::max(j0, std::min(pd.Wp, s.W + s.pad_w));
       std::memset(row, 0, sizeof(float) * j0);
-      std::memcpy(row + j0, xc + ih * s.W + (j0 - s.pad_w), sizeof(float) * (j1 - j0));
+      if (j1 > j0) std::memcpy(row + j0, xc + ih * s.W + (j0 - s.pad_w), sizeof(float) * (j1 - j0));
       std::memset(row + j1, 0, sizeof(float) * (pd.Wp - j1));
     }
   }

@@ -540,7 +540,7 @@ void gemm_pack_b_avx2(int64_t kc, int64_t nc, const float* b, int64_t rs, int64_
 
 void gemm_empty_k(const GemmArgs& g) {
   if (g.accumulate) return;
-  // (a wrapped C has no column bias: its first gemm_c_width columns are the ones kept)
+  // (a wrapped C, which has no column bias, keeps its first gemm_c_width columns)
   for (int64_t i = 0; i < g.M; ++i)
     for (int64_t j = 0; j < gemm_c_width(g); ++j)
       g.C[i * g.ldc + j] = g.bias ? g.bias[j] : g.row_bias ? g.row_bias[i] : 0.f;

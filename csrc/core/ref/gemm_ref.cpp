@@ -19,7 +19,8 @@ Status gemm_validate(const GemmArgs& g) {
   if ((g.bias != nullptr) + (g.row_bias != nullptr) + g.accumulate > 1)
     return Status::kInvalidArgument;
   if (g.M == 0 || g.N == 0) return Status::kOk;
-  if (g.c_row < 0 || g.c_skip < 0 || (g.c_row > 0 && g.c_row + g.c_skip < 16))
+  // a wrapped C: rows of 16 columns or more, and no column bias (which column would it follow?)
+  if (g.c_row < 0 || g.c_skip < 0 || (g.c_row > 0 && (g.c_row + g.c_skip < 16 || g.bias)))
     return Status::kInvalidArgument;
   if (g.C == nullptr || g.ldc < gemm_c_width(g)) return Status::kInvalidArgument;
   if (g.K > 0 && (g.A.data == nullptr || (g.B.data == nullptr && g.pack_b.fn == nullptr)))
