@@ -18,6 +18,7 @@
 
 #include "../conv2d.h"
 #include "../gemm.h"
+#include "conv2d_parts.h"
 #include "parallel.h"
 #include "scratch.h"
 #include "vec_avx2.h"
@@ -26,7 +27,6 @@ namespace dlkern {
 namespace {
 
 constexpr int NR = kGemmNR;
-constexpr int64_t kSmallImage = 256;  // forward: below this many output positions, batch them
 
 thread_local Scratch tl_tile, tl_wt;
 
@@ -248,19 +248,7 @@ void scatter_tile(const Gather& g, int64_t channels, int64_t n0, int64_t len, co
   });
 }
 
-// ---- image loop -----------------------------------------------------------------------------
-
-// Runs f(n, inner_threads) for every image: rounds of `threads` images in parallel, one thread
-// each, then the remaining images one after the other with all threads inside.
-template <typename F>
-void for_images(int64_t N, int threads, int64_t work_per_image, const F& f) {
-  const int nt = threads_for(N * work_per_image, int64_t{1} << 16, threads);
-  const int64_t full = nt > 1 ? N / nt * nt : 0;
-  if (full > 0) parallel_for(full, nt, [&](int64_t b, int64_t e) {
-      for (int64_t n = b; n < e; ++n) f(n, 1);
-    });
-  for (int64_t n = full; n < N; ++n) f(n, threads);
-}
+// ---- image loop: conv2d_for_images (conv2d_parts.h) ------------------------------------
 
 Gather input_gather(const Conv2dShape& s, const float* xg) {
   return {xg, s.H * s.W, s.H, s.W, s.R, s.S, s.stride_h, s.stride_w, s.pad_h, s.pad_w,
@@ -441,7 +429,7 @@ Status conv2d_fwd_avx2(const Conv2dShape& s, const float* x, const float* w, con
     return Status::kOk;
   }
   const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups, Kd = Cg * s.R * s.S;
-  if (PQ < kSmallImage && s.N > 1 && Kd > 0) {
+  if (PQ < kConvSmallImage && s.N > 1 && Kd > 0) {
     // Small images: the batch's positions are the GEMM's columns (one GEMM per group, N*P*Q
     // columns instead of a few ragged NR strips per image), written to a workspace the size of
     // the group's output and then moved to NCHW.
@@ -470,7 +458,7 @@ Status conv2d_fwd_avx2(const Conv2dShape& s, const float* x, const float* w, con
     return st;
   }
   std::vector<Status> status(static_cast<size_t>(s.N), Status::kOk);  // one per image: no race
-  for_images(s.N, threads, s.K * PQ * (Kd + 1), [&](int64_t n, int inner) {
+  conv2d_for_images(s.N, threads, s.K * PQ * (Kd + 1), [&](int64_t n, int inner) {
     for (int64_t g = 0; g < s.groups; ++g) {
       const float* xg = x + (n * s.C + g * Cg) * HW;
       const Gather gi = input_gather(s, xg);
@@ -497,29 +485,8 @@ Status conv2d_fwd_avx2(const Conv2dShape& s, const float* x, const float* w, con
 
 namespace {
 
-// Backward data at stride 1 as a transposed convolution: a GEMM with Cg rows, which wastes most
-// of the 6-row micro-tiles when Cg is small (an RGB input): then the col2im tiles (Cg*R*S rows)
-// serve better.
-bool bwd_data_transposed(const Conv2dShape& s, Conv2dAlgo algo) {
-  return algo == Conv2dAlgo::kIm2col && s.stride_h == 1 && s.stride_w == 1 &&
-         s.C / s.groups >= 16;
-}
-
-// The flipped, transposed weight of the stride-1 transposed convolution (a thread-local buffer):
-// wt[g][c][k][R-1-r][S-1-t] = w[g*Kg + k][c][r][t]
-const float* flipped_weight(const Conv2dShape& s, const float* w) {
-  const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups, RS = s.R * s.S;
-  float* wt = tl_wt.get(static_cast<size_t>(s.K * Cg * RS));
-  for (int64_t g = 0; g < s.groups; ++g)
-    for (int64_t k = 0; k < Kg; ++k)
-      for (int64_t c = 0; c < Cg; ++c)
-        for (int64_t i = 0; i < RS; ++i)
-          wt[((g * Cg + c) * Kg + k) * RS + (RS - 1 - i)] = w[((g * Kg + k) * Cg + c) * RS + i];
-  return wt;
-}
-
 // dX of one image's group g (dyg, dxg: its planes) with `inner` threads: a 1x1 GEMM, the
-// transposed convolution (wt: flipped_weight), or per tile dcol = W_g^T dY_g[:, tile] + col2im.
+// transposed convolution (wt: conv2d_flipped_weight), or per tile dcol = W_g^T dY_g[:, tile] + col2im.
 Status bwd_data_group(const Conv2dShape& s, Conv2dAlgo algo, int64_t g, const float* w,
                       const float* wt, const float* dyg, float* dxg, int inner) {
   const int64_t PQ = s.P * s.Q, HW = s.H * s.W;
@@ -564,9 +531,9 @@ Status bwd_data_group(const Conv2dShape& s, Conv2dAlgo algo, int64_t g, const fl
 Status bwd_data(const Conv2dShape& s, Conv2dAlgo algo, const float* w, const float* dy,
                 float* dx, int threads) {
   const int64_t PQ = s.P * s.Q, HW = s.H * s.W, Cg = s.C / s.groups, Kg = s.K / s.groups;
-  const float* wt = bwd_data_transposed(s, algo) ? flipped_weight(s, w) : nullptr;
+  const float* wt = conv2d_bwd_data_transposed(s, algo) ? conv2d_flipped_weight(s, w) : nullptr;
   std::vector<Status> status(static_cast<size_t>(s.N), Status::kOk);  // one per image: no race
-  for_images(s.N, threads, s.K * PQ * Cg * s.R * s.S, [&](int64_t n, int inner) {
+  conv2d_for_images(s.N, threads, s.K * PQ * Cg * s.R * s.S, [&](int64_t n, int inner) {
     for (int64_t g = 0; g < s.groups && status[n] == Status::kOk; ++g)
       status[n] = bwd_data_group(s, algo, g, w, wt, dy + (n * s.K + g * Kg) * PQ,
                                  dx + (n * s.C + g * Cg) * HW, inner);
@@ -624,6 +591,22 @@ Status bwd_weight(const Conv2dShape& s, Conv2dAlgo algo, const float* x, const f
 }
 
 }  // namespace
+
+bool conv2d_bwd_data_transposed(const Conv2dShape& s, Conv2dAlgo algo) {
+  return algo == Conv2dAlgo::kIm2col && s.stride_h == 1 && s.stride_w == 1 &&
+         s.C / s.groups >= 16;
+}
+
+const float* conv2d_flipped_weight(const Conv2dShape& s, const float* w) {
+  const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups, RS = s.R * s.S;
+  float* wt = tl_wt.get(static_cast<size_t>(s.K * Cg * RS));
+  for (int64_t g = 0; g < s.groups; ++g)
+    for (int64_t k = 0; k < Kg; ++k)
+      for (int64_t c = 0; c < Cg; ++c)
+        for (int64_t i = 0; i < RS; ++i)
+          wt[((g * Cg + c) * Kg + k) * RS + (RS - 1 - i)] = w[((g * Kg + k) * Cg + c) * RS + i];
+  return wt;
+}
 
 Status conv2d_bwd_avx2(const Conv2dShape& s, const float* x, const float* w, const float* dy,
                        float* dx, float* dw, float* db, int threads, Conv2dAlgo algo) {

@@ -21,16 +21,15 @@
 
 #include "../conv2d.h"
 #include "../gemm.h"
-#include "parallel.h"
+#include "conv2d_parts.h"
 #include "scratch.h"
 
 namespace dlkern {
 namespace {
 
-constexpr int64_t kSmallImage = 256;  // as conv2d_avx2.cpp: smaller images are batched there
 constexpr double kMaxWaste = 0.125;   // discarded columns per output column, at most
 
-thread_local Scratch tl_pad, tl_wt;
+thread_local Scratch tl_pad;
 
 struct Padded {
   int64_t Hp, Wp;
@@ -46,7 +45,7 @@ Padded padded(const Conv2dShape& s) {
 bool applies(const Conv2dShape& s, Conv2dAlgo algo) {
   if (algo != Conv2dAlgo::kIm2col || s.stride_h != 1 || s.stride_w != 1) return false;
   if (s.N == 0 || s.K == 0 || s.P * s.Q == 0 || s.C == 0 || s.H * s.W == 0) return false;
-  if (s.P * s.Q < kSmallImage && s.N > 1) return false;
+  if (s.P * s.Q < kConvSmallImage && s.N > 1) return false;
   if (s.Q < 16) return false;  // a wrapped C needs rows of 16 columns or more
   return static_cast<double>((s.S - 1) * s.dil_w) <= kMaxWaste * static_cast<double>(s.Q);
 }
@@ -116,20 +115,12 @@ Status fwd_padded(const Conv2dShape& s, const float* x, const float* w, const fl
   if (x == nullptr || w == nullptr || y == nullptr) return Status::kInvalidArgument;
   const Padded pd = padded(s);
   const std::vector<int64_t> rows = row_offsets(s, pd);
-  // images in rounds of `threads`, one thread each, then the rest with every thread inside
-  // (conv2d_avx2.cpp's for_images)
-  const int64_t work = s.K * s.P * s.Q * (s.C / s.groups * s.R * s.S + 1);
-  const int nt = threads_for(s.N * work, int64_t{1} << 16, threads);
-  const int64_t full = nt > 1 ? s.N / nt * nt : 0;
   std::vector<Status> status(static_cast<size_t>(s.N), Status::kOk);  // one per image: no race
-  auto image = [&](int64_t n, int inner) {
+  const int64_t work = s.K * s.P * s.Q * (s.C / s.groups * s.R * s.S + 1);
+  conv2d_for_images(s.N, threads, work, [&](int64_t n, int inner) {
     for (int64_t g = 0; g < s.groups && status[n] == Status::kOk; ++g)
       status[n] = image_group(s, pd, rows, x, w, bias, y, n, g, inner);
-  };
-  if (full > 0) parallel_for(full, nt, [&](int64_t b, int64_t e) {
-      for (int64_t n = b; n < e; ++n) image(n, 1);
-    });
-  for (int64_t n = full; n < s.N; ++n) image(n, threads);
+  });
   for (const Status r : status)
     if (r != Status::kOk) return r;
   return Status::kOk;
@@ -143,18 +134,6 @@ Conv2dShape transposed(const Conv2dShape& s) {
   t.pad_h = (s.R - 1) * s.dil_h - s.pad_h, t.pad_w = (s.S - 1) * s.dil_w - s.pad_w;
   t.P = s.H, t.Q = s.W;
   return t;
-}
-
-// wt[g][c][k][R-1-r][S-1-t] = w[g*Kg + k][c][r][t] (thread-local)
-const float* flipped_weight(const Conv2dShape& s, const float* w) {
-  const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups, RS = s.R * s.S;
-  float* wt = tl_wt.get(static_cast<size_t>(s.K * Cg * RS));
-  for (int64_t g = 0; g < s.groups; ++g)
-    for (int64_t k = 0; k < Kg; ++k)
-      for (int64_t c = 0; c < Cg; ++c)
-        for (int64_t i = 0; i < RS; ++i)
-          wt[((g * Cg + c) * Kg + k) * RS + (RS - 1 - i)] = w[((g * Kg + k) * Cg + c) * RS + i];
-  return wt;
 }
 
 }  // namespace
@@ -173,12 +152,10 @@ Status conv2d_bwd_avx512(const Conv2dShape& s, const float* x, const float* w, c
     return conv2d_bwd_avx2(s, x, w, dy, dx, dw, db, threads, algo);
   const Conv2dAlgo a = algo == Conv2dAlgo::kAuto ? conv2d_pick_algo(s) : algo;
   const Conv2dShape t = transposed(s);
-  // as conv2d_avx2.cpp's transposed route: a GEMM of C/groups rows wastes the 8-row tiles when
-  // it is small (an RGB input), where the col2im tiles serve better
-  if (!applies(s, a) || !applies(t, Conv2dAlgo::kIm2col) || s.C / s.groups < 16)
+  if (!conv2d_bwd_data_transposed(s, a) || !applies(s, a) || !applies(t, Conv2dAlgo::kIm2col))
     return conv2d_bwd_avx2(s, x, w, dy, dx, dw, db, threads, algo);
   if (w == nullptr || dy == nullptr) return Status::kInvalidArgument;
-  const Status st = fwd_padded(t, dy, flipped_weight(s, w), nullptr, dx, threads);
+  const Status st = fwd_padded(t, dy, conv2d_flipped_weight(s, w), nullptr, dx, threads);
   if (st != Status::kOk || (dw == nullptr && db == nullptr)) return st;
   return conv2d_bwd_avx2(s, x, w, dy, nullptr, dw, db, threads, algo);
 }

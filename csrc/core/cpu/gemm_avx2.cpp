@@ -541,8 +541,9 @@ void gemm_pack_b_avx2(int64_t kc, int64_t nc, const float* b, int64_t rs, int64_
 void gemm_empty_k(const GemmArgs& g) {
   if (g.accumulate) return;
   // (a wrapped C, which has no column bias, keeps its first gemm_c_width columns)
+  const int64_t width = gemm_c_width(g);
   for (int64_t i = 0; i < g.M; ++i)
-    for (int64_t j = 0; j < gemm_c_width(g); ++j)
+    for (int64_t j = 0; j < width; ++j)
       g.C[i * g.ldc + j] = g.bias ? g.bias[j] : g.row_bias ? g.row_bias[i] : 0.f;
 }
 

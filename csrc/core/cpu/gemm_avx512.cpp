@@ -25,20 +25,7 @@
 #include "gemm_parts.h"
 #include "parallel.h"
 #include "scratch.h"
-
-// every feature of the avx512 path, whatever the command line enabled already
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,fma"))), \
-                             apply_to = function)
-#define DLKERN_AVX512_CLANG_PUSHED 1
-#elif defined(__GNUC__)
-#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,fma")
-#endif
-#if defined(__GNUC__) && !defined(__clang__)
-// GCC 12's own intrinsics (_mm512_max_ps: an undefined pass-through operand) set this off
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#include <immintrin.h>
+#include "vec_avx512.h"
 
 namespace dlkern {
 namespace {

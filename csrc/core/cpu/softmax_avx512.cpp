@@ -5,21 +5,9 @@
 #include <cstdint>
 
 #include "../softmax.h"
+#include "exp_consts.h"
 #include "parallel.h"
-
-// every feature of the avx512 path, whatever the command line enabled already
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,fma"))), \
-                             apply_to = function)
-#define DLKERN_AVX512_CLANG_PUSHED 1
-#elif defined(__GNUC__)
-#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,fma")
-#endif
-#if defined(__GNUC__) && !defined(__clang__)
-// GCC 12's own intrinsics (_mm512_max_ps: an undefined pass-through operand) set this off
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#include <immintrin.h>
+#include "vec_avx512.h"
 
 namespace dlkern {
 namespace {
@@ -45,21 +33,15 @@ inline float hmax(__m512 v) {
 
 // exp(x) for x <= 0 or NaN: avx2::exp_nonpos_ps (vec_avx2.h) on 16 lanes, the same arithmetic.
 inline __m512 exp_nonpos(__m512 x) {
-  const __m512 lo = _mm512_set1_ps(-87.3365478515625f);
-  const __m512 magic = _mm512_set1_ps(12582912.0f);
+  using namespace expf32;
+  const __m512 lo = _mm512_set1_ps(kLo), magic = _mm512_set1_ps(kMagic);
   const __m512 xc = _mm512_max_ps(lo, x);  // NaN stays NaN: vmaxps returns its second operand
-  const __m512 t = _mm512_fmadd_ps(xc, _mm512_set1_ps(1.44269504088896341f), magic);
+  const __m512 t = _mm512_fmadd_ps(xc, _mm512_set1_ps(kLog2e), magic);
   const __m512 n = _mm512_sub_ps(t, magic);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 q = _mm512_set1_ps(1.9875691500E-4f);
-  q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.3981999507E-3f));
-  q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(8.3334519073E-3f));
-  q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(4.1665795894E-2f));
-  q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.6666665459E-1f));
-  q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(5.0000001201E-1f));
-  q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.0f));
-  q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.0f));
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Hi), xc);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Lo), r);
+  __m512 q = _mm512_set1_ps(kPoly[0]);
+  for (int i = 1; i < 8; ++i) q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(kPoly[i]));
   const __m512i e = _mm512_add_epi32(_mm512_slli_epi32(_mm512_castps_si512(t), 23),
                                      _mm512_set1_epi32(127 << 23));
   const __m512 out = _mm512_mul_ps(q, _mm512_castsi512_ps(e));

@@ -5,6 +5,8 @@
 
 #include <cstdint>
 
+#include "exp_consts.h"
+
 // Standard headers must be included before this point: the target pragma applies to every
 // function defined after it, and an AVX2-encoded inline std:: function would be a SIGILL hazard
 // if the linker picked it for the reference path.
@@ -35,23 +37,17 @@ constexpr int kLanes = 8;
 // ordered.
 template <bool kUpper>
 static inline __m256 exp_ps_impl(__m256 x) {
-  const __m256 lo = _mm256_set1_ps(-87.3365478515625f);  // ln(FLT_MIN): n >= -126
-  const __m256 hi = _mm256_set1_ps(88.0f);               // n <= 127
-  const __m256 magic = _mm256_set1_ps(12582912.0f);      // 1.5 * 2^23
+  using namespace expf32;
+  const __m256 lo = _mm256_set1_ps(kLo), hi = _mm256_set1_ps(kHi);
+  const __m256 magic = _mm256_set1_ps(kMagic);
   __m256 xc = _mm256_max_ps(lo, x);
   if (kUpper) xc = _mm256_min_ps(hi, xc);
-  const __m256 t = _mm256_fmadd_ps(xc, _mm256_set1_ps(1.44269504088896341f), magic);
+  const __m256 t = _mm256_fmadd_ps(xc, _mm256_set1_ps(kLog2e), magic);
   const __m256 n = _mm256_sub_ps(t, magic);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), xc);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 q = _mm256_set1_ps(1.9875691500E-4f);
-  q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(1.3981999507E-3f));
-  q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(8.3334519073E-3f));
-  q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(4.1665795894E-2f));
-  q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(1.6666665459E-1f));
-  q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(5.0000001201E-1f));
-  q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(1.0f));
-  q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(1.0f));
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Hi), xc);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Lo), r);
+  __m256 q = _mm256_set1_ps(kPoly[0]);
+  for (int i = 1; i < 8; ++i) q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(kPoly[i]));
   const __m256i e = _mm256_add_epi32(_mm256_slli_epi32(_mm256_castps_si256(t), 23),
                                      _mm256_set1_epi32(127 << 23));
   __m256 out = _mm256_mul_ps(q, _mm256_castsi256_ps(e));

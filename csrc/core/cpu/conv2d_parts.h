@@ -1,0 +1,37 @@
+// Pieces of the AVX2 conv2d (conv2d_avx2.cpp) that the avx512 path's (conv2d_avx512.cpp) shares.
+// The functions declared here are compiled for AVX2 in conv2d_avx2.cpp: call them only from the
+// avx2 and avx512 paths.
+#pragma once
+
+#include <cstdint>
+
+#include "../conv2d.h"
+#include "parallel.h"
+
+namespace dlkern {
+
+// Forward: below this many output positions per image, the batch's positions are one GEMM.
+constexpr int64_t kConvSmallImage = 256;
+
+// Runs f(n, inner_threads) for every image: rounds of `threads` images in parallel, one thread
+// each, then the remaining images one after the other with all threads inside.
+template <typename F>
+void conv2d_for_images(int64_t N, int threads, int64_t work_per_image, const F& f) {
+  const int nt = threads_for(N * work_per_image, int64_t{1} << 16, threads);
+  const int64_t full = nt > 1 ? N / nt * nt : 0;
+  if (full > 0) parallel_for(full, nt, [&](int64_t b, int64_t e) {
+      for (int64_t n = b; n < e; ++n) f(n, 1);
+    });
+  for (int64_t n = full; n < N; ++n) f(n, threads);
+}
+
+// Whether backward data runs as a stride-1 transposed convolution (a GEMM with C/groups rows,
+// which wastes most of the micro-tiles when that is small, an RGB input: the col2im tiles serve
+// better there).
+bool conv2d_bwd_data_transposed(const Conv2dShape& s, Conv2dAlgo algo);
+
+// The flipped, transposed weight of that transposed convolution (a thread-local buffer):
+// wt[g][c][k][R-1-r][S-1-t] = w[g*Kg + k][c][r][t]
+const float* conv2d_flipped_weight(const Conv2dShape& s, const float* w);
+
+}  // namespace dlkern
