@@ -3,10 +3,11 @@
     import bench
     df = bench.run(ops="softmax", suites="tensorgrad", impls=["custom", my_softmax, "torch"],
                    passes="forward", quick=True)
-    bench.ratios(df)                        # (device, op, case) x pass -> ratio to torch
+    bench.ratios(df)                        # (device, op, case, dtype) x pass -> ratio to torch
     bench.compare_frames(old_df, new_df)    # what python -m bench.compare does, as a DataFrame
 
-`run` takes the command line's options as keyword arguments (lists or comma-separated strings)
+`run` takes the command line's options as keyword arguments (lists or comma-separated strings;
+`dtype` also torch dtypes: dtype=[torch.float32, torch.bfloat16])
 and returns one DataFrame row per workload x implementation x device x pass, with the JSON
 schema's columns (bench/report.py RECORD_TYPES; `params` is a dict). Implementations may be
 names as for --impl, or callables, mappings op -> callable, or factories (spec, device) given
@@ -30,6 +31,14 @@ def _csv(v) -> str | None:
     return v if isinstance(v, str) else ",".join(map(str, v))
 
 
+def _dtypes(v) -> str | None:
+    """dtype names or torch dtypes (one, or a list) as --dtype's text."""
+    if v is None or isinstance(v, str):
+        return v
+    items = v if isinstance(v, (list, tuple)) else [v]
+    return ",".join(str(d).removeprefix("torch.") for d in items)
+
+
 def _impl_names(impls) -> list[str]:
     """--impl names for `impls`, registering the Python objects among them."""
     if isinstance(impls, str):
@@ -47,7 +56,7 @@ def _impl_names(impls) -> list[str]:
 
 def run(ops=None, suites=None, impls=("custom", "torch"), device=None, passes=None, shapes=None,
         threads=None, quick=False, budget=None, seeds=3, flush_l2=False, peaks=False,
-        progress=False):
+        progress=False, dtype=None):
     """Check and time, as `python -m bench.layers` does; the results as a pandas DataFrame."""
     import pandas as pd
 
@@ -55,7 +64,7 @@ def run(ops=None, suites=None, impls=("custom", "torch"), device=None, passes=No
     argv = ["--impl", ",".join(_impl_names(impls)), "--seeds", str(seeds), "--keep-going"]
     for flag, v in (("--ops", _csv(ops)), ("--suite", _csv(suites)), ("--device", _csv(device)),
                     ("--pass", _csv(passes)), ("--shapes", shapes), ("--budget", budget),
-                    ("--threads", threads)):
+                    ("--threads", threads), ("--dtype", _dtypes(dtype))):
         if v is not None:
             argv += [flag, str(v)]
     argv += ["--quick"] * bool(quick) + ["--flush-l2"] * bool(flush_l2) + ["--no-peaks"] * (not peaks)
@@ -72,14 +81,14 @@ def run(ops=None, suites=None, impls=("custom", "torch"), device=None, passes=No
 
 
 def ratios(df, impl: str | None = None):
-    """(device, op, case) x pass -> the ratio of `impl` (default: the first that is not torch) to
-    torch, from a DataFrame of `run`."""
+    """(device, op, case, dtype) x pass -> the ratio of `impl` (default: the first that is not
+    torch) to torch, from a DataFrame of `run`."""
     others = [i for i in dict.fromkeys(df["impl"]) if i != "torch"]
     if not others:
         raise ValueError("bench.ratios: the results hold no implementation besides torch")
     impl = impl or others[0]
     sel = df[(df["impl"] == impl) & (df["status"] == "ok")]
-    return sel.pivot_table(index=["device", "op", "case"], columns="pass", values="ratio",
+    return sel.pivot_table(index=["device", "op", "case", "dtype"], columns="pass", values="ratio",
                            sort=False)
 
 
@@ -93,7 +102,7 @@ def compare_frames(old, new, threshold: float = 0.10, min_change: float = 0.03):
     """Row by row what `python -m bench.compare` decides (intervals where both runs have them,
     else medians): a DataFrame with old, new, new/old, flag and regressed per matched row."""
     import pandas as pd
-    key = ["device", "op", "case", "impl", "pass"]
+    key = list(compare_mod.KEY)
     out = []
     for k, a, b in compare_mod.matched(_records(old), _records(new)):
         old_s, new_s, change, flag, regressed = compare_mod.verdict(a, b, threshold, min_change)

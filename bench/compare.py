@@ -3,7 +3,7 @@
     python -m bench.compare OLD.json NEW.json [--threshold 0.10]
     python -m bench.compare --aa RUN.json [--tolerance 0.03]
 
-Rows are matched on (device, op, case, implementation, pass). Where both runs have a paired
+Rows are matched on (device, op, case, dtype, implementation, pass). Where both runs have a paired
 ratio to torch with its 95% interval, the intervals decide: the row REGRESSED when the new
 interval lies wholly above the old one and the ratio grew by more than --min-change (3%: two
 runs of the same code differ by 1-2% that no interval over rounds sees), is faster when the
@@ -48,8 +48,12 @@ def load(path: str) -> dict:
     return doc
 
 
+KEY = ("device", "op", "case", "dtype", "impl", "pass")
+
+
 def _key(r):
-    return (r["device"], r["op"], r["case"], r["impl"], r["pass"])
+    """What a row is matched on; a record of the schema before the dtype axis is float32."""
+    return tuple(r.get(k, "float32") if k == "dtype" else r[k] for k in KEY)
 
 
 def _has_interval(r) -> bool:
@@ -106,15 +110,15 @@ def compare(old: dict, new: dict, threshold: float, min_change: float = 0.03
              f"{new['meta']['git_commit'][:12]} torch {new['meta']['torch']}  ",
              "old and new: the ratio to torch with its 95% interval where the run has one, else "
              "the median time", "",
-             "| device | row | impl | pass | old | new | new/old | |",
-             "|---|---|---|---|---:|---:|---:|---|"]
+             "| device | row | dtype | impl | pass | old | new | new/old | |",
+             "|---|---|---|---|---|---:|---:|---:|---|"]
     regressions = 0
     for k, a, b in matched(old["results"], new["results"]):
-        dev, op, case, impl, pass_ = k
+        dev, op, case, dtype, impl, pass_ = k
         old_s, new_s, change, flag, regressed = verdict(a, b, threshold, min_change)
         regressions += regressed
-        lines.append(f"| {dev} | {op} {case} | {impl} | {pass_} | {old_s} | {new_s} | {change} | "
-                     f"{flag} |")
+        lines.append(f"| {dev} | {op} {case} | {dtype} | {impl} | {pass_} | {old_s} | {new_s} | "
+                     f"{change} | {flag} |")
     only_old = [k for k in o if k not in n]
     only_new = [k for k in n if k not in o]
     if only_old:
@@ -150,10 +154,12 @@ def judge_aa(doc: dict, tolerance: float) -> tuple[list[str], bool]:
     if not recs and not failed:
         return [f"bench.compare --aa: no timed {TORCH_AGAIN} rows (run bench.layers --impl "
                 f"{TORCH_AGAIN},torch)"], False
-    lines = ["| device | row | pass | ratio | 95% interval | |", "|---|---|---|---:|---|---|"]
+    lines = ["| device | row | dtype | pass | ratio | 95% interval | |",
+             "|---|---|---|---|---:|---|---|"]
     off = misses = 0
     for r in failed:
-        lines.append(f"| {r['device']} | {r['op']} {r['case']} | {r['pass']} | FAILED | - | "
+        lines.append(f"| {r['device']} | {r['op']} {r['case']} | {_key(r)[3]} | {r['pass']} | "
+                     "FAILED | - | "
                      f"{r['detail'].splitlines()[0] if r['detail'] else ''} |")
     for r in recs:
         flags = []
@@ -167,8 +173,8 @@ def judge_aa(doc: dict, tolerance: float) -> tuple[list[str], bool]:
             misses += 1
         iv = (f"{r['ratio_lo']:.3f} - {r['ratio_hi']:.3f}{WIDE_MARK if r['ratio_wide'] else ''}"
               if _has_interval(r) else "none")
-        lines.append(f"| {r['device']} | {r['op']} {r['case']} | {r['pass']} | {r['ratio']:.3f} | "
-                     f"{iv} | {', '.join(flags)} |")
+        lines.append(f"| {r['device']} | {r['op']} {r['case']} | {_key(r)[3]} | {r['pass']} | "
+                     f"{r['ratio']:.3f} | {iv} | {', '.join(flags)} |")
     signed = [r["ratio"] for r in recs if r["ratio"] != 1]
     above = sum(q > 1 for q in signed)
     lo, hi = sign_bounds(len(signed))

@@ -34,6 +34,15 @@ class Impl:
     context: Callable[[], ContextManager] = contextlib.nullcontext
     is_baseline: bool = False                   # torch itself: not gated
     notes: dict = field(default_factory=dict)
+    # the dtypes it computes in (rows at other dtypes are skipped with the reason); None: any
+    # dtype torch runs the op in
+    dtypes: tuple[str, ...] | None = None
+
+    def refuses(self, dtype: str, op: str) -> str | None:
+        """Why a row of `op` at `dtype` is skipped for this implementation, or None."""
+        if self.dtypes is None or dtype in self.dtypes:
+            return None
+        return (f"{self.label} computes {op} in {', '.join(self.dtypes)} only, not {dtype}")
 
 
 # name (or "prefix:" for parameterised names) -> factory(spec, device, argument) -> Impl
@@ -102,7 +111,7 @@ def _custom(spec: OpSpec, device: str, arg) -> Impl:
     if dev not in spec.devices:
         raise Unavailable(f"dlkern has no {dev.upper()} kernel for {spec.name} "
                           f"(has: {', '.join(spec.devices)})")
-    return Impl("custom", _custom_label(dev, None), spec.fn)
+    return Impl("custom", _custom_label(dev, None), spec.fn, dtypes=spec.dtypes)
 
 
 # What each CPU path needs of the CPU, for the message that refuses it.
@@ -129,7 +138,7 @@ def _custom_variant(spec: OpSpec, device: str, variant) -> Impl:
     if dev != "cpu":
         raise Unavailable(f"variant {variant!r} is a CPU path")
     return Impl(f"custom:{variant}", _custom_label(dev, variant), spec.fn,
-                context=spec.variants[variant])
+                context=spec.variants[variant], dtypes=spec.dtypes)
 
 
 _compiled: dict[tuple[str, str], Callable] = {}
@@ -170,7 +179,8 @@ def _cupy(spec: OpSpec, device: str, arg) -> Impl:
     if fn is None:
         raise Unavailable(f"CuPy has no {spec.name} implementation (it has: "
                           f"{', '.join(sorted(cupy_impl.FUNCTIONS))})")
-    return Impl("cupy", cupy_impl.label(), fn)
+    # CuPy arrays are NumPy's dtypes: no bfloat16
+    return Impl("cupy", cupy_impl.label(), fn, dtypes=("float32", "float16", "float64"))
 
 
 register(TORCH, _torch)

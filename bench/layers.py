@@ -53,7 +53,10 @@ def parse_args(argv):
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU threads for torch (intra-op, OpenMP, MKL) and dlkern alike "
                          "(default: torch's default)")
-    ap.add_argument("--dtype", default="float32", help="float32 (the only one supported so far)")
+    ap.add_argument("--dtype", default="float32",
+                    help=f"dtypes, comma-separated: {', '.join(workloads.DTYPES)}; each is its "
+                         "own set of rows (default: float32). dlkern's kernels are float32: "
+                         "their rows at other dtypes are skipped with the reason")
     ap.add_argument("--quick", action="store_true",
                     help="small repetition budget for smoke runs (numbers are indicative only)")
     ap.add_argument("--budget", type=float, default=None,
@@ -105,9 +108,10 @@ def _covers_some_row(impl_names, rows, devices) -> None:
 
 
 def build(args) -> tuple[list[workloads.Row], list[str], runner.Config]:
-    if args.dtype != "float32":
-        raise UsageError(f"bench.layers: --dtype {args.dtype}: not supported yet; dlkern's "
-                         "kernels are float32 only")
+    try:
+        dtypes = workloads.parse_dtypes(args.dtype)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if args.seeds < 3:
         raise UsageError(f"bench.layers: --seeds must be >= 3, got {args.seeds}")
     passes = split_csv(args.passes)
@@ -162,6 +166,7 @@ def build(args) -> tuple[list[workloads.Row], list[str], runner.Config]:
                          f"for ops {', '.join(ops) or 'any'} (registered ops: "
                          f"{', '.join(s.name for s in registry.ops())}; see --list)")
     _covers_some_row(impl_names, rows, devices)
+    rows = workloads.at_dtypes(rows, dtypes)
     budget = Budget.quick() if args.quick else Budget()
     if args.budget is not None:
         budget.budget_s = args.budget
@@ -188,7 +193,8 @@ def measure(argv, args, rows, devices, cfg, progress: bool = True):
     finally:
         prog.close()
     meta = report.make_meta(argv, dev_info, threads, cfg.budget, cfg.impls, cfg.passes,
-                            {"dtype": args.dtype, "quick": args.quick, **alloc})
+                            {"dtypes": list(dict.fromkeys(r.dtype for r in rows)),
+                             "quick": args.quick, **alloc})
     return results, meta, stopped
 
 
@@ -202,7 +208,8 @@ def main(argv=None) -> int:
     md = report.markdown(results, meta, cfg.passes)
     print(md)
     if args.out:
-        sweep = {r.row.key: r.row.case.sweep for r in results if r.row.case.sweep}
+        sweep = {(r.row.op, r.row.case.name): r.row.case.sweep for r in results
+                 if r.row.case.sweep}
         write_reports(args.out, split_csv(args.format), {
             "md": ("report.md", md),
             "csv": ("results.csv", lambda: report.to_csv(results, meta)),
@@ -210,10 +217,10 @@ def main(argv=None) -> int:
             "bench.layers",
             (lambda: plot.plot(report.records(results, meta), args.out, sweep)) if args.plot
             else None)
-    failed = sorted({(r.device, r.row.op, r.row.case.name, r.impl) for r in results
+    failed = sorted({(r.device, r.row.op, r.row.case.name, r.row.dtype, r.impl) for r in results
                      if r.status == "failed"})
-    return report_failed("bench.layers", [f"{d} {op} {case} [{impl}]" for d, op, case, impl
-                                          in failed], "row", stopped)
+    return report_failed("bench.layers", [f"{d} {op} {case} ({dtype}) [{impl}]"
+                                          for d, op, case, dtype, impl in failed], "row", stopped)
 
 
 if __name__ == "__main__":

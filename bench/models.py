@@ -51,6 +51,7 @@ from .profiling import tracer
 from .progress import Progress, fmt_s
 from .runner import PASS_TITLES, PASSES, Result
 from .timing import Budget
+from . import workloads
 from .workloads import Row
 
 PROG = "bench.models"
@@ -104,6 +105,13 @@ class ModelImpl:
     impl: dict                                 # dlkern.models impl mapping
     context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     is_baseline: bool = False
+    dtypes: tuple[str, ...] | None = None      # None: any dtype torch runs the model in
+
+    def refuses(self, dtype: str) -> str | None:
+        """Why a model at `dtype` is skipped for this implementation, or None."""
+        if self.dtypes is None or dtype in self.dtypes:
+            return None
+        return f"{self.label} computes in {', '.join(self.dtypes)} only, not {dtype}"
 
 
 def resolve_impl(name: str, device: str, kinds: tuple[str, ...]) -> ModelImpl:
@@ -125,13 +133,22 @@ def resolve_impl(name: str, device: str, kinds: tuple[str, ...]) -> ModelImpl:
     label = impls_mod._custom_label(dev, variant or None)
     if len(kinds) < len(MODEL_KINDS):
         label += f" ({'+'.join(kinds)})"
+    dtypes = common_dtypes([registry.get(k).dtypes for k in kinds])
     if not variant:
-        return ModelImpl(name, label, mapping)
+        return ModelImpl(name, label, mapping, dtypes=dtypes)
     variants = registry.cpu_variants()
     if dev != "cpu" or variant not in variants:
         raise UsageError(f"{PROG}: --impl {name}: no such CPU variant here (has: "
                          f"{', '.join(variants)})")
-    return ModelImpl(name, label, mapping, context=variants[variant])
+    return ModelImpl(name, label, mapping, context=variants[variant], dtypes=dtypes)
+
+
+def common_dtypes(each: list) -> tuple[str, ...] | None:
+    """The dtypes every layer's implementation computes in (None where one takes any)."""
+    known = [set(d) for d in each if d is not None]
+    if not known:
+        return None
+    return tuple(d for d in workloads.DTYPES if all(d in k for k in known))
 
 
 @functools.lru_cache(maxsize=None)
@@ -140,14 +157,15 @@ def _external(name: str, device: str, kinds: tuple[str, ...]) -> ModelImpl:
     functions (dlkern.models' impl mapping), the others are torch's (loaded once per run: build
     clears the cache, so a file edited between two runs in one process is loaded again)."""
     try:
-        fns, why = plugins.covering(name, kinds, device)
+        found, why = plugins.covering(name, kinds, device)
     except ValueError as e:
         raise UsageError(f"{PROG}: {e}") from None
-    if not fns:
+    if not found:
         raise UsageError(f"{PROG}: --impl {name}: covers none of the layer kinds "
                          f"{', '.join(kinds)} ({'; '.join(why.values())})")
-    mapping = {k: fns.get(k, "torch") for k in dm.KINDS}
-    return ModelImpl(name, f"{plugins.label_for(name)} ({'+'.join(fns)})", mapping)
+    mapping = {k: found[k].fn if k in found else "torch" for k in dm.KINDS}
+    return ModelImpl(name, f"{plugins.label_for(name)} ({'+'.join(found)})", mapping,
+                     dtypes=common_dtypes([i.dtypes for i in found.values()]))
 
 
 # ---- the gate ------------------------------------------------------------------------------
@@ -165,14 +183,35 @@ class GateResult:
 
 
 def gate_reference(state: dict, name: str, batch: int, image: int, device: str,
-                   num_classes: int, seed: int = 0) -> testing.ModelReference:
-    """torch's float32 and float64 results on a seeded gate batch, from the weights `state`."""
+                   num_classes: int, seed: int = 0, dtype: torch.dtype = torch.float32
+                   ) -> testing.ModelReference:
+    """torch's results at `dtype` and in float64 on a seeded gate batch, from the (float32)
+    weights `state`."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 3, image, image, generator=g)
     go = torch.randn(batch, num_classes, generator=g, dtype=torch.float64)
     ref = dm.create(name, "torch", num_classes).to(device)
     ref.load_state_dict(state)
-    return testing.model_reference(ref, x.to(device), go.to(device))
+    return testing.model_reference(ref, x.to(device), go.to(device), dtype)
+
+
+def torch_cannot(state: dict, name: str, image: int, device: str, num_classes: int,
+                 dtype: torch.dtype) -> str | None:
+    """Why torch cannot run the model in `dtype` (one forward and backward of a batch of 2,
+    probed for dtypes other than float32), or None."""
+    if dtype == torch.float32:
+        return None
+    try:
+        m = dm.create(name, "torch", num_classes).to(device)
+        m.load_state_dict(state)
+        m = testing.model_check_mode(m.to(dtype))
+        out = m(torch.randn(2, 3, image, image, device=device, dtype=dtype))
+        out.sum().backward()
+    except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        return (f"torch cannot run {name} in {str(dtype).removeprefix('torch.')} on {device}: "
+                f"{type(e).__name__}: {first}")
+    return None
 
 
 def gate(model: torch.nn.Module, ref: testing.ModelReference, impl: ModelImpl,
@@ -216,12 +255,14 @@ class Plan:
     batch: int
     flops: float             # forward FLOPs at the timed batch
     gate_flops: float        # forward FLOPs at the gate batch
+    dtype: str = "float32"   # the weights', inputs' and arithmetic's (not autocast)
 
 
 @dataclass
 class GateRecord:
     device: str
     model: str
+    dtype: str
     impl: str
     label: str
     result: GateResult
@@ -245,7 +286,7 @@ class Config:
 def _row(plan: Plan, image: int) -> Row:
     case = Case(plan.display, {"model": plan.name, "batch": plan.batch,
                                "shape": (plan.batch, 3, image, image)}, suites=(SUITE,))
-    return Row(MODEL_OP, case, (SUITE,))
+    return Row(MODEL_OP, case, (SUITE,), plan.dtype)
 
 
 def run_model(plan: Plan, device: str, cfg: Config, tick: Callable[[str], None] = lambda s: None
@@ -262,18 +303,28 @@ def run_model(plan: Plan, device: str, cfg: Config, tick: Callable[[str], None] 
 
     torch.manual_seed(cfg.seed)
     pristine = dm.create(plan.name, "torch", cfg.num_classes).state_dict()
-    impls = [resolve_impl(n, device, cfg.kinds) for n in cfg.impls]
+    dtype = row.torch_dtype
+    no_torch = torch_cannot(pristine, plan.name, cfg.image, device, cfg.num_classes, dtype)
+    impls = []
+    for impl in (resolve_impl(n, device, cfg.kinds) for n in cfg.impls):
+        why = no_torch or impl.refuses(plan.dtype)
+        if why:
+            for p in cfg.passes:
+                add(impl, p, "skipped", detail=why)
+        else:
+            impls.append(impl)
     ref = None
     if any(not i.is_baseline for i in impls):
         ref = gate_reference(pristine, plan.name, cfg.gate_batch, cfg.image, device,
-                             cfg.num_classes, cfg.seed)
+                             cfg.num_classes, cfg.seed, dtype)
     ready: dict[str, tuple[ModelImpl, torch.nn.Module]] = {}
     for impl in impls:
         model = dm.create(plan.name, impl.impl, cfg.num_classes).to(device)
         model.load_state_dict(pristine)
+        model.to(dtype)
         if not impl.is_baseline:
             res = gate(copy.deepcopy(model), ref, impl)
-            gates.append(GateRecord(device, plan.display, impl.name, impl.label, res))
+            gates.append(GateRecord(device, plan.display, plan.dtype, impl.name, impl.label, res))
             if not res.ok:
                 for p in cfg.passes:
                     add(impl, p, "failed", detail=res.detail)
@@ -282,8 +333,8 @@ def run_model(plan: Plan, device: str, cfg: Config, tick: Callable[[str], None] 
     tick("gate")
 
     g = torch.Generator().manual_seed(cfg.seed + 1)
-    x = torch.randn(plan.batch, 3, cfg.image, cfg.image, generator=g)
-    go = torch.randn(plan.batch, cfg.num_classes, generator=g)
+    x = torch.randn(plan.batch, 3, cfg.image, cfg.image, generator=g).to(dtype)
+    go = torch.randn(plan.batch, cfg.num_classes, generator=g).to(dtype)
     own = {n: (x.clone().to(device), go.clone().to(device)) for n in ready}
     timed, failed = runner.time_passes(
         ready, cfg.passes, lambda n, p: _callable(ready[n][1], *own[n], p, ready[n][0]), device,
@@ -306,7 +357,7 @@ def _after_timing(model, pristine: dict, ref, impl: ModelImpl, records: list[Gat
     """After timing: the model's weights unchanged, and its gate passing again (recorded in the
     implementation's gate records)."""
     for k, v in model.named_parameters():
-        if not torch.equal(v.detach().cpu(), pristine[k]):
+        if not torch.equal(v.detach().cpu(), pristine[k].to(v.dtype)):
             return f"after timing: the model's parameter {k!r} changed"
     res = gate(model, ref, impl, buffers=False, when="after timing: ")
     for rec in records:
@@ -335,8 +386,8 @@ def estimate_s(plans: list[Plan], cfg: Config, gflops_rate: float) -> float:
 # ---- report --------------------------------------------------------------------------------
 
 def gate_table(gates: list[GateRecord], device: str) -> str:
-    lines = ["| model | implementation | tensors checked | worst err / bound | worst tensor | "
-             "after timing |", "|---|---|---:|---:|---|---|"]
+    lines = ["| model | dtype | implementation | tensors checked | worst err / bound | "
+             "worst tensor | after timing |", "|---|---|---|---:|---:|---|---|"]
     n = 0
     for g in gates:
         if g.device != device:
@@ -344,7 +395,7 @@ def gate_table(gates: list[GateRecord], device: str) -> str:
         w = g.result.worst
         after = "-" if g.after is None else ("ok" if g.after.ok else "FAILED")
         verdict = "" if g.result.ok else " FAILED"
-        lines.append(f"| {g.model} | {g.label} | {len(g.result.verdicts)} | "
+        lines.append(f"| {g.model} | {g.dtype} | {g.label} | {len(g.result.verdicts)} | "
                      f"{w.margin if w else float('nan'):.3g}{verdict} | "
                      f"{w.what if w else '-'} | {after} |")
         n += 1
@@ -355,8 +406,7 @@ def markdown(results: list[Result], gates: list[GateRecord], meta: dict, plans: 
              cfg: Config) -> str:
     recs = report.records(results, meta)
     impls = report._impls_in(results)
-    first_impl, first_label = next(((n, lb) for n, lb in impls if n != impls_mod.TORCH),
-                                   (None, None))
+    first_impl, first_label = report.first_other(impls)
     batches = {}
     for pl in plans:
         batches.setdefault(pl.batch, []).append(pl.display)
@@ -368,7 +418,8 @@ def markdown(results: list[Result], gates: list[GateRecord], meta: dict, plans: 
            f"{meta['dlkern'].get('cpu_isa')} · git {meta['git_commit'][:12]}  ",
            f"command: `{meta['command']}`  ",
            f"Input: batch {common}{f' ({others})' if others else ''}, 3x{cfg.image}x{cfg.image}, "
-           f"{cfg.num_classes} classes, float32.  ",
+           f"{cfg.num_classes} classes, {', '.join(meta.get('dtypes', ['float32']))} (the "
+           "whole model cast: weights, input and arithmetic; not autocast).  ",
            f"Each pass: {b.warmup_calls} warm-up call(s) per implementation, then "
            f"{b.max_samples} interleaved samples each. {report.TIMES_TEXT} "
            f"(±{b.target_ratio:.0%}); malloc {meta.get('malloc', 'default')}.  ",
@@ -384,31 +435,29 @@ def markdown(results: list[Result], gates: list[GateRecord], meta: dict, plans: 
                    f"OpenMP {th.get('omp')}, MKL {th.get('mkl')}): CPU ratios are skewed.")
     for device in dict.fromkeys(r.device for r in results):
         info = meta["devices"].get(device, {"device": device, "name": device})
-        out += ["", report.device_header(info), ""]
-        dev = [r for r in results if r.device == device]
-        out.append(report.layers_table(dev, device, SUITE, impls, cfg.passes, first="Model"))
-        rt = report.ratio_table(recs, device, first_impl, first_label) if first_impl else ""
-        if rt:
-            out += ["", f"### Ratio {first_label} / torch (< 1: {first_label} is faster)", "",
-                    rt]
-        out += ["", "### Throughput", "",
-                "FLOPs of the convolutions and linear layers (2 per multiply-add; backward "
-                "twice the forward), over the median time; % peak against the FMA peak above.",
-                "", report.roofline_table(recs, device)]
+        out += ["", report.device_header(info)]
+        for dtype, dev in report.by_dtype([r for r in results if r.device == device]).items():
+            dt_recs = [r for r in recs if r["device"] == device and r["dtype"] == dtype]
+            impls = report._impls_in(dev)
+            first_impl, first_label = report.first_other(impls)
+            out += ["", f"### Models · {dtype}", "",
+                    report.layers_table(dev, device, SUITE, impls, cfg.passes, first="Model")]
+            out += report.ratio_section(dt_recs, device, first_impl, first_label, dtype)
+            out += ["", f"### Throughput · {dtype}", "",
+                    "FLOPs of the convolutions and linear layers (2 per multiply-add; backward "
+                    "twice the forward), over the median time; % peak against the FMA peak "
+                    "above.", "", report.roofline_table(dt_recs, device)]
         gt = gate_table(gates, device)
         if gt:
             out += ["", "### Gate", "",
                     "worst err / bound: over every checked tensor, the largest ratio of an error "
                     "against torch float64 (element-wise and in relative L2 norm) to the bound "
-                    "the registry allows (k x torch float32's own error); < 1 passes. The "
+                    "the registry allows (k x torch's own error at the dtype); < 1 passes. The "
                     "references follow the checked model's ReLU masks and max-pool argmaxes "
                     "(dlkern/testing.py check_model).", "",
                     gt]
-        fails = list(dict.fromkeys(
-            f"- **FAILED** {r['case']} [{r['label']}]: {r['detail']}" for r in recs
-            if r["device"] == device and r["status"] == "failed"))
-        if fails:
-            out += ["", "### FAILED (not timed)", ""] + fails
+        out += report.failed_and_skipped([r for r in recs if r["device"] == device],
+                                         with_op=False)
     return "\n".join(out) + "\n"
 
 
@@ -445,6 +494,11 @@ def parse_args(argv):
                     help="batch of the correctness gate (default 2)")
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU threads for torch and dlkern alike (default: torch's default)")
+    ap.add_argument("--dtype", default="float32",
+                    help=f"dtypes, comma-separated: {', '.join(workloads.DTYPES)} (default "
+                         "float32). The whole model is cast: weights, input and arithmetic in "
+                         "the dtype (not autocast, which keeps float32 weights and picks a dtype "
+                         "per op); dlkern's layers are float32, so custom is skipped at others")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 2 samples, 1 warm-up (numbers are indicative only)")
     ap.add_argument("--plot", action="store_true", help="also write a PNG bar chart to --out")
@@ -472,6 +526,10 @@ def _list() -> str:
 
 
 def build(args) -> tuple[list[Plan], list[str], Config]:
+    try:
+        dtypes = workloads.parse_dtypes(args.dtype, PROG)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     passes = split_csv(args.passes)
     bad = [p for p in passes if p not in PASSES]
     if bad or not passes:
@@ -524,10 +582,11 @@ def build(args) -> tuple[list[Plan], list[str], Config]:
                     target_spread=0.0, budget_s=float("inf"), warmup_calls=warm,
                     rewarm_calls=0)
     plans = []
-    for k in keys:
-        batch = args.batch or dm.MODELS[k][2]
-        plans.append(Plan(k, dm.MODELS[k][1], batch, model_flops(k, batch, args.image),
-                          model_flops(k, args.gate_batch, args.image)))
+    for dtype in dtypes:
+        for k in keys:
+            batch = args.batch or dm.MODELS[k][2]
+            plans.append(Plan(k, dm.MODELS[k][1], batch, model_flops(k, batch, args.image),
+                              model_flops(k, args.gate_batch, args.image), dtype))
     cfg = Config(impls=impl_names, kinds=kinds, passes=passes, budget=budget, image=args.image,
                  gate_batch=args.gate_batch, num_classes=args.classes,
                  keep_going=args.keep_going, profile=args.profile)
@@ -567,12 +626,14 @@ def main(argv=None) -> int:
         return res
     try:
         results, stopped = runner.run_all(devices, plans, one,
-                                          lambda pl: f"{pl.display} (batch {pl.batch})", prog,
+                                          lambda pl: f"{pl.display} {pl.dtype} (batch {pl.batch})",
+                                          prog,
                                           cfg.keep_going)
     finally:
         prog.close()
     meta = report.make_meta(argv, dev_info, threads, cfg.budget, cfg.impls, cfg.passes,
-                            {"dtype": "float32", "quick": args.quick, "image": cfg.image,
+                            {"dtypes": list(dict.fromkeys(pl.dtype for pl in plans)),
+                             "quick": args.quick, "image": cfg.image,
                              "gate_batch": cfg.gate_batch, "layers": list(cfg.kinds), **alloc},
                             prog="python -m bench.models")
     md = markdown(results, gates, meta, plans, cfg)
@@ -580,7 +641,8 @@ def main(argv=None) -> int:
     if args.out:
         def json_doc():
             doc = report.to_json(results, meta)
-            doc["gates"] = [{"device": g.device, "model": g.model, "impl": g.impl,
+            doc["gates"] = [{"device": g.device, "model": g.model, "dtype": g.dtype,
+                             "impl": g.impl,
                              "ok": g.result.ok, "checked": len(g.result.verdicts),
                              "worst": str(g.result.worst) if g.result.worst else None,
                              "detail": g.result.detail,
@@ -592,9 +654,10 @@ def main(argv=None) -> int:
             "json": ("models.json", json_doc)}, PROG,
             (lambda: plot.plot_models(report.records(results, meta), args.out)) if args.plot
             else None)
-    failed = sorted({(r.device, r.row.case.name, r.impl) for r in results
+    failed = sorted({(r.device, r.row.case.name, r.row.dtype, r.impl) for r in results
                      if r.status == "failed"})
-    return report_failed(PROG, [f"{d} {m} [{impl}]" for d, m, impl in failed], "model", stopped)
+    return report_failed(PROG, [f"{d} {m} ({dtype}) [{impl}]" for d, m, dtype, impl in failed],
+                         "model", stopped)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,13 @@ def _x(rec: dict) -> tuple[float, str]:
     return rec["bytes"] / 1e6, "problem size (MB moved by the pass)"
 
 
+def series_label(recs: list[dict]):
+    """A record's curve (bar) name: its implementation's label, with its dtype when the run has
+    more than one."""
+    several = len({r.get("dtype", "float32") for r in recs}) > 1
+    return lambda r: r["label"] + (f" {r['dtype']}" if several else "")
+
+
 def plot(recs: list[dict], out_dir: str, sweep: dict | None = None) -> list[str]:
     """Writes one PNG per device into out_dir; returns the paths. `sweep` maps (op, case) to the
     swept value for cases that are part of a sweep (plotted against it instead of size)."""
@@ -34,6 +41,7 @@ def plot(recs: list[dict], out_dir: str, sweep: dict | None = None) -> list[str]
     import matplotlib.pyplot as plt
 
     sweep = sweep or {}
+    series = series_label(recs)
     paths = []
     for device in OrderedDict((r["device"], None) for r in recs):
         ok = [r for r in recs if r["device"] == device and r["status"] == "ok"]
@@ -48,10 +56,10 @@ def plot(recs: list[dict], out_dir: str, sweep: dict | None = None) -> list[str]
             intensity = sum(r["flops"] for r in recs_p) / max(sum(r["bytes"] for r in recs_p), 1)
             tput, tlabel = ("gbps", "GB/s") if intensity < 4 else ("gflops", "GFLOP/s")
             xlabel = None
-            for label in OrderedDict((r["label"], None) for r in recs_p):
+            for label in OrderedDict((series(r), None) for r in recs_p):
                 pts = []
                 for r in recs_p:
-                    if r["label"] != label:
+                    if series(r) != label:
                         continue
                     if swept:
                         name, val = sweep[(r["op"], r["case"])]
@@ -95,14 +103,15 @@ def plot_models(recs: list[dict], out_dir: str) -> list[str]:
         if not passes:
             continue
         models = list(OrderedDict((r["case"], None) for r in ok))
-        labels = list(OrderedDict((r["label"], None) for r in ok))
+        series = series_label(recs)
+        labels = list(OrderedDict((series(r), None) for r in ok))
         fig, axes = plt.subplots(len(passes), 1, figsize=(max(6, 1.3 * len(models) + 2),
                                                            2.8 * len(passes)), squeeze=False)
         width = 0.8 / max(len(labels), 1)
         for ax, pass_ in zip(axes[:, 0], passes):
             for j, label in enumerate(labels):
                 t = {r["case"]: r["median_s"] for r in ok if r["pass"] == pass_ and
-                     r["label"] == label}
+                     series(r) == label}
                 xs = [i + (j - (len(labels) - 1) / 2) * width for i in range(len(models))]
                 ax.bar(xs, [t.get(m, 0.0) for m in models], width, label=label)
             ax.set_xticks(range(len(models)))

@@ -14,6 +14,11 @@ The object taken may be
   device with the registry entry and the device string, and returns the callable, or raises
   bench.impls.Unavailable (or returns None) to refuse that op with a reason.
 
+A callable (or the mapping or factory it came from) may carry a `dtypes` attribute, the dtype
+names it computes in (`fn.dtypes = ("float32",)`): rows at other dtypes (bench.layers --dtype)
+are then skipped with that reason. Without one it runs at every dtype, and one it cannot
+compute in fails its check (FAILED, with the error).
+
 Such an implementation is gated, timed and reported exactly like dlkern's own, by bench.layers
 per op and by bench.models in the layers of the kinds it covers (covering). A mistake in
 loading it (module or file not found, attribute missing, not callable, a factory with the wrong
@@ -172,13 +177,13 @@ def make_factory(value: str):
 
 
 def covering(value: str, op_names, device: str) -> tuple[dict, dict]:
-    """Load `value`; ({op: callable} for the ops among `op_names` it covers on `device`,
+    """Load `value`; ({op: Impl} for the ops among `op_names` it covers on `device`,
     {op: why not} for the rest). ValueError for a loading mistake."""
     factory = make_factory(value)
     fns, why = {}, {}
     for op in op_names:
         try:
-            fns[op] = factory(registry.get(op), device, None).fn
+            fns[op] = factory(registry.get(op), device, None)
         except impls_mod.Unavailable as e:
             why[op] = str(e)
     return fns, why
@@ -221,8 +226,23 @@ def factory_for(obj, value: str, label: str, source: str):
         why = signature_problem(fn, spec)
         if why:
             raise impls_mod.Unavailable(f"{label}: {why}")
-        return impls_mod.Impl(value, label, fn, notes={"source": source})
+        return impls_mod.Impl(value, label, fn, notes={"source": source},
+                              dtypes=declared_dtypes(fn, obj, label))
     return factory
+
+
+def declared_dtypes(fn, obj, label: str) -> tuple[str, ...] | None:
+    """The `dtypes` attribute of the callable (or of the mapping or factory it came from): the
+    dtypes it computes in; None when neither declares any (it is run at every dtype)."""
+    d = getattr(fn, "dtypes", None)
+    if d is None:
+        d = getattr(obj, "dtypes", None)
+    if d is None:
+        return None
+    if isinstance(d, str) or not all(isinstance(x, str) for x in d):
+        raise impls_mod.Unavailable(f"{label}: its dtypes attribute must be a list of dtype "
+                                    f"names such as ('float32', 'bfloat16'), got {d!r}")
+    return tuple(d)
 
 
 def register_object(name: str, obj, label: str | None = None) -> None:

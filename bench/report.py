@@ -97,7 +97,8 @@ def records(results: list[Result], meta: dict) -> list[dict]:
         s = r.stats
         rec = OrderedDict(
             suites=list(r.row.suites), op=r.row.op, case=r.row.case.name,
-            params=_jsonable(dict(r.row.case.params)), device=r.device, impl=r.impl,
+            params=_jsonable(dict(r.row.case.params)), dtype=r.row.dtype, device=r.device,
+            impl=r.impl,
             label=r.label, **{"pass": r.pass_}, status=r.status,
             median_s=s.median if s else None, p20_s=s.p20 if s else None,
             p80_s=s.p80 if s else None, samples=s.samples if s else 0,
@@ -132,7 +133,8 @@ def _ratio_fields(s, base_median: float | None, impl: str) -> dict:
 
 
 RECORD_TYPES = {
-    "suites": list, "op": str, "case": str, "params": dict, "device": str, "impl": str,
+    "suites": list, "op": str, "case": str, "params": dict, "dtype": str, "device": str,
+    "impl": str,
     "label": str, "pass": str, "status": str, "median_s": (float, type(None)),
     "p20_s": (float, type(None)), "p80_s": (float, type(None)), "samples": int,
     "calls_per_sample": int, "spread": (float, type(None)), "noisy": bool,
@@ -143,6 +145,8 @@ RECORD_TYPES = {
     "ratio_lo": (float, type(None)), "ratio_hi": (float, type(None)), "ratio_rounds": int,
     "ratio_wide": bool, "detail": str,
 }
+# Fields a record of an earlier version of the schema may lack, and what they meant then.
+RECORD_DEFAULTS = {"dtype": "float32"}
 META_KEYS = ("date", "git_commit", "torch", "python", "dlkern", "command", "threads", "devices",
              "impls", "passes", "budget")
 
@@ -168,7 +172,8 @@ def validate(doc: Any) -> list[str]:
     for i, rec in enumerate(res):
         for k, t in RECORD_TYPES.items():
             if k not in rec:
-                errs.append(f"results[{i}]: missing {k!r}")
+                if k not in RECORD_DEFAULTS:
+                    errs.append(f"results[{i}]: missing {k!r}")
             elif not isinstance(rec[k], t) or (t is int and isinstance(rec[k], bool)):
                 errs.append(f"results[{i}].{k}: {type(rec[k]).__name__} is not "
                             f"{getattr(t, '__name__', t)}")
@@ -230,11 +235,17 @@ def _rows_of(results: list[Result], device: str, suite: str) -> list:
 
 
 def _impls_in(results: list[Result]) -> list[tuple[str, str]]:
+    """(name, label) of the implementations that ran (were checked) in `results`, in order."""
     seen = OrderedDict()
     for r in results:
-        if r.impl not in seen or r.status == "ok":
-            seen[r.impl] = r.label if r.status != "skipped" else seen.get(r.impl, r.label)
+        if r.status != "skipped" and (r.impl not in seen or r.status == "ok"):
+            seen[r.impl] = r.label
     return list(seen.items())
+
+
+def first_other(impls: list[tuple[str, str]]) -> tuple[str | None, str | None]:
+    """The implementation the ratio tables compare with torch: the first other one that ran."""
+    return next(((n, lb) for n, lb in impls if n != TORCH), (None, None))
 
 
 def layers_table(results, device, suite, impls, passes, first: str = "Layer") -> str:
@@ -433,8 +444,6 @@ TIMES_TEXT = (f"Times are medians over interleaved samples (bench/timing.py), {N
 
 def markdown(results: list[Result], meta: dict, passes: list[str]) -> str:
     recs = records(results, meta)
-    impls = _impls_in(results)
-    first_impl, first_label = next(((n, lb) for n, lb in impls if n != TORCH), (None, None))
     out = ["# dlkern layer benchmarks", ""]
     out.append(f"{meta['date'][:10]} · torch {meta['torch']} · dlkern CPU path "
                f"{meta['dlkern'].get('cpu_isa')} · git {meta['git_commit'][:12]}  ")
@@ -446,46 +455,68 @@ def markdown(results: list[Result], meta: dict, passes: list[str]) -> str:
     if th and not th.get("consistent", True):
         out.append(f"\n**Warning**: thread counts disagree (torch {th.get('torch_intraop')}, "
                    f"OpenMP {th.get('omp')}, MKL {th.get('mkl')}): CPU ratios are skewed.")
-    devices = OrderedDict((r.device, None) for r in results)
-    for device in devices:
+    for device in OrderedDict((r.device, None) for r in results):
         info = meta["devices"].get(device, {"device": device, "name": device})
         out += ["", device_header(info)]
-        dev_results = [r for r in results if r.device == device]
-        for suite in suite_order(dev_results):
-            out += ["", f"### Suite `{suite}`", ""]
-            if suite == "tensorgrad":
-                out.append(tensorgrad_tables(dev_results, device, suite, impls, passes))
-            elif suite == "linear-sweep":
-                out.append(linear_sweep_raw_lines(dev_results, device, suite, impls, passes))
-            else:
-                out.append(layers_table(dev_results, device, suite, impls, passes))
-        rt = ratio_table(recs, device, first_impl, first_label) if first_impl else ""
-        if rt:
-            out += ["", f"### Ratio {first_label} / torch (< 1: {first_label} is faster)", "", rt]
-        out += ["", "### Roofline", "",
-                "FLOPs and bytes from the registry's model of each op (minimum traffic: inputs "
-                "read once, outputs written once). Problems that fit in cache can exceed the "
-                "streaming-bandwidth peak, which is measured on buffers far larger than the "
-                "last-level cache. faults/call counts minor page faults per call during the "
-                "timed samples: a call that faults in fresh pages for its outputs pays the "
-                "allocator, not the kernel.", "", roofline_table(recs, device)]
-        seen = set()
-        fails = []
-        for r in recs:
-            if r["device"] == device and r["status"] == "failed":
-                k = (r["op"], r["case"], r["impl"], r["detail"])
-                if k not in seen:
-                    seen.add(k)
-                    fails.append(f"- **FAILED** {r['op']} {r['case']} [{r['label']}]: {r['detail']}")
-        if fails:
-            out += ["", "### FAILED (not timed)", ""] + fails
-        skips = OrderedDict()
-        for r in recs:
-            if r["device"] == device and r["status"] == "skipped":
-                skips.setdefault((r["impl"], r["detail"]), []).append(f"{r['op']} {r['case']}")
-        if skips:
-            out += ["", "### Skipped", ""]
-            for (impl, why), rows in skips.items():
-                rows = list(OrderedDict.fromkeys(rows))
-                out.append(f"- {impl}: {why} ({len(rows)} rows)")
+        for dtype, dt_results in by_dtype([r for r in results if r.device == device]).items():
+            dt_recs = [r for r in recs if r["device"] == device and r["dtype"] == dtype]
+            impls = _impls_in(dt_results)
+            first_impl, first_label = first_other(impls)
+            for suite in suite_order(dt_results):
+                out += ["", f"### Suite `{suite}` · {dtype}", ""]
+                if suite == "tensorgrad":
+                    out.append(tensorgrad_tables(dt_results, device, suite, impls, passes))
+                elif suite == "linear-sweep":
+                    out.append(linear_sweep_raw_lines(dt_results, device, suite, impls, passes))
+                else:
+                    out.append(layers_table(dt_results, device, suite, impls, passes))
+            out += ratio_section(dt_recs, device, first_impl, first_label, dtype)
+            out += ["", f"### Roofline · {dtype}", "", ROOFLINE_TEXT, "",
+                    roofline_table(dt_recs, device)]
+        out += failed_and_skipped([r for r in recs if r["device"] == device])
     return "\n".join(out) + "\n"
+
+
+ROOFLINE_TEXT = ("FLOPs and bytes from the registry's model of each op (minimum traffic: inputs "
+                 "read once, outputs written once). Problems that fit in cache can exceed the "
+                 "streaming-bandwidth peak, which is measured on buffers far larger than the "
+                 "last-level cache. faults/call counts minor page faults per call during the "
+                 "timed samples: a call that faults in fresh pages for its outputs pays the "
+                 "allocator, not the kernel.")
+
+
+def by_dtype(results: list[Result]) -> OrderedDict:
+    """{dtype: its results}, in the order the run took the dtypes."""
+    out = OrderedDict()
+    for r in results:
+        out.setdefault(r.row.dtype, []).append(r)
+    return out
+
+
+def ratio_section(recs: list[dict], device: str, first: str | None, label: str | None,
+                  dtype: str) -> list[str]:
+    """The ratio table of `first` against torch, with its heading (nothing without one)."""
+    rt = ratio_table(recs, device, first, label) if first else ""
+    if not rt:
+        return []
+    return ["", f"### Ratio {label} / torch · {dtype} (< 1: {label} is faster)", "", rt]
+
+
+def failed_and_skipped(recs: list[dict], with_op: bool = True) -> list[str]:
+    """The FAILED rows with their errors, and the skipped ones grouped by reason."""
+    def what(r):
+        return (f"{r['op']} " if with_op else "") + f"{r['case']} ({r['dtype']})"
+    out = []
+    fails = list(OrderedDict.fromkeys(f"- **FAILED** {what(r)} [{r['label']}]: {r['detail']}"
+                                      for r in recs if r["status"] == "failed"))
+    if fails:
+        out += ["", "### FAILED (not timed)", ""] + fails
+    skips = OrderedDict()
+    for r in recs:
+        if r["status"] == "skipped":
+            skips.setdefault((r["impl"], r["detail"]), []).append(what(r))
+    if skips:
+        out += ["", "### Skipped", ""]
+        for (impl, why), rows in skips.items():
+            out.append(f"- {impl}: {why} ({len(OrderedDict.fromkeys(rows))} rows)")
+    return out

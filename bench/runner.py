@@ -78,12 +78,12 @@ def work(spec: OpSpec, params, pass_: str) -> tuple[float, float]:
 # ---- the gate ------------------------------------------------------------------------------
 
 def gate(spec: OpSpec, case, device: str, impl: impls_mod.Impl,
-         seeds=(0, 1, 2), when: str = "") -> str | None:
+         seeds=(0, 1, 2), when: str = "", dtype: torch.dtype = torch.float32) -> str | None:
     """None when `impl` passes on every seed, else what failed (seed, check, error, where)."""
     for seed in seeds:
         try:
             with impl.context():
-                verdicts = testing.check(spec, case, device, seed, fn=impl.fn)
+                verdicts = testing.check(spec, case, device, seed, fn=impl.fn, dtype=dtype)
         except Exception as e:  # a kernel that raises is a failed check, not a harness crash
             return f"{when}seed {seed}: raised {type(e).__name__}: {e}"
         bad = [v for v in verdicts if not v.ok]
@@ -111,7 +111,7 @@ def _callable(spec: OpSpec, impl: impls_mod.Impl, inputs, pass_: str, device: st
     g = torch.Generator().manual_seed(1234)
     with impl.context():
         probe = fn(**kwg)
-    go = torch.randn(probe.shape, generator=g).to(device)
+    go = torch.randn(probe.shape, generator=g).to(device, probe.dtype)
     if pass_ == "backward":
         # the forward ran once, outside the timed region; backward reruns over the kept graph
         out = probe
@@ -210,14 +210,19 @@ def run_row(row: Row, device: str, cfg: Config, tick: Callable[[str], None] = la
 
     # seed 0's inputs, never handed to an implementation: after timing, every implementation's
     # own copy must still equal them
-    pristine = spec.make_inputs(case.params, device, 0)
+    dtype = row.torch_dtype
+    pristine = testing.inputs_at(spec, case.params, device, 0, dtype)
     passes = [p for p in cfg.passes if p in ("forward", "inference") or pristine.grad]
     no_grad_passes = [p for p in cfg.passes if p not in passes]
+    no_torch = torch_cannot(spec, case, row.dtype, device)
 
     ready: dict[str, impls_mod.Impl] = {}
     for name in cfg.impls:
         try:
             impl = impls_mod.resolve(name, spec, device)
+            why = no_torch or impl.refuses(row.dtype, spec.name)
+            if why:
+                raise impls_mod.Unavailable(why)
         except impls_mod.Unavailable as e:
             for p in cfg.passes:
                 add(name, name, p, "skipped", detail=str(e))
@@ -227,7 +232,7 @@ def run_row(row: Row, device: str, cfg: Config, tick: Callable[[str], None] = la
         if impl.is_baseline:
             ready[name] = impl
             continue
-        bad = gate(spec, case, device, impl, cfg.seeds)
+        bad = gate(spec, case, device, impl, cfg.seeds, dtype=dtype)
         if bad:
             for p in passes:
                 add(name, impl.label, p, "failed", detail=bad)
@@ -240,33 +245,54 @@ def run_row(row: Row, device: str, cfg: Config, tick: Callable[[str], None] = la
             tick(p)
         return results
     # every implementation gets its own inputs (same values and layout, own storage)
-    own = {n: spec.make_inputs(case.params, device, 0) for n in ready}
+    own = {n: testing.inputs_at(spec, case.params, device, 0, dtype) for n in ready}
     flush = None
     if cfg.flush_l2 and device.startswith("cuda"):
         from .machine import l2_flusher
         flush = l2_flusher()
-    profile = tracer(cfg.profile, device, f"{row.op} {case.name}",
+    profile = tracer(cfg.profile, device, f"{row.op} {case.name} {row.dtype}",
                      {n: impl.label for n, impl in ready.items()})
     timed, failed = time_passes(
         ready, passes, lambda n, p: _callable(spec, ready[n], own[n], p, device), device,
-        cfg.budget, tick, flush, profile=profile, label=f"{row.op} {case.name}")
+        cfg.budget, tick, flush, profile=profile, label=f"{row.op} {case.name} {row.dtype}")
     for n, impl in ready.items():
         if n not in failed:
-            bad = _after_timing(spec, case, device, impl, pristine, own[n], cfg)
+            bad = _after_timing(spec, case, device, impl, pristine, own[n], cfg, dtype)
             if bad:
                 failed[n] = bad
     collect({n: i.label for n, i in ready.items()}, passes, timed, failed, add)
     return in_order(results, cfg.impls)
 
 
-def _after_timing(spec, case, device, impl, pristine, own, cfg: Config) -> str | None:
+def torch_cannot(spec: OpSpec, case, dtype: str, device: str) -> str | None:
+    """Why torch cannot run `case` in `dtype` (probed for dtypes other than float32: forward and
+    backward once, on inputs of its own), or None. The check's reference is torch at the row's
+    dtype, so without it the row has nothing to be judged or timed against."""
+    if dtype == "float32":
+        return None
+    try:
+        inputs = testing.inputs_at(spec, case.params, device, 0, getattr(torch, dtype))
+        kw = testing.leaf_kwargs(inputs)
+        out = spec.ref(**kw)
+        wrt = [kw[n] for n in inputs.grad]
+        if wrt:
+            torch.autograd.grad(out, wrt, torch.ones_like(out), allow_unused=True)
+    except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        return f"torch cannot run {spec.name} in {dtype} on {device}: {type(e).__name__}: {first}"
+    return None
+
+
+def _after_timing(spec, case, device, impl, pristine, own, cfg: Config, dtype: torch.dtype
+                  ) -> str | None:
     """After timing: the implementation's inputs unchanged, and its results right again."""
     for k, v in pristine.kwargs.items():
         if k not in spec.mutates and not testing.same_values(v, own.kwargs[k]):
             return f"after timing: the implementation wrote its input {k!r}"
     if impl.is_baseline:
         return None
-    return gate(spec, case, device, impl, cfg.seeds[:1], when="after timing: ")
+    return gate(spec, case, device, impl, cfg.seeds[:1], when="after timing: ",
+                dtype=dtype)
 
 
 def estimate_s(rows: list[Row], devices: list[str], cfg: Config) -> float:
@@ -304,4 +330,4 @@ def run_all(devices: list[str], items, run_one, label, progress, keep_going: boo
 def run(rows: list[Row], devices: list[str], cfg: Config, progress=None) -> tuple[list[Result], bool]:
     """All rows on all devices. Returns (results, stopped_early)."""
     return run_all(devices, rows, lambda row, device, tick: run_row(row, device, cfg, tick),
-                   lambda row: f"{row.op} {row.case.name}", progress, cfg.keep_going)
+                   lambda row: f"{row.op} {row.case.name} {row.dtype}", progress, cfg.keep_going)

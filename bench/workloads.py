@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import csv
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable
+
+import torch
 
 from dlkern import registry
 from dlkern.registry import Case, OpSpec
@@ -31,22 +33,47 @@ from dlkern.registry import Case, OpSpec
 STANDARD_SUITES = ("layers", "linear-sweep", "tensorgrad")
 DEFAULT_SUITES = ("layers", "tensorgrad")
 USER_SUITE = "user"
+# The dtypes --dtype takes, by torch's names; a row's inputs are made in float32 and rounded to its
+# dtype (dlkern.testing.inputs_at).
+DTYPES = ("float32", "float16", "bfloat16", "float64")
 
 
 @dataclass(frozen=True)
 class Row:
-    """One problem to check and time: an op's case, and the selected suites it appears in."""
+    """One problem to check and time: an op's case at a dtype, and the selected suites it
+    appears in."""
     spec: OpSpec
     case: Case
     suites: tuple[str, ...]
+    dtype: str = "float32"
 
     @property
     def op(self) -> str:
         return self.spec.name
 
     @property
-    def key(self) -> tuple[str, str]:
-        return (self.spec.name, self.case.name)
+    def key(self) -> tuple[str, str, str]:
+        return (self.spec.name, self.case.name, self.dtype)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+
+def parse_dtypes(text: str, prog: str = "bench.layers") -> list[str]:
+    """'float32,bfloat16' -> ['float32', 'bfloat16']; ValueError naming the unknown ones."""
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [n for n in names if n not in DTYPES]
+    if bad or not names:
+        raise ValueError(f"{prog}: --dtype: expected some of {', '.join(DTYPES)}, got {text!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{prog}: --dtype: a dtype is listed twice: {text!r}")
+    return names
+
+
+def at_dtypes(rows: list[Row], dtypes: list[str]) -> list[Row]:
+    """Every row at every dtype: each dtype its own set of rows, in the order given."""
+    return [replace(r, dtype=d) for d in dtypes for r in rows]
 
 
 def known_suites() -> list[str]:

@@ -75,6 +75,9 @@ class OpSpec:
     # Per dtype name ("float16", ...), (forward, backward) tolerances replacing the float32 ones
     # scaled by Tolerance.at; none of the ops needs one yet.
     tol_dtypes: Mapping[str, tuple[Tolerance, Tolerance]] = field(default_factory=dict)
+    # The dtypes dlkern's kernels for this op compute in (bench.layers skips the others for
+    # `custom`; the functional raises TypeError for them).
+    dtypes: tuple[str, ...] = ("float32",)
     devices: tuple[str, ...] = ("cpu",)           # devices with dlkern kernels
     # Kernel variants selectable by `--impl custom:<name>`: a name -> context manager factory.
     variants: Mapping[str, Callable[[], ContextManager]] = field(default_factory=dict)

@@ -70,6 +70,16 @@ def cast(kwargs: dict, dtype: torch.dtype) -> dict:
                 else v) for k, v in kwargs.items()}
 
 
+def inputs_at(spec: OpSpec, params, device: str, seed: int,
+              dtype: torch.dtype = torch.float32) -> Inputs:
+    """The op's seeded inputs with their floating tensors rounded to `dtype` (the generator makes
+    float32)."""
+    inputs = spec.make_inputs(params, device, seed)
+    if dtype == torch.float32:
+        return inputs
+    return Inputs(cast(inputs.kwargs, dtype), inputs.grad)
+
+
 def _run(fn, kwargs: dict, grad_names, grad_out, grad_layout: str | None = None):
     out = fn(**kwargs)
     grads = {}
@@ -270,9 +280,7 @@ def check(spec: OpSpec, case: Case, device: str = "cpu", seed: int = 0,
     reference is torch's float64 itself, torch's float32 error scaled by eps64/eps32 stands in
     for its own."""
     fn = fn or spec.fn
-    inputs = spec.make_inputs(case.params, device, seed)
-    if dtype != torch.float32:
-        inputs = Inputs(cast(inputs.kwargs, dtype), inputs.grad)
+    inputs = inputs_at(spec, case.params, device, seed, dtype)
     if grad is not None:
         inputs = Inputs(inputs.kwargs, tuple(grad))
     layouts = dict(layouts or {})
@@ -343,9 +351,10 @@ _MODULE_OPS = ((torch.nn.Conv2d, "conv2d"), (torch.nn.modules.batchnorm._BatchNo
                (torch.nn.Linear, "linear"), (torch.nn.MultiheadAttention, "multihead_attention"))
 
 
-def model_tolerances(model: torch.nn.Module) -> tuple[dict, Tolerance]:
-    """{parameter or buffer name: (forward, backward) Tolerance of its module's op}, and the
-    logits' tolerance: the loosest forward tolerance among the model's ops."""
+def model_tolerances(model: torch.nn.Module, dtype: torch.dtype = torch.float32
+                     ) -> tuple[dict, Tolerance]:
+    """{parameter or buffer name: (forward, backward) Tolerance of its module's op at `dtype`},
+    and the logits' tolerance: the loosest forward tolerance among the model's ops."""
     from . import registry
     per, used = {}, set()
     for prefix, m in model.named_modules():
@@ -354,11 +363,10 @@ def model_tolerances(model: torch.nn.Module) -> tuple[dict, Tolerance]:
                 spec = registry.get(op)
                 used.add(op)
                 for n, _ in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]:
-                    per[f"{prefix}.{n}" if prefix else n] = (spec.tol_forward, spec.tol_backward)
+                    per[f"{prefix}.{n}" if prefix else n] = spec.tolerances(dtype)
                 break
-    specs = [registry.get(n) for n in sorted(used or {"linear"})]
-    return per, Tolerance(k=max(s.tol_forward.k for s in specs),
-                          floor=max(s.tol_forward.floor for s in specs))
+    forward = [registry.get(n).tolerances(dtype)[0] for n in sorted(used or {"linear"})]
+    return per, Tolerance(k=max(t.k for t in forward), floor=max(t.floor for t in forward))
 
 
 def model_forward_backward(model: torch.nn.Module, x: torch.Tensor, grad_out: torch.Tensor):
@@ -410,25 +418,36 @@ class _Branches:
 
 @dataclass
 class ModelReference:
-    """The network on torch's layers in float32 and float64 (copies, in model_check_mode), the
-    input, the upstream gradient and the tolerances: what check_model judges against."""
+    """The network on torch's layers at the checked dtype ("m32": float32 for float32 and
+    float64 models, see check) and in float64 (copies, in model_check_mode), the input and the
+    upstream gradient (rounded to the dtype), the tolerances, and the scale of torch's error
+    (eps64/eps32 for float64): what check_model judges against."""
     x: torch.Tensor
     grad_out: torch.Tensor
     m32: torch.nn.Module
     m64: torch.nn.Module
     tol: dict
     tol_logits: Tolerance
+    dtype: torch.dtype = torch.float32
+    scale: float = 1.0
 
 
-def model_reference(torch_model: torch.nn.Module, x: torch.Tensor,
-                    grad_out: torch.Tensor) -> ModelReference:
-    """The reference for check_model, from `torch_model` (the network on torch's layers, with
-    the candidate's weights and buffers; left unchanged: copies are kept)."""
+def model_reference(torch_model: torch.nn.Module, x: torch.Tensor, grad_out: torch.Tensor,
+                    dtype: torch.dtype = torch.float32) -> ModelReference:
+    """The reference for check_model of a model in `dtype`, from `torch_model` (the network on
+    torch's layers, with the candidate's weights and buffers, in float32; left unchanged:
+    copies are kept). The rule is check's: the candidate's error against float64 within k x
+    torch's own error at `dtype`."""
     import copy
-    m32 = model_check_mode(copy.deepcopy(torch_model))
+    low, scale = dtype, 1.0
+    if dtype == torch.float64:
+        low, scale = torch.float32, torch.finfo(torch.float64).eps / torch.finfo(torch.float32).eps
+    m32 = model_check_mode(copy.deepcopy(torch_model).to(low))
     m64 = model_check_mode(copy.deepcopy(torch_model).double())
-    tol, tol_logits = model_tolerances(torch_model)
-    return ModelReference(x, grad_out, m32, m64, tol, tol_logits)
+    tol, tol_logits = model_tolerances(torch_model, dtype)
+    if torch.finfo(dtype).eps > torch.finfo(torch.float32).eps:
+        grad_out = grad_out.to(dtype)      # the float64 reference sees the rounded gradient too
+    return ModelReference(x.to(dtype), grad_out, m32, m64, tol, tol_logits, dtype, scale)
 
 
 def check_model(model: torch.nn.Module, ref: ModelReference, buffers: bool = True
@@ -455,7 +474,8 @@ def check_model(model: torch.nn.Module, ref: ModelReference, buffers: bool = Tru
         for h in handles:
             h.remove()
     results = []
-    for m, dt in ((ref.m32, torch.float32), (ref.m64, torch.float64)):
+    low = next(ref.m32.parameters()).dtype
+    for m, dt in ((ref.m32, low), (ref.m64, torch.float64)):
         m = copy.deepcopy(m)          # its running statistics move; the reference's stay
         replay = _Branches()
         replay.relu = {k: list(v) for k, v in br.relu.items()}
@@ -463,15 +483,17 @@ def check_model(model: torch.nn.Module, ref: ModelReference, buffers: bool = Tru
         replay._hooks(m, record=False)
         results.append(model_forward_backward(m, ref.x.to(dt), ref.grad_out.to(dt)))
     (o32, g32, b32), (o64, g64, b64) = results
-    vs = [_judge("logits", out, o32, o64, ref.tol_logits)]
+    def judge(what, got, f32, f64, tol):
+        return _judge(what, got, f32, f64, tol, ref.dtype, ref.scale)
+    vs = [judge("logits", out, o32, o64, ref.tol_logits)]
     for n, g in grads.items():
         if g is None or g32.get(n) is None:
             if (g is None) != (g32.get(n) is None):
                 vs.append(Verdict(f"grad[{n}]", False, float("inf"), 0, 0, 0, 0,
                                   "a gradient on one side only"))
             continue
-        vs.append(_judge(f"grad[{n}]", g, g32[n], g64[n], ref.tol[n][1]))
+        vs.append(judge(f"grad[{n}]", g, g32[n], g64[n], ref.tol[n][1]))
     if buffers:
         for n, b in bufs.items():
-            vs.append(_judge(f"buffer[{n}]", b, b32[n], b64[n], ref.tol[n][0]))
+            vs.append(judge(f"buffer[{n}]", b, b32[n], b64[n], ref.tol[n][0]))
     return vs

@@ -290,7 +290,7 @@ def test_json_schema_roundtrip_and_rejects_broken_documents():
     assert report.validate({"schema": "other"})
     csv_text = report.to_csv(_sample_results(), _meta())
     head, first = csv_text.splitlines()[:2]
-    assert head.startswith("suites,op,case,params,device,impl,label,pass,status,median_s")
+    assert head.startswith("suites,op,case,params,dtype,device,impl,label,pass,status,median_s")
     assert "date" in head and "git_commit" in head and "command" in head
     assert "python -m bench.layers --quick" in first
 
@@ -304,7 +304,7 @@ def test_markdown_has_device_header_peaks_and_failures():
     assert "## CPU USED --- Test CPU, 2 threads" in md
     assert "FMA 100 GFLOP/s with AVX2" in md and "copy bandwidth 10.0 GB/s" in md
     assert "### Suite `layers`" in md and "### Ratio dlkern avx2 / torch" in md
-    assert md.count("**FAILED** softmax broken [dlkern avx2]: seed 1: forward: FAILED err 0.01 "
+    assert md.count("**FAILED** softmax broken (float32) [dlkern avx2]: seed 1: forward: FAILED err 0.01 "
                     "at [2, 3]") == 1
 
 
@@ -447,7 +447,9 @@ def test_cli_run_writes_every_format(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--dtype", "float16"], "--dtype float16: not supported yet"),
+    (["--dtype", "float8"], "--dtype: expected some of float32, float16, bfloat16, float64"),
+    (["--dtype", "float32,float32"], "--dtype: a dtype is listed twice"),
+    (["--dtype", ""], "--dtype: expected some of"),
     (["--impl", "bogus,torch"], "unknown implementation 'bogus'"),
     (["--suite", "nosuch"], "unknown suite nosuch"),
     (["--ops", "nosuch"], "no op named 'nosuch'"),
@@ -958,10 +960,10 @@ def test_profile_writes_a_loadable_trace_per_row_impl_and_pass(tmp_path, capsys)
     files = sorted(p.name for p in prof.iterdir())
     assert len(files) == 3 * 2 * 2             # rows x implementations x passes
     label = impls._custom_label("cpu", None)           # dlkern <the CPU's ISA>
-    trace = json.loads((prof / f"cpu_softmax_128x64_dim=-1_{label.replace(' ', '_')}_backward.json")
+    trace = json.loads((prof / f"cpu_softmax_128x64_dim=-1_float32_{label.replace(' ', '_')}_backward.json")
                        .read_text())
     names = [e.get("name", "") for e in trace["traceEvents"]]
-    assert f"cpu softmax 128x64 dim=-1 {label} backward" in names
+    assert f"cpu softmax 128x64 dim=-1 float32 {label} backward" in names
 
 
 def test_profile_call_comes_after_each_pass_timing():
