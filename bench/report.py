@@ -518,5 +518,6 @@ def failed_and_skipped(recs: list[dict], with_op: bool = True) -> list[str]:
     if skips:
         out += ["", "### Skipped", ""]
         for (impl, why), rows in skips.items():
-            out.append(f"- {impl}: {why} ({len(OrderedDict.fromkeys(rows))} rows)")
+            n = len(OrderedDict.fromkeys(rows))
+            out.append(f"- {impl}: {why} ({n} row{'s' if n != 1 else ''})")
     return out

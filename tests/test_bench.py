@@ -985,3 +985,101 @@ def test_profile_call_comes_after_each_pass_timing():
         mine = [e[0] for e in events if e[2] == p]
         first = mine.index("profile")
         assert mine[first:] == ["profile", "call", "profile", "call"]   # nothing timed after
+
+
+# ---- the dtype axis ----------------------------------------------------------------------------
+
+def test_dtype_axis_gives_each_dtype_its_rows_and_skips_what_cannot_run_it(tmp_path, capsys):
+    rc = layers.main(["--impl", "custom,torch-again,torch", "--ops", "softmax", "--suite",
+                      "tensorgrad", "--dtype", "float32,bfloat16", "--quick", "--no-peaks",
+                      "--pass", "forward", "--out", str(tmp_path)])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert report.validate(doc) == [] and doc["meta"]["dtypes"] == ["float32", "bfloat16"]
+    keys = [(r["case"], r["dtype"], r["impl"]) for r in doc["results"]]
+    assert len(keys) == len(set(keys)) == 3 * 2 * 3            # cases x dtypes x impls
+    by = {(r["dtype"], r["impl"]): set() for r in doc["results"]}
+    for r in doc["results"]:
+        by[(r["dtype"], r["impl"])].add(r["status"])
+    assert by[("float32", "custom")] == {"ok"} and by[("bfloat16", "custom")] == {"skipped"}
+    assert by[("bfloat16", "torch-again")] == {"ok"} and by[("bfloat16", "torch")] == {"ok"}
+    skip = next(r for r in doc["results"] if r["dtype"] == "bfloat16" and r["impl"] == "custom")
+    assert "softmax" in skip["detail"] and "float32 only, not bfloat16" in skip["detail"]
+    md = cap.out
+    assert "### Suite `tensorgrad` · float32" in md and "### Suite `tensorgrad` · bfloat16" in md
+    # at bfloat16 the ratio table compares the first implementation that ran there
+    assert "### Ratio PyTorch" in md.split("· bfloat16")[1]
+    assert "### Roofline · bfloat16" in md
+    assert "float32 only, not bfloat16 (3 rows)" in md
+    head = (tmp_path / "results.csv").read_text().splitlines()[0].split(",")
+    assert "dtype" in head
+
+
+def _plugin(tmp_path, body: str) -> str:
+    path = tmp_path / "plug.py"
+    path.write_text("import torch\nimport torch.nn.functional as F\n\n" + body)
+    return str(path)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "bfloat16", "float16"])
+def test_each_dtype_is_judged_at_its_own_precision(tmp_path, capsys, dtype):
+    """A softmax less precise than its dtype fails the check at that dtype: float64 computed in
+    float32, float16 in bfloat16, bfloat16 off by 8 units in the last place."""
+    body = {"float64": "F.softmax(input.float(), dim).double()",
+            "float16": "F.softmax(input.bfloat16(), dim).half()",
+            "bfloat16": "F.softmax(input, dim) * (1 + 8 * 2 ** -7)"}[dtype]
+    plug = _plugin(tmp_path, f"def softmax(input, dim):\n    return {body}\n")
+    rc = layers.main(["--impl", f"{plug}:softmax,torch", "--ops", "softmax", "--suite",
+                      "tensorgrad", "--dtype", dtype, "--quick", "--no-peaks", "--pass",
+                      "forward", "--keep-going"])
+    cap = capsys.readouterr()
+    assert rc == 1 and f"({dtype}) [{plug}:softmax]" in cap.err
+
+
+def test_a_plugin_declares_its_dtypes_and_is_skipped_at_others(tmp_path, capsys):
+    plug = _plugin(tmp_path, "def softmax(input, dim):\n    return F.softmax(input, dim)\n\n"
+                             "softmax.dtypes = ('float32', 'float64')\n")
+    rc = layers.main(["--impl", f"mine={plug}:softmax,torch", "--ops", "softmax", "--suite",
+                      "tensorgrad", "--dtype", "float64,float16", "--quick", "--no-peaks",
+                      "--pass", "forward", "--format", "json", "--out", str(tmp_path)])
+    assert rc == 0, capsys.readouterr().err
+    recs = json.loads((tmp_path / "results.json").read_text())["results"]
+    mine = {r["dtype"]: r for r in recs if r["impl"] == f"mine={plug}:softmax"}
+    assert mine["float64"]["status"] == "ok"
+    assert mine["float16"]["status"] == "skipped"
+    assert "float32, float64 only, not float16" in mine["float16"]["detail"]
+
+
+def test_rows_torch_cannot_run_are_skipped_for_every_implementation(monkeypatch):
+    def ref(input, dim):
+        if input.dtype == torch.float16:
+            raise RuntimeError("no half kernel here")
+        return F.softmax(input, dim)
+    spec = __import__("dataclasses").replace(SOFTMAX, ref=ref)
+    row = workloads.Row(spec, Case("4x8", {"shape": (4, 8), "dim": -1}), ("user",), "float16")
+    cfg = runner.Config(impls=["torch-again", "torch"], passes=["forward"],
+                        budget=Budget.quick())
+    res = runner.run_row(row, "cpu", cfg)
+    assert [r.status for r in res] == ["skipped", "skipped"]
+    assert all("torch cannot run softmax in float16 on cpu: RuntimeError: no half kernel here"
+               in r.detail for r in res)
+
+
+def test_compare_matches_records_from_before_the_dtype_axis_as_float32():
+    old = report.to_json(_sample_results(), _meta())
+    new = json.loads(json.dumps(old))
+    for r in old["results"]:
+        del r["dtype"]
+    assert report.validate(old) == []
+    lines, regressions = compare.compare(old, new, 0.10)
+    assert regressions == 0 and not any("only in" in x for x in lines)
+    assert len(list(compare.matched(old["results"], new["results"]))) == len(new["results"])
+
+
+def test_api_run_takes_torch_dtypes():
+    import bench as bench_pkg
+    df = bench_pkg.run(ops="softmax", suites="tensorgrad", impls=["torch-again", "torch"],
+                       passes="forward", quick=True, dtype=[torch.float64])
+    assert set(df["dtype"]) == {"float64"} and set(df["status"]) == {"ok"}
+    assert bench_pkg.ratios(df).index.names == ["device", "op", "case", "dtype"]

@@ -4,6 +4,7 @@ torchvision's architecture and state_dict layout, the impl switch, and bench.mod
 line (a small run, usage errors, a gate that refuses a wrong layer)."""
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -601,3 +602,35 @@ def test_bench_models_list(capsys):
     for name in dm.MODELS:
         assert name in out
     assert "11.7 M parameters" in out
+
+
+def test_bench_models_dtype_casts_the_model_and_skips_dlkern(tmp_path, capsys):
+    rc = bm.main(["--impl", f"custom,mine={EXAMPLE}:IMPLS,torch", "--dtype", "bfloat16,float64",
+                  "--out", str(tmp_path), "--format", "md,json"] + SMALL)
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    doc = json.loads((tmp_path / "models.json").read_text())
+    assert report.validate(doc) == [] and doc["meta"]["dtypes"] == ["bfloat16", "float64"]
+    st = {(r["dtype"], r["impl"]): r["status"] for r in doc["results"]}
+    mine = f"mine={EXAMPLE}:IMPLS"
+    assert st[("bfloat16", "custom")] == st[("float64", "custom")] == "skipped"
+    assert st[("bfloat16", mine)] == st[("float64", mine)] == "ok"
+    assert st[("bfloat16", "torch")] == "ok"
+    assert [(g["dtype"], g["ok"]) for g in doc["gates"]] == [("bfloat16", True), ("float64", True)]
+    md = (tmp_path / "models.md").read_text()
+    assert "### Models · bfloat16" in md and "### Models · float64" in md
+    assert "computes in float32 only, not bfloat16" in md
+
+
+def test_check_model_at_a_dtype_refuses_lower_precision():
+    """A model at float64 whose logits are rounded to float32 fails the float64 gate."""
+    torch.manual_seed(0)
+    state = dm.create("resnet18", "torch", 10).state_dict()
+    ref = bm.gate_reference(state, "resnet18", 2, 32, "cpu", 10, dtype=torch.float64)
+    model = dm.create("resnet18", "torch", 10)
+    model.load_state_dict(state)
+    model.double()
+    assert all(v.ok for v in testing.check_model(copy.deepcopy(model), ref))
+    model.fc.register_forward_hook(lambda m, inp, out: out.float().double())
+    bad = [v for v in testing.check_model(model, ref) if not v.ok]
+    assert "logits" in [v.what for v in bad]     # and the gradients, rounded on the way back
