@@ -13,7 +13,7 @@ schema's columns (bench/report.py RECORD_TYPES; `params` is a dict). Implementat
 names as for --impl, or callables, mappings op -> callable, or factories (spec, device) given
 directly (bench/plugins.py), labelled with their __name__. Every implementation is checked before
 it is timed, exactly as on the command line; a FAILED one is a row with status "failed" (the
-run carries on past it). Bad arguments raise ValueError with the command line's message.
+run carries on past it). Under torchrun rank 0 gets every rank's rows, the other ranks None. Bad arguments raise ValueError with the command line's message.
 pandas is imported only here: the command lines do not need it.
 """
 from __future__ import annotations
@@ -74,7 +74,10 @@ def run(ops=None, suites=None, impls=("custom", "torch"), device=None, passes=No
         rows, devices, cfg = layers.build(args)
     except UsageError as e:
         raise ValueError(str(e).replace("bench.layers: --", "bench.run: ")) from None
-    results, meta, _ = layers.measure(argv, args, rows, devices, cfg, progress=progress)
+    measured = layers.measure(argv, args, rows, devices, cfg, progress=progress)
+    if measured is None:
+        return None        # a torchrun rank other than 0 (bench/dist.py): rank 0 has the rows
+    results, meta, _ = measured
     df = pd.DataFrame(report.records(results, meta))
     df.attrs["meta"] = meta
     return df

@@ -100,10 +100,14 @@ def devices_info(devices: list[str], threads: dict, measure: bool, seconds: floa
 
 
 def apply_threads(threads: int | None, prog: str) -> None:
-    """--threads: torch's intra-op count, which OpenMP, MKL and dlkern's kernels follow."""
+    """--threads: torch's intra-op count, which OpenMP, MKL and dlkern's kernels follow. Under
+    torchrun, the process is first pinned to the cores its rank owns, and the count defaults to
+    them (bench/dist.py)."""
+    from . import dist
+    if threads is not None and threads < 1:
+        raise UsageError(f"{prog}: --threads must be >= 1, got {threads}")
+    threads = dist.pin_cpu(threads, prog)
     if threads is not None:
-        if threads < 1:
-            raise UsageError(f"{prog}: --threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
 
 

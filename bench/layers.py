@@ -25,7 +25,7 @@ import dlkern  # noqa: F401  (loads the ops and their registry entries)
 from dlkern import registry
 
 from . import impls as impls_mod
-from . import machine, plot, plugins, report, runner, workloads
+from . import dist, machine, plot, plugins, report, runner, workloads
 from .cli import (UsageError, add_report_options, closed_pipe_is_quiet, devices_info,
                   parse_devices, report_failed, split_csv, start, write_reports)
 from .progress import Progress
@@ -172,29 +172,55 @@ def build(args) -> tuple[list[workloads.Row], list[str], runner.Config]:
         budget.budget_s = args.budget
     cfg = runner.Config(impls=impl_names, passes=passes, budget=budget,
                         seeds=tuple(range(args.seeds)), flush_l2=args.flush_l2,
-                        keep_going=args.keep_going, profile=args.profile)
+                        keep_going=args.keep_going, profile=args.profile,
+                        rank_info=dist.describe(dist.from_env() or dist.alone(), devices,
+                                                "bench.layers"))
     return rows, devices, cfg
 
 
 def measure(argv, args, rows, devices, cfg, progress: bool = True):
-    """The run itself, shared by main and bench.api.run: (results, meta, stopped_early)."""
+    """The run itself, shared by main and bench.api.run: (results, meta, stopped_early). Under
+    torchrun each rank runs its share and rank 0 gets everyone's results; the other ranks get
+    None (bench/dist.py)."""
+    rank = dist.from_env()
+    me = rank or dist.alone()
     threads = machine.threads_info()
     alloc = machine.steady_malloc() if args.malloc == "steady" else {"malloc": "default"}
-    est = runner.estimate_s(rows, devices, cfg)
+    costs = [runner.row_estimate_s(r, devices, cfg) for r in rows]
+    mine = dist.shard(costs, me.world)[me.rank]
+    est = sum(costs[i] for i in mine)
+    who = f"rank {me.rank} of {me.world} ({me.host}): " if rank else ""
     if progress:
-        print(f"bench.layers: {len(rows)} rows x {len(devices)} device(s) x {len(cfg.passes)} "
-              f"passes, impls {','.join(cfg.impls)}, {threads['torch_intraop']} threads; about "
-              f"{est:.0f} s", file=sys.stderr)
+        print(f"bench.layers: {who}{len(mine)} rows x {len(devices)} device(s) x "
+              f"{len(cfg.passes)} passes, impls {','.join(cfg.impls)}, "
+              f"{threads['torch_intraop']} threads; about {est:.0f} s", file=sys.stderr)
+    if rank:
+        dist.start(rank, 2 * sum(costs) + 600)
     dev_info = devices_info(devices, threads, not args.no_peaks, 0.1 if args.quick else 0.3)
-    steps = len(rows) * len(devices) * (1 + len(cfg.passes))
-    prog = Progress(steps, est, enabled=progress)
-    try:
-        results, stopped = runner.run(rows, devices, cfg, prog)
-    finally:
-        prog.close()
+    # under torchrun each rank's own devices and peaks (its % peak columns use them)
+    ranks = [{**cfg.rank_info, **({"devices": dev_info} if rank else {})}]
+
+    def run(share):
+        steps = len(share) * len(devices) * (1 + len(cfg.passes))
+        prog = Progress(steps, est, enabled=progress, prefix=who)
+        try:
+            return runner.run(share, devices, cfg, prog)
+        finally:
+            prog.close()
+    errors: list[str] = []
+    if rank is None:
+        results, stopped = run(rows)
+    else:
+        payload = dist.run_share(rank, rows, costs, run)
+        got = dist.gather(rank, {**payload, "rank": ranks[0]})
+        if got is None:
+            return None
+        ranks = [p["rank"] for p in got]
+        results, stopped, errors = dist.merge(got, rows, devices, ranks)
     meta = report.make_meta(argv, dev_info, threads, cfg.budget, cfg.impls, cfg.passes,
                             {"dtypes": list(dict.fromkeys(r.dtype for r in rows)),
-                             "quick": args.quick, **alloc})
+                             "quick": args.quick, "ranks": ranks, "rank_errors": errors,
+                             **alloc})
     return results, meta, stopped
 
 
@@ -204,7 +230,10 @@ def main(argv=None) -> int:
     if isinstance(started, int):
         return started
     argv, args, (rows, devices, cfg) = started
-    results, meta, stopped = measure(argv, args, rows, devices, cfg)
+    measured = measure(argv, args, rows, devices, cfg)
+    if measured is None:
+        return 0            # a torchrun rank other than 0: rank 0 reports its results
+    results, meta, stopped = measured
     md = report.markdown(results, meta, cfg.passes)
     print(md)
     if args.out:
@@ -219,8 +248,11 @@ def main(argv=None) -> int:
             else None)
     failed = sorted({(r.device, r.row.op, r.row.case.name, r.row.dtype, r.impl) for r in results
                      if r.status == "failed"})
-    return report_failed("bench.layers", [f"{d} {op} {case} ({dtype}) [{impl}]"
+    for e in meta["rank_errors"]:
+        print(f"bench.layers: {e}", file=sys.stderr)
+    code = report_failed("bench.layers", [f"{d} {op} {case} ({dtype}) [{impl}]"
                                           for d, op, case, dtype, impl in failed], "row", stopped)
+    return 1 if meta["rank_errors"] else code
 
 
 if __name__ == "__main__":

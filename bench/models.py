@@ -44,7 +44,7 @@ from dlkern import registry, testing
 from dlkern.registry import Case
 
 from . import impls as impls_mod
-from . import machine, plot, plugins, report, runner
+from . import dist, machine, plot, plugins, report, runner
 from .cli import (UsageError, add_report_options, closed_pipe_is_quiet, devices_info,
                   parse_devices, report_failed, split_csv, start, write_reports)
 from .profiling import tracer
@@ -429,10 +429,7 @@ def markdown(results: list[Result], gates: list[GateRecord], meta: dict, plans: 
     if cfg.kinds != MODEL_KINDS:
         out.append(f"dlkern layers in the custom models: {', '.join(cfg.kinds)}; the others "
                    "are torch's.")
-    th = meta.get("threads") or {}
-    if th and not th.get("consistent", True):
-        out.append(f"\n**Warning**: thread counts disagree (torch {th.get('torch_intraop')}, "
-                   f"OpenMP {th.get('omp')}, MKL {th.get('mkl')}): CPU ratios are skewed.")
+    out += report.run_warnings(meta)
     for device in dict.fromkeys(r.device for r in results):
         info = meta["devices"].get(device, {"device": device, "name": device})
         out += ["", report.device_header(info)]
@@ -526,6 +523,9 @@ def _list() -> str:
 
 
 def build(args) -> tuple[list[Plan], list[str], Config]:
+    if dist.from_env():
+        raise UsageError(f"{PROG}: torchrun: whole models run in one process (a sweep of layer "
+                         "rows shards across ranks: torchrun ... -m bench.layers)")
     try:
         dtypes = workloads.parse_dtypes(args.dtype, PROG)
     except ValueError as e:
@@ -634,6 +634,7 @@ def main(argv=None) -> int:
     meta = report.make_meta(argv, dev_info, threads, cfg.budget, cfg.impls, cfg.passes,
                             {"dtypes": list(dict.fromkeys(pl.dtype for pl in plans)),
                              "quick": args.quick, "image": cfg.image,
+                             "ranks": [dist.describe(dist.alone(), devices, PROG)],
                              "gate_batch": cfg.gate_batch, "layers": list(cfg.kinds), **alloc},
                             prog="python -m bench.models")
     md = markdown(results, gates, meta, plans, cfg)

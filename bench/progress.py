@@ -13,7 +13,9 @@ def fmt_s(s: float) -> str:
 
 
 class Progress:
-    def __init__(self, total_steps: int, estimate_s: float, stream=None, enabled: bool = True):
+    def __init__(self, total_steps: int, estimate_s: float, stream=None, enabled: bool = True,
+                 prefix: str = ""):
+        self.prefix = prefix       # before every line ("rank 1 of 2 (host): " under torchrun)
         self.total = max(total_steps, 1)
         self.done = 0
         self.estimate = estimate_s
@@ -39,7 +41,7 @@ class Progress:
             return
         width = 24
         fill = int(width * self.done / self.total)
-        line = (f"\r[{'#' * fill}{'.' * (width - fill)}] {self.done}/{self.total} "
+        line = (f"\r{self.prefix}[{'#' * fill}{'.' * (width - fill)}] {self.done}/{self.total} "
                 f"~{fmt_s(self.left_s())} left  {what}")
         cols = 100
         self.stream.write(line[:cols].ljust(cols))
@@ -51,7 +53,8 @@ class Progress:
             return
         bad = [r for r in results if r.status == "failed"]
         status = f"FAILED ({', '.join(sorted({r.impl for r in bad}))})" if bad else "ok"
-        self.stream.write(f"[{self.done}/{self.total}] {label}: {status} in {seconds:.1f}s, "
+        self.stream.write(f"{self.prefix}[{self.done}/{self.total}] {label}: {status} in "
+                          f"{seconds:.1f}s, "
                           f"~{fmt_s(self.left_s())} left\n")
         self.stream.flush()
 

@@ -89,15 +89,25 @@ def _jsonable(v):
     return str(v)
 
 
+def _rank(meta: dict, rank: int) -> dict:
+    """The meta entry of the rank that measured a result (bench/dist.py); {} in a document
+    from before there were ranks."""
+    ranks = meta.get("ranks") or []
+    return ranks[rank] if rank < len(ranks) else {}
+
+
 def records(results: list[Result], meta: dict) -> list[dict]:
     base = _baseline(results)
     out = []
     for r in results:
-        peaks = meta["devices"].get(r.device, {}).get("peaks", {}) or {}
+        who = _rank(meta, r.rank)
+        devices = who.get("devices") or meta["devices"]
+        peaks = devices.get(r.device, {}).get("peaks", {}) or {}
         s = r.stats
         rec = OrderedDict(
             suites=list(r.row.suites), op=r.row.op, case=r.row.case.name,
             params=_jsonable(dict(r.row.case.params)), dtype=r.row.dtype, device=r.device,
+            device_id=who.get(r.device, r.device), host=who.get("host", ""), rank=r.rank,
             impl=r.impl,
             label=r.label, **{"pass": r.pass_}, status=r.status,
             median_s=s.median if s else None, p20_s=s.p20 if s else None,
@@ -134,7 +144,7 @@ def _ratio_fields(s, base_median: float | None, impl: str) -> dict:
 
 RECORD_TYPES = {
     "suites": list, "op": str, "case": str, "params": dict, "dtype": str, "device": str,
-    "impl": str,
+    "device_id": str, "host": str, "rank": int, "impl": str,
     "label": str, "pass": str, "status": str, "median_s": (float, type(None)),
     "p20_s": (float, type(None)), "p80_s": (float, type(None)), "samples": int,
     "calls_per_sample": int, "spread": (float, type(None)), "noisy": bool,
@@ -146,7 +156,7 @@ RECORD_TYPES = {
     "ratio_wide": bool, "detail": str,
 }
 # Fields a record of an earlier version of the schema may lack, and what they meant then.
-RECORD_DEFAULTS = {"dtype": "float32"}
+RECORD_DEFAULTS = {"dtype": "float32", "device_id": "", "host": "", "rank": 0}
 META_KEYS = ("date", "git_commit", "torch", "python", "dlkern", "command", "threads", "devices",
              "impls", "passes", "budget")
 
@@ -451,10 +461,7 @@ def markdown(results: list[Result], meta: dict, passes: list[str]) -> str:
     target = meta["budget"].get("target_ratio")
     out.append(f"{TIMES_TEXT}{f' (±{target:.0%})' if target else ''}; "
                f"malloc {meta.get('malloc', 'default')}.")
-    th = meta.get("threads") or {}
-    if th and not th.get("consistent", True):
-        out.append(f"\n**Warning**: thread counts disagree (torch {th.get('torch_intraop')}, "
-                   f"OpenMP {th.get('omp')}, MKL {th.get('mkl')}): CPU ratios are skewed.")
+    out += run_warnings(meta)
     for device in OrderedDict((r.device, None) for r in results):
         info = meta["devices"].get(device, {"device": device, "name": device})
         out += ["", device_header(info)]
@@ -475,6 +482,40 @@ def markdown(results: list[Result], meta: dict, passes: list[str]) -> str:
                     roofline_table(dt_recs, device)]
         out += failed_and_skipped([r for r in recs if r["device"] == device])
     return "\n".join(out) + "\n"
+
+
+def _cores(cores: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2,5'."""
+    spans, start = [], None
+    for i, c in enumerate(cores):
+        if start is None:
+            start = c
+        if i + 1 == len(cores) or cores[i + 1] != c + 1:
+            spans.append(f"{start}-{c}" if c != start else f"{c}")
+            start = None
+    return ",".join(spans)
+
+
+def run_warnings(meta: dict) -> list[str]:
+    """Lines under a report's header: threads that disagree, the torchrun ranks that shared the
+    run, and the ranks whose run raised."""
+    out = []
+    th = meta.get("threads") or {}
+    if th and not th.get("consistent", True):
+        out.append(f"\n**Warning**: thread counts disagree (torch {th.get('torch_intraop')}, "
+                   f"OpenMP {th.get('omp')}, MKL {th.get('mkl')}): CPU ratios are skewed.")
+    ranks = meta.get("ranks") or []
+    if len(ranks) > 1:
+        each = "; ".join(f"rank {r['rank']} on {r['host']}: cores {_cores(r['cores'])}, "
+                         f"{r['threads']} thread(s){', ' + r['cuda'] if r.get('cuda') else ''}"
+                         for r in ranks)
+        out.append(f"\n{len(ranks)} torchrun ranks shared the rows ({each}); each row's "
+                   "record says which one measured it. Ranks on one host share its memory "
+                   "bandwidth and caches, so their timings perturb each other.")
+    for e in meta.get("rank_errors") or []:
+        out.append(f"\n**FAILED**: {e.splitlines()[0]} (its rows are missing) "
+                   f"{e.splitlines()[-1] if len(e.splitlines()) > 1 else ''}")
+    return out
 
 
 ROOFLINE_TEXT = ("FLOPs and bytes from the registry's model of each op (minimum traffic: inputs "

@@ -48,6 +48,7 @@ class Result:
     flops: float = 0.0
     bytes: float = 0.0
     detail: str = ""
+    rank: int = 0                  # the torchrun rank that measured it (bench/dist.py)
 
     @property
     def median(self) -> float | None:
@@ -63,6 +64,7 @@ class Config:
     flush_l2: bool = False
     keep_going: bool = False
     profile: str | None = None     # --profile DIR: a trace per (row, implementation, pass)
+    rank_info: dict = field(default_factory=dict)   # this process's host, cores, GPU (dist.py)
 
 
 def work(spec: OpSpec, params, pass_: str) -> tuple[float, float]:
@@ -295,13 +297,26 @@ def _after_timing(spec, case, device, impl, pristine, own, cfg: Config, dtype: t
                 dtype=dtype)
 
 
-def estimate_s(rows: list[Row], devices: list[str], cfg: Config) -> float:
-    """Upper-bound-ish estimate of the run's duration (the stopping rule often ends earlier)."""
+# The rate of a check's arithmetic (the implementation, torch at the dtype and torch in float64,
+# forward and backward), FLOP/s: float64 convolutions on 2 cores run at a few GFLOP/s.
+GATE_FLOPS_RATE = 5e9
+
+
+def row_estimate_s(row: Row, devices: list[str], cfg: Config) -> float:
+    """Upper-bound-ish estimate of one row's duration (the stopping rule often ends earlier):
+    the timing budget of every pass, and the checks, from the row's FLOPs."""
     per_timing = cfg.budget.budget_s + len(cfg.impls) * (cfg.budget.warmup_s + 0.05) + 0.1
-    per_gate = 0.15 * len(cfg.seeds)
-    n = len(rows) * len(devices)
+    f = row.spec.flops(row.case.params)
+    work = 3 * (f.get("forward", 0) + f.get("backward", 0)) / GATE_FLOPS_RATE
+    per_gate = (0.15 + work) * len(cfg.seeds)
     extra = 4.0 if "torch-compile" in cfg.impls else 0.0
-    return n * (len(cfg.passes) * per_timing + (len(cfg.impls) - 1) * per_gate + extra)
+    return len(devices) * (len(cfg.passes) * per_timing + (len(cfg.impls) - 1) * per_gate
+                           + extra)
+
+
+def estimate_s(rows: list[Row], devices: list[str], cfg: Config) -> float:
+    """The run's duration, estimated (row_estimate_s)."""
+    return sum(row_estimate_s(r, devices, cfg) for r in rows)
 
 
 def run_all(devices: list[str], items, run_one, label, progress, keep_going: bool

@@ -1083,3 +1083,83 @@ def test_api_run_takes_torch_dtypes():
                        passes="forward", quick=True, dtype=[torch.float64])
     assert set(df["dtype"]) == {"float64"} and set(df["status"]) == {"ok"}
     assert bench_pkg.ratios(df).index.names == ["device", "op", "case", "dtype"]
+
+
+# ---- torchrun: shares, gathering, a rank that raises or dies ------------------------------------
+
+from bench import dist  # noqa: E402
+
+
+def test_shard_is_disjoint_complete_and_balanced():
+    costs = [9.0, 1.0, 1.0, 1.0, 5.0, 4.0, 2.0, 0.5]
+    shares = dist.shard(costs, 3)
+    assert sorted(i for s in shares for i in s) == list(range(len(costs)))
+    assert all(s == sorted(s) for s in shares)
+    loads = [sum(costs[i] for i in s) for s in shares]
+    assert max(loads) == 9.0 and min(loads) >= 6.0      # the 9 alone; the rest split 8.5 / 6
+    assert dist.shard([1.0], 4) == [[0], [], [], []]
+
+
+def test_own_cores_split_a_hosts_cores_without_overlap():
+    ranks = [dist.Rank(r, 3, r, 3, "h") for r in range(3)]
+    blocks = [dist.own_cores(r, list(range(8)), "bench.layers") for r in ranks]
+    assert blocks == [[0, 1], [2, 3, 4], [5, 6, 7]]
+    with pytest.raises(Exception, match="3 ranks on h share 2 CPU core"):
+        dist.own_cores(ranks[0], [0, 1], "bench.layers")
+
+
+def test_a_rank_that_raises_is_reported_by_rank_0():
+    rows = [_row(f"r{i}", ("layers",)) for i in range(4)]
+    ok = dist.run_share(dist.Rank(0, 2, 0, 2, "a"), rows, [1.0] * 4,
+                        lambda share: ([_res(r, "torch", "PyTorch", "forward", 1e-3)
+                                        for r in share], False))
+    bad = dist.run_share(dist.Rank(1, 2, 1, 2, "b"), rows, [1.0] * 4,
+                         lambda share: 1 / 0)
+    assert bad["error"] and "ZeroDivisionError" in bad["error"]
+    ranks = [{"rank": 0, "host": "a", "cores": [0], "threads": 1},
+             {"rank": 1, "host": "b", "cores": [1], "threads": 1}]
+    results, stopped, errors = dist.merge([ok, bad], rows, ["cpu"], ranks)
+    assert [r.row.case.name for r in results] == ["r0", "r2"] and not stopped
+    assert len(errors) == 1 and errors[0].startswith("rank 1 (b) raised:")
+    meta = {**_meta(), "ranks": ranks, "rank_errors": errors}
+    md = report.markdown(results, meta, ["forward"])
+    assert "2 torchrun ranks shared the rows" in md and "**FAILED**: rank 1 (b) raised:" in md
+
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+TINY = "op,name,shape,params\n" + "".join(f"softmax,s{i},{4 + i}x{8 + i},dim=-1\n"
+                                          for i in range(5))
+
+
+def _torchrun(tmp_path, args, timeout=300):
+    shapes = tmp_path / "tiny.csv"
+    shapes.write_text(TINY)
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    return subprocess.run(TORCHRUN + ["-m", "bench.layers", "--shapes", str(shapes), "--quick",
+                                      "--no-peaks", "--pass", "forward", "--threads", "1"] + args,
+                          capture_output=True, text=True, timeout=timeout, cwd=tmp_path, env=env)
+
+
+def test_torchrun_two_ranks_merge_into_one_report(tmp_path):
+    p = _torchrun(tmp_path, ["--impl", "custom,torch", "--out", str(tmp_path / "r")])
+    assert p.returncode == 0, p.stderr
+    doc = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert report.validate(doc) == []
+    keys = [(r["case"], r["impl"], r["pass"]) for r in doc["results"]]
+    assert sorted(keys) == sorted((f"s{i}", impl, "forward") for i in range(5)
+                                  for impl in ("custom", "torch"))
+    assert {r["rank"] for r in doc["results"]} == {0, 1}
+    assert all(r["host"] and r["device_id"] == "cpu" for r in doc["results"])
+    ranks = doc["meta"]["ranks"]
+    assert [r["rank"] for r in ranks] == [0, 1] and all(r["threads"] == 1 for r in ranks)
+    assert not set(ranks[0]["cores"]) & set(ranks[1]["cores"])
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "2 torchrun ranks shared the rows" in md and p.stdout.count("# dlkern layer") == 1
+
+
+def test_torchrun_a_rank_that_dies_fails_the_run_without_hanging(tmp_path):
+    plug = _plugin(tmp_path, "import os\n\ndef softmax(input, dim):\n"
+                             "    if os.environ.get('RANK') == '1':\n        os._exit(7)\n"
+                             "    return F.softmax(input, dim)\n")
+    p = _torchrun(tmp_path, ["--impl", f"{plug}:softmax,torch"], timeout=240)
+    assert p.returncode != 0 and "exitcode" in p.stderr and ": 7" in p.stderr
