@@ -187,31 +187,33 @@ def measure(argv, args, rows, devices, cfg, progress: bool = True):
     threads = machine.threads_info()
     alloc = machine.steady_malloc() if args.malloc == "steady" else {"malloc": "default"}
     costs = [runner.row_estimate_s(r, devices, cfg) for r in rows]
-    mine = dist.shard(costs, me.world)[me.rank]
-    est = sum(costs[i] for i in mine)
+    split = dist.shard(costs, me.world)
+    shares = [sum(costs[i] for i in s) for s in split]
+    mine, est = split[me.rank], shares[me.rank]
     who = f"rank {me.rank} of {me.world} ({me.host}): " if rank else ""
     if progress:
         print(f"bench.layers: {who}{len(mine)} rows x {len(devices)} device(s) x "
               f"{len(cfg.passes)} passes, impls {','.join(cfg.impls)}, "
               f"{threads['torch_intraop']} threads; about {est:.0f} s", file=sys.stderr)
     if rank:
-        dist.start(rank, 2 * sum(costs) + 600)
+        dist.start(rank, 2 * max(shares) + 600)
     dev_info = devices_info(devices, threads, not args.no_peaks, 0.1 if args.quick else 0.3)
     # under torchrun each rank's own devices and peaks (its % peak columns use them)
     ranks = [{**cfg.rank_info, **({"devices": dev_info} if rank else {})}]
 
-    def run(share):
+    def run(share, out=None):
         steps = len(share) * len(devices) * (1 + len(cfg.passes))
-        prog = Progress(steps, est, enabled=progress, prefix=who)
+        # one terminal, one bar: the other ranks print a plain line per row
+        prog = Progress(steps, est, enabled=progress, prefix=who, bar=me.rank == 0)
         try:
-            return runner.run(share, devices, cfg, prog)
+            return runner.run(share, devices, cfg, prog, out)
         finally:
             prog.close()
     errors: list[str] = []
     if rank is None:
         results, stopped = run(rows)
     else:
-        payload = dist.run_share(rank, rows, costs, run)
+        payload = dist.run_share(rank, rows, devices, costs, lambda share, out: run(share, out)[1])
         got = dist.gather(rank, {**payload, "rank": ranks[0]})
         if got is None:
             return None

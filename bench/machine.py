@@ -94,9 +94,13 @@ def cpu_info(threads: int, measure: bool = True, seconds: float = 0.3) -> dict:
 
 
 def _nvidia_smi_clocks() -> dict:
+    """The current GPU's clocks (found by its PCI bus id: nvidia-smi ignores
+    CUDA_VISIBLE_DEVICES)."""
     try:
+        p = torch.cuda.get_device_properties(torch.cuda.current_device())
+        bus = f"{p.pci_domain_id:08X}:{p.pci_bus_id:02X}:{p.pci_device_id:02X}.0"
         out = subprocess.run(["nvidia-smi", "--query-gpu=clocks.sm,clocks.mem,clocks.max.sm",
-                              "--format=csv,noheader,nounits", "-i", "0"],
+                              "--format=csv,noheader,nounits", "-i", bus],
                              capture_output=True, text=True, timeout=10)
         sm, mem, smax = [int(x) for x in out.stdout.strip().splitlines()[0].split(",")]
         return {"sm_mhz": sm, "mem_mhz": mem, "sm_max_mhz": smax}
@@ -140,8 +144,9 @@ def gpu_peaks(seconds: float = 0.5) -> dict:
 
 
 def gpu_info(measure: bool = True, seconds: float = 0.5) -> dict:
-    p = torch.cuda.get_device_properties(0)
-    info = {"device": "cuda", "name": torch.cuda.get_device_name(0),
+    """The current GPU (a torchrun rank's own: bench/dist.py selects it)."""
+    p = torch.cuda.get_device_properties(torch.cuda.current_device())
+    info = {"device": "cuda", "name": p.name,
             "capability": f"{p.major}.{p.minor}", "memory_gib": round(p.total_memory / 2 ** 30, 1),
             "l2_bytes": getattr(p, "L2_cache_size", None), "cuda": torch.version.cuda,
             "clocks": _nvidia_smi_clocks()}
@@ -152,7 +157,7 @@ def gpu_info(measure: bool = True, seconds: float = 0.5) -> dict:
 
 def l2_flusher() -> callable:
     """A callable that overwrites a buffer twice the GPU's L2, evicting the workload's data."""
-    p = torch.cuda.get_device_properties(0)
+    p = torch.cuda.get_device_properties(torch.cuda.current_device())
     size = max(int(getattr(p, "L2_cache_size", 0) or (50 << 20)) * 2, 1 << 20)
     buf = torch.empty(size // 4, dtype=torch.float32, device="cuda")
     return lambda: buf.fill_(1.0)

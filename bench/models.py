@@ -436,6 +436,8 @@ def markdown(results: list[Result], gates: list[GateRecord], meta: dict, plans: 
         for dtype, dev in report.by_dtype([r for r in results if r.device == device]).items():
             dt_recs = [r for r in recs if r["device"] == device and r["dtype"] == dtype]
             impls = report._impls_in(dev)
+            if not impls:
+                continue            # every model skipped at this dtype: the Skipped list says why
             first_impl, first_label = report.first_other(impls)
             out += ["", f"### Models · {dtype}", "",
                     report.layers_table(dev, device, SUITE, impls, cfg.passes, first="Model")]

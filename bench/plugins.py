@@ -239,9 +239,10 @@ def declared_dtypes(fn, obj, label: str) -> tuple[str, ...] | None:
         d = getattr(obj, "dtypes", None)
     if d is None:
         return None
-    if isinstance(d, str) or not all(isinstance(x, str) for x in d):
-        raise impls_mod.Unavailable(f"{label}: its dtypes attribute must be a list of dtype "
-                                    f"names such as ('float32', 'bfloat16'), got {d!r}")
+    from .workloads import DTYPES
+    if isinstance(d, str) or not all(isinstance(x, str) and x in DTYPES for x in d):
+        raise impls_mod.Unavailable(f"{label}: its dtypes attribute must list dtype names among "
+                                    f"{', '.join(DTYPES)}, got {d!r}")
     return tuple(d)
 
 

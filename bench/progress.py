@@ -14,13 +14,13 @@ def fmt_s(s: float) -> str:
 
 class Progress:
     def __init__(self, total_steps: int, estimate_s: float, stream=None, enabled: bool = True,
-                 prefix: str = ""):
+                 prefix: str = "", bar: bool = True):
         self.prefix = prefix       # before every line ("rank 1 of 2 (host): " under torchrun)
         self.total = max(total_steps, 1)
         self.done = 0
         self.estimate = estimate_s
         self.stream = stream or sys.stderr
-        self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.tty = bar and enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
         self.enabled = enabled
         self.t0 = time.perf_counter()
         self.rows = 0

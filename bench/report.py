@@ -211,6 +211,7 @@ def to_csv(results: list[Result], meta: dict) -> str:
                for k, v in rec.items()}
         row["device_name"] = meta["devices"].get(rec["device"], {}).get("name", "")
         row.update(meta_cols)
+        row["threads"] = _rank(meta, rec["rank"]).get("threads", row["threads"])
         w.writerow(row)
     return buf.getvalue()
 
@@ -468,6 +469,8 @@ def markdown(results: list[Result], meta: dict, passes: list[str]) -> str:
         for dtype, dt_results in by_dtype([r for r in results if r.device == device]).items():
             dt_recs = [r for r in recs if r["device"] == device and r["dtype"] == dtype]
             impls = _impls_in(dt_results)
+            if not impls:
+                continue            # every row skipped at this dtype: the Skipped list says why
             first_impl, first_label = first_other(impls)
             for suite in suite_order(dt_results):
                 out += ["", f"### Suite `{suite}` · {dtype}", ""]

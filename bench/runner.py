@@ -319,12 +319,13 @@ def estimate_s(rows: list[Row], devices: list[str], cfg: Config) -> float:
     return sum(row_estimate_s(r, devices, cfg) for r in rows)
 
 
-def run_all(devices: list[str], items, run_one, label, progress, keep_going: bool
-            ) -> tuple[list[Result], bool]:
+def run_all(devices: list[str], items, run_one, label, progress, keep_going: bool,
+            out: list | None = None) -> tuple[list[Result], bool]:
     """run_one(item, device, tick) -> its Results, for every device and item (rows or models),
     with progress lines; stops at the first FAILED one unless keep_going. Returns (results,
-    stopped_early)."""
-    out: list[Result] = []
+    stopped_early); the results are appended to `out` as they come, when given (what was
+    measured before an exception stays there)."""
+    out = [] if out is None else out
     for device in devices:
         for item in items:
             name = f"{device} {label(item)}"
@@ -342,7 +343,9 @@ def run_all(devices: list[str], items, run_one, label, progress, keep_going: boo
     return out, False
 
 
-def run(rows: list[Row], devices: list[str], cfg: Config, progress=None) -> tuple[list[Result], bool]:
-    """All rows on all devices. Returns (results, stopped_early)."""
+def run(rows: list[Row], devices: list[str], cfg: Config, progress=None, out=None
+        ) -> tuple[list[Result], bool]:
+    """All rows on all devices. Returns (results, stopped_early); see run_all for `out`."""
     return run_all(devices, rows, lambda row, device, tick: run_row(row, device, cfg, tick),
-                   lambda row: f"{row.op} {row.case.name} {row.dtype}", progress, cfg.keep_going)
+                   lambda row: f"{row.op} {row.case.name} {row.dtype}", progress, cfg.keep_going,
+                   out)

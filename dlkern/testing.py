@@ -3,6 +3,7 @@ float64 on the same inputs, forward and every gradient, and judge the errors by 
 tolerance rule. Nothing here times anything."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -122,8 +123,10 @@ def _judge(what: str, got, f32, f64, tol: Tolerance, dtype: torch.dtype | None =
     shape = tuple(f64.shape)
     tiny = torch.finfo(f32.dtype).tiny
     if dtype != torch.float64:
-        # beyond the dtype's range the rounded reference is an infinity
-        big = f64.abs() > torch.finfo(dtype).max
+        # from half a unit in the last place beyond the dtype's largest value on, the rounded
+        # reference is an infinity
+        fi = torch.finfo(dtype)
+        big = f64.abs() >= fi.max + math.ldexp(fi.eps, math.frexp(fi.max)[1] - 2)
         f64 = torch.where(big, f64.sign() * float("inf"), f64)
     got, f32, f64 = got.reshape(-1).double(), f32.reshape(-1).double(), f64.reshape(-1)
 

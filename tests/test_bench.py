@@ -290,7 +290,8 @@ def test_json_schema_roundtrip_and_rejects_broken_documents():
     assert report.validate({"schema": "other"})
     csv_text = report.to_csv(_sample_results(), _meta())
     head, first = csv_text.splitlines()[:2]
-    assert head.startswith("suites,op,case,params,dtype,device,impl,label,pass,status,median_s")
+    assert head.startswith("suites,op,case,params,dtype,device,device_id,host,rank,impl,label,pass,"
+                           "status,median_s")
     assert "date" in head and "git_commit" in head and "command" in head
     assert "python -m bench.layers --quick" in first
 
@@ -1108,22 +1109,45 @@ def test_own_cores_split_a_hosts_cores_without_overlap():
         dist.own_cores(ranks[0], [0, 1], "bench.layers")
 
 
-def test_a_rank_that_raises_is_reported_by_rank_0():
-    rows = [_row(f"r{i}", ("layers",)) for i in range(4)]
-    ok = dist.run_share(dist.Rank(0, 2, 0, 2, "a"), rows, [1.0] * 4,
-                        lambda share: ([_res(r, "torch", "PyTorch", "forward", 1e-3)
-                                        for r in share], False))
-    bad = dist.run_share(dist.Rank(1, 2, 1, 2, "b"), rows, [1.0] * 4,
-                         lambda share: 1 / 0)
-    assert bad["error"] and "ZeroDivisionError" in bad["error"]
-    ranks = [{"rank": 0, "host": "a", "cores": [0], "threads": 1},
-             {"rank": 1, "host": "b", "cores": [1], "threads": 1}]
-    results, stopped, errors = dist.merge([ok, bad], rows, ["cpu"], ranks)
-    assert [r.row.case.name for r in results] == ["r0", "r2"] and not stopped
-    assert len(errors) == 1 and errors[0].startswith("rank 1 (b) raised:")
-    meta = {**_meta(), "ranks": ranks, "rank_errors": errors}
+def _measure_then(fail_after: int | None):
+    """A rank's run: one result per row of its share, raising after `fail_after` rows."""
+    def run(share, out):
+        for i, r in enumerate(share):
+            if i == fail_after:
+                raise ZeroDivisionError("rank broke")
+            out.append(_res(r, "torch", "PyTorch", "forward", 1e-3))
+        return False
+    return run
+
+
+RANKS2 = [{"rank": 0, "host": "a", "cores": [0], "threads": 1},
+          {"rank": 1, "host": "b", "cores": [1], "threads": 1}]
+
+
+def test_a_rank_that_raises_is_reported_by_rank_0_with_what_it_measured():
+    rows = [_row(f"r{i}", ("layers",)) for i in range(6)]
+    ok = dist.run_share(dist.Rank(0, 2, 0, 2, "a"), rows, ["cpu"], [1.0] * 6, _measure_then(None))
+    bad = dist.run_share(dist.Rank(1, 2, 1, 2, "b"), rows, ["cpu"], [1.0] * 6, _measure_then(1))
+    assert bad["error"] and "ZeroDivisionError: rank broke" in bad["error"]
+    results, stopped, errors = dist.merge([ok, bad], rows, ["cpu"], RANKS2)
+    # rank 0 had rows 0, 2, 4; rank 1 rows 1, 3, 5 and raised after the first
+    assert [r.row.case.name for r in results] == ["r0", "r1", "r2", "r4"] and not stopped
+    assert [r.rank for r in results] == [0, 1, 0, 0]
+    assert len(errors) == 1 and errors[0].startswith("rank 1 (b) raised")
+    meta = {**_meta(), "ranks": RANKS2, "rank_errors": errors}
     md = report.markdown(results, meta, ["forward"])
-    assert "2 torchrun ranks shared the rows" in md and "**FAILED**: rank 1 (b) raised:" in md
+    assert "2 torchrun ranks shared the rows" in md and "**FAILED**: rank 1 (b) raised" in md
+    assert "ZeroDivisionError: rank broke" in md
+
+
+def test_a_rank_that_built_other_rows_is_left_out_with_a_message():
+    rows = [_row(f"r{i}", ("layers",)) for i in range(4)]
+    ok = dist.run_share(dist.Rank(0, 2, 0, 2, "a"), rows, ["cpu"], [1.0] * 4, _measure_then(None))
+    other = dist.run_share(dist.Rank(1, 2, 1, 2, "b"), rows[:3], ["cpu"], [1.0] * 3,
+                           _measure_then(None))
+    results, _, errors = dist.merge([ok, other], rows, ["cpu"], RANKS2)
+    assert {r.rank for r in results} == {0}
+    assert len(errors) == 1 and "rank 1 (b) built other rows or devices than rank 0" in errors[0]
 
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]

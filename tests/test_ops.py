@@ -363,3 +363,17 @@ def test_tolerances_at_other_dtypes():
     assert t.at(torch.float64).floor == pytest.approx(1e-6 * 2.0 ** -52 / 2.0 ** -23)
     assert t.at(torch.bfloat16) == registry.Tolerance(3.0, 2.0 ** -7)
     assert t.at(torch.float16).k == 3.0 and t.at(torch.float16).floor == 2.0 ** -10
+
+
+def test_values_just_past_a_dtypes_largest_round_to_it_not_to_inf():
+    """float16's largest value is 65504; float64 values below 65520 (half a unit in the last
+    place further) round to it, from 65520 on to inf: the judge expects what rounding gives."""
+    tol = registry.Tolerance()
+    h = torch.float16
+    ok = testing._judge("x", torch.tensor([65504.0], dtype=h), torch.tensor([65504.0], dtype=h),
+                        torch.tensor([65519.0], dtype=torch.float64), tol, h)
+    assert ok.ok, ok
+    inf = torch.tensor([float("inf")], dtype=h)
+    assert testing._judge("x", inf, inf, torch.tensor([65520.0], dtype=torch.float64), tol, h).ok
+    assert not testing._judge("x", torch.tensor([65504.0], dtype=h), inf,
+                              torch.tensor([65520.0], dtype=torch.float64), tol, h).ok
