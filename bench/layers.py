@@ -219,10 +219,14 @@ def measure(argv, args, rows, devices, cfg, progress: bool = True):
             return None
         ranks = [p["rank"] for p in got]
         results, stopped, errors = dist.merge(got, rows, devices, ranks)
+    prog = "python -m bench.layers"
+    if rank:
+        prog = (f"torchrun --nnodes {rank.world // rank.local_world} --nproc-per-node "
+                f"{rank.local_world} -m bench.layers")
     meta = report.make_meta(argv, dev_info, threads, cfg.budget, cfg.impls, cfg.passes,
                             {"dtypes": list(dict.fromkeys(r.dtype for r in rows)),
                              "quick": args.quick, "ranks": ranks, "rank_errors": errors,
-                             **alloc})
+                             **alloc}, prog=prog)
     return results, meta, stopped
 
 
