@@ -73,7 +73,23 @@ struct BatchNormKernels {
   void (*bwd_dx_rows)(const float* x, const float* dy, int64_t S, int64_t rows, int64_t c0,
                       int64_t C, const float* mean, const float* a, const float* bb,
                       const float* c, float* dx);
+  // The narrow path (S < kBatchNormNarrowS: (N, C) and (N, C, L) with small L): the input as
+  // `rows` rows of W contiguous columns (a range of the C*S columns, rows `ld` floats apart),
+  // constants per column, vectors across columns. The reductions write their column sums to
+  // s1/s2 (sdy/sdyx), W doubles each, accumulating in double.
+  void (*cols_stats)(const float* x, int64_t rows, int64_t W, int64_t ld, const float* k,
+                     double* s1, double* s2);
+  void (*cols_normalize)(const float* x, int64_t rows, int64_t W, const float* mean,
+                         const float* scale, const float* shift, float* y);
+  void (*cols_bwd_reduce)(const float* x, const float* dy, int64_t rows, int64_t W, int64_t ld,
+                          const float* mean, double* sdy, double* sdyx);
+  void (*cols_bwd_dx)(const float* x, const float* dy, int64_t rows, int64_t W, const float* mean,
+                      const float* a, const float* bb, const float* c, float* dx);
 };
+// Spatial extents below this take the narrow path: per-channel rows of fewer than 8 floats
+// leave a vector mostly empty, and the per-(row, chunk) work items of the wide path cost more
+// than the arithmetic.
+constexpr int64_t kBatchNormNarrowS = 8;
 extern const BatchNormKernels kBatchNormRef;
 extern const BatchNormKernels kBatchNormAvx2;
 

@@ -94,6 +94,12 @@ int main() {
   // small S (row ranges, masked tails), S at and around the vector width, large S (chunks)
   for (int64_t S : {1, 7, 8, 9, 49, 196})
     for (int64_t C : {1, 3, 17}) check_shape(3, C, S, 0.f, rng);
+  // the narrow path (S < 8): column blocks of 8 and their masked tails, several row blocks
+  // (16 rows or N/32), odd row counts (the two-row unrolling), large means
+  for (int64_t C : {1, 8, 9, 16, 33, 100}) check_shape(37, C, 1, 0.f, rng);
+  check_shape(1000, 7, 3, 0.f, rng);
+  check_shape(517, 5, 1, 1e4f, rng);
+  check_shape(2, 300, 1, 0.f, rng);
   check_shape(1, 3, 224 * 224, 0.f, rng);      // two chunks per row... and more
   check_shape(2, 2, 16384 + 5, 0.f, rng);      // one full chunk plus a tail
   check_shape(4, 3, 1000, 1e4f, rng);          // large mean

@@ -108,7 +108,7 @@ def _edge_cases():
         t = "train" if training else "eval"
         for shape in [(2, 3), (5, 1), (4, 7, 9), (2, 3, 5, 5), (1, 3, 4, 4), (3, 2, 1, 1),
                       (2, 17, 13, 31), (8, 64, 7, 7), (2, 3, 2, 3, 4), (1, 2, 129, 130),
-                      (0, 3, 4, 4)]:
+                      (0, 3, 4, 4), (37, 17), (2, 300), (20, 9, 2)]:
             name = "x".join(map(str, shape))
             cases.append(Case(f"{name} {t}", {"shape": shape, "training": training}))
         for mom in (0.0, 1.0, 0.5):
@@ -127,6 +127,10 @@ def _edge_cases():
             Case(f"4x3x6x6 {t} nan", {"shape": (4, 3, 6, 6), "training": training,
                                        "kind": "nan"}),
             Case(f"4x5x7 {t} eps 0.1", {"shape": (4, 5, 7), "training": training, "eps": 0.1}),
+            # the narrow path (spatial extent below 8)
+            Case(f"100x9 {t} large mean", {"shape": (100, 9), "training": training,
+                                            "kind": "large_mean"}),
+            Case(f"33x8x3 {t} nan", {"shape": (33, 8, 3), "training": training, "kind": "nan"}),
         ]
     cases.append(Case("4x3x6x6 train no running stats", {"shape": (4, 3, 6, 6), "stats": False}))
     cases.append(Case("1x3x224x224 train large mean", {"shape": (1, 3, 224, 224),
@@ -139,6 +143,13 @@ _BENCH = (
     Case("8x64x56x56", {"shape": (8, 64, 56, 56)}, suites=("batch_norm",)),
     Case("32x256x14x14", {"shape": (32, 256, 14, 14)}, suites=("batch_norm",)),
     Case("8x512x7x7", {"shape": (8, 512, 7, 7)}, suites=("batch_norm",)),
+    # BatchNorm1d: after a Linear (N, C), in an MLP head or a tabular model, and over short
+    # sequences (N, C, L): the narrow path
+    Case("64x512", {"shape": (64, 512)}, suites=("batch_norm",)),
+    Case("256x1024", {"shape": (256, 1024)}, suites=("batch_norm",)),
+    Case("1024x4096", {"shape": (1024, 4096)}, suites=("batch_norm",)),
+    Case("4096x64", {"shape": (4096, 64)}, suites=("batch_norm",)),
+    Case("128x256x4", {"shape": (128, 256, 4)}, suites=("batch_norm",)),
 )
 
 

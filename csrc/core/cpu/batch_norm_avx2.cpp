@@ -180,11 +180,126 @@ void bwd_dx_rows_avx2(const float* x, const float* dy, int64_t S, int64_t rows, 
   }
 }
 
+// The narrow path: vectors across a row's W columns. The reductions keep each 16-column block's
+// sums in registers over all rows (one cache line per row and block; the centre, k or mean,
+// widened once per block), widened to double as the wide path's are; the elementwise kernels go
+// row by row. Tails are masked.
+
+// The lanes of a block of 8 columns: all of them, or the first n of a tail (masked loads and
+// stores only there: AMD's masked stores are microcoded).
+struct Lanes {
+  bool masked;
+  __m256i m;
+  explicit Lanes(int64_t n) : masked(n < 8), m(avx2::first_lanes(n)) {}
+};
+static inline __m256 load8(const float* p, const Lanes& l) {
+  return l.masked ? _mm256_maskload_ps(p, l.m) : _mm256_loadu_ps(p);
+}
+static inline void store8(float* p, __m256 v, const Lanes& l) {
+  if (l.masked)
+    _mm256_maskstore_ps(p, l.m, v);
+  else
+    _mm256_storeu_ps(p, v);
+}
+
+// the 8 (masked) floats at p as two double vectors
+static inline void widen8(const float* p, const Lanes& l, __m256d* lo, __m256d* hi) {
+  const __m256 v = load8(p, l);
+  *lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+  *hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+}
+
+// s1[j] += sum over rows of (x - centre[j]) (or of g, with `weighted`), s2[j] += sum of
+// (x - centre[j])^2 (or of g * (x - centre[j])): the statistics (g null) and the backward sums
+template <bool kWeighted>
+void cols_reduce(const float* x, const float* g, int64_t rows, int64_t W, int64_t ld,
+                 const float* centre, double* s1, double* s2) {
+  for (int64_t j = 0; j < W; j += 16) {
+    const int64_t n = std::min<int64_t>(16, W - j);
+    const Lanes m0(std::min<int64_t>(n, 8)), m1(std::max<int64_t>(n - 8, 0));
+    __m256d c[4], a[4], b[4];
+    widen8(centre + j, m0, &c[0], &c[1]);
+    widen8(centre + j + 8, m1, &c[2], &c[3]);
+    for (int q = 0; q < 4; ++q) a[q] = b[q] = _mm256_setzero_pd();
+    for (int64_t r = 0; r < rows; ++r) {
+      __m256d v[4];
+      widen8(x + r * ld + j, m0, &v[0], &v[1]);
+      widen8(x + r * ld + j + 8, m1, &v[2], &v[3]);
+      if constexpr (kWeighted) {
+        __m256d w[4];
+        widen8(g + r * ld + j, m0, &w[0], &w[1]);
+        widen8(g + r * ld + j + 8, m1, &w[2], &w[3]);
+        for (int q = 0; q < 4; ++q) {
+          a[q] = _mm256_add_pd(a[q], w[q]);
+          b[q] = _mm256_fmadd_pd(w[q], _mm256_sub_pd(v[q], c[q]), b[q]);
+        }
+      } else {
+        for (int q = 0; q < 4; ++q) {
+          const __m256d d = _mm256_sub_pd(v[q], c[q]);
+          a[q] = _mm256_add_pd(a[q], d);
+          b[q] = _mm256_fmadd_pd(d, d, b[q]);
+        }
+      }
+    }
+    alignas(32) double ta[16], tb[16];
+    for (int q = 0; q < 4; ++q) {
+      _mm256_store_pd(ta + 4 * q, a[q]);
+      _mm256_store_pd(tb + 4 * q, b[q]);
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      s1[j + i] = ta[i];
+      s2[j + i] = tb[i];
+    }
+  }
+}
+
+void cols_stats_avx2(const float* x, int64_t rows, int64_t W, int64_t ld, const float* k,
+                     double* s1, double* s2) {
+  cols_reduce<false>(x, nullptr, rows, W, ld, k, s1, s2);
+}
+
+void cols_bwd_reduce_avx2(const float* x, const float* dy, int64_t rows, int64_t W, int64_t ld,
+                          const float* mean, double* sdy, double* sdyx) {
+  cols_reduce<true>(x, dy, rows, W, ld, mean, sdy, sdyx);
+}
+
+// fn(columns [j, j + 8) of row r, their lanes) for every row and block
+template <typename F>
+void cols_each(int64_t rows, int64_t W, const F& fn) {
+  const int64_t full = W & ~int64_t{7};
+  const Lanes all(8), tail(W - full);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t j = 0; j < full; j += 8) fn(r * W + j, j, all);
+    if (full < W) fn(r * W + full, full, tail);
+  }
+}
+
+void cols_normalize_avx2(const float* x, int64_t rows, int64_t W, const float* mean,
+                         const float* scale, const float* shift, float* y) {
+  cols_each(rows, W, [&](int64_t i, int64_t j, const Lanes& l) {
+    const __m256 v = _mm256_sub_ps(load8(x + i, l), load8(mean + j, l));
+    store8(y + i, _mm256_fmadd_ps(v, load8(scale + j, l), load8(shift + j, l)), l);
+  });
+}
+
+void cols_bwd_dx_avx2(const float* x, const float* dy, int64_t rows, int64_t W, const float* mean,
+                      const float* a, const float* bb, const float* c, float* dx) {
+  cols_each(rows, W, [&](int64_t i, int64_t j, const Lanes& l) {
+    const __m256 bv = load8(bb + j, l), cv = load8(c + j, l);
+    const __m256 d = _mm256_sub_ps(load8(x + i, l), load8(mean + j, l));
+    // columns with bb == 0 (eval mode) do not read x: a NaN there must not reach dx
+    const __m256 t = _mm256_blendv_ps(_mm256_fmadd_ps(bv, d, cv), cv,
+                                      _mm256_cmp_ps(bv, _mm256_setzero_ps(), _CMP_EQ_OQ));
+    store8(dx + i, _mm256_fmadd_ps(load8(a + j, l), load8(dy + i, l), t), l);
+  });
+}
+
 }  // namespace
 
-const BatchNormKernels kBatchNormAvx2 = {stats_avx2,      normalize_avx2,      normalize_rows_avx2,
-                                         bwd_reduce_avx2, bwd_dx_avx2,         bwd_reduce_rows_avx2,
-                                         bwd_dx_rows_avx2};
+const BatchNormKernels kBatchNormAvx2 = {
+    stats_avx2,       normalize_avx2,       normalize_rows_avx2,  bwd_reduce_avx2,
+    bwd_dx_avx2,      bwd_reduce_rows_avx2, bwd_dx_rows_avx2,     cols_stats_avx2,
+    cols_normalize_avx2, cols_bwd_reduce_avx2, cols_bwd_dx_avx2};
 
 }  // namespace dlkern
 

@@ -61,8 +61,46 @@ void bwd_dx_rows_ref(const float* x, const float* dy, int64_t S, int64_t rows, i
 
 }  // namespace
 
+void cols_stats_ref(const float* x, int64_t rows, int64_t W, int64_t ld, const float* k,
+                    double* s1, double* s2) {
+  for (int64_t j = 0; j < W; ++j) s1[j] = s2[j] = 0;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < W; ++j) {
+      const double d = static_cast<double>(x[r * ld + j]) - k[j];
+      s1[j] += d;
+      s2[j] += d * d;
+    }
+}
+
+void cols_normalize_ref(const float* x, int64_t rows, int64_t W, const float* mean,
+                        const float* scale, const float* shift, float* y) {
+  for (int64_t r = 0; r < rows; ++r)
+    normalize_rows_ref(x + r * W, 1, W, 0, W, mean, scale, shift, y + r * W);
+}
+
+void cols_bwd_reduce_ref(const float* x, const float* dy, int64_t rows, int64_t W, int64_t ld,
+                         const float* mean, double* sdy, double* sdyx) {
+  for (int64_t j = 0; j < W; ++j) sdy[j] = sdyx[j] = 0;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < W; ++j) {
+      const double g = dy[r * ld + j];
+      sdy[j] += g;
+      sdyx[j] += g * (static_cast<double>(x[r * ld + j]) - mean[j]);
+    }
+}
+
+void cols_bwd_dx_ref(const float* x, const float* dy, int64_t rows, int64_t W, const float* mean,
+                     const float* a, const float* bb, const float* c, float* dx) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < W; ++j) {
+      const int64_t i = r * W + j;
+      bwd_dx_ref(x + i, dy + i, 1, mean[j], a[j], bb[j], c[j], dx + i);
+    }
+}
+
 const BatchNormKernels kBatchNormRef = {stats_ref,      normalize_ref,       normalize_rows_ref,
                                         bwd_reduce_ref, bwd_dx_ref,          bwd_reduce_rows_ref,
-                                        bwd_dx_rows_ref};
+                                        bwd_dx_rows_ref, cols_stats_ref,     cols_normalize_ref,
+                                        cols_bwd_reduce_ref, cols_bwd_dx_ref};
 
 }  // namespace dlkern
