@@ -75,8 +75,8 @@ struct BatchNormKernels {
                       const float* c, float* dx);
   // The narrow path (S < kBatchNormNarrowS: (N, C) and (N, C, L) with small L): the input as
   // `rows` rows of W contiguous columns (a range of the C*S columns, rows `ld` floats apart),
-  // constants per column, vectors across columns. The reductions write their column sums to
-  // s1/s2 (sdy/sdyx), W doubles each, accumulating in double.
+  // constants per column, vectors across columns. The reductions (W <= kBatchNormNarrowCols)
+  // write their column sums to s1/s2 (sdy/sdyx), W doubles each, accumulating in double.
   void (*cols_stats)(const float* x, int64_t rows, int64_t W, int64_t ld, const float* k,
                      double* s1, double* s2);
   void (*cols_normalize)(const float* x, int64_t rows, int64_t W, const float* mean,
@@ -90,6 +90,8 @@ struct BatchNormKernels {
 // leave a vector mostly empty, and the per-(row, chunk) work items of the wide path cost more
 // than the arithmetic.
 constexpr int64_t kBatchNormNarrowS = 8;
+// The narrow reductions take at most this many columns per call (their sums stay in L1).
+constexpr int64_t kBatchNormNarrowCols = 256;
 extern const BatchNormKernels kBatchNormRef;
 extern const BatchNormKernels kBatchNormAvx2;
 

@@ -97,11 +97,10 @@ bool narrow(const BatchNormShape& s) { return s.S < kBatchNormNarrowS; }
 // in order; the blocks are a function of the shape alone, so results do not depend on the
 // thread count.
 struct NarrowItems {
-  static constexpr int64_t kCols = 256;
   int64_t blocks, rows, chunks;
   explicit NarrowItems(const BatchNormShape& s)
       : blocks(std::clamp<int64_t>(s.N / 64, 1, 8)), rows((s.N + blocks - 1) / blocks),
-        chunks((s.C * s.S + kCols - 1) / kCols) {}
+        chunks((s.C * s.S + kBatchNormNarrowCols - 1) / kBatchNormNarrowCols) {}
 };
 
 // Per-channel sums (a, b) from reduce(first row, rows, first column, columns, column sums a, b)
@@ -117,10 +116,10 @@ void narrow_sums(const BatchNormShape& s, int threads, std::vector<double>& a,
   double* pb = pa + it.blocks * W;
   parallel_for(it.blocks * it.chunks, pass_threads(s, threads), [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) {
-      const int64_t blk = i / it.chunks, j0 = (i % it.chunks) * NarrowItems::kCols;
+      const int64_t blk = i / it.chunks, j0 = (i % it.chunks) * kBatchNormNarrowCols;
       const int64_t r0 = blk * it.rows;
       if (r0 >= s.N) continue;  // a last block left empty by the rounding up
-      reduce(r0, std::min(it.rows, s.N - r0), j0, std::min(NarrowItems::kCols, W - j0),
+      reduce(r0, std::min(it.rows, s.N - r0), j0, std::min(kBatchNormNarrowCols, W - j0),
              pa + blk * W + j0, pb + blk * W + j0);
     }
   });
