@@ -74,9 +74,11 @@ struct BatchNormKernels {
                       int64_t C, const float* mean, const float* a, const float* bb,
                       const float* c, float* dx);
   // The narrow path (S < kBatchNormNarrowS: (N, C) and (N, C, L) with small L): the input as
-  // `rows` rows of W contiguous columns (a range of the C*S columns, rows `ld` floats apart),
-  // constants per column, vectors across columns. The reductions (W <= kBatchNormNarrowCols)
-  // write their column sums to s1/s2 (sdy/sdyx), W doubles each, accumulating in double.
+  // `rows` rows of W contiguous columns, constants per column, vectors across columns. The
+  // reductions take a range of W <= kBatchNormNarrowCols of the C*S columns (rows `ld` floats
+  // apart) and write their column sums to s1/s2 (sdy/sdyx), W doubles each, accumulating in
+  // double; the elementwise kernels take whole rows (ld = W). cols_bwd_dx with bb null (eval
+  // mode) is dx = a * dy + c, and does not read x.
   void (*cols_stats)(const float* x, int64_t rows, int64_t W, int64_t ld, const float* k,
                      double* s1, double* s2);
   void (*cols_normalize)(const float* x, int64_t rows, int64_t W, const float* mean,

@@ -94,10 +94,13 @@ int main() {
   // small S (row ranges, masked tails), S at and around the vector width, large S (chunks)
   for (int64_t S : {1, 7, 8, 9, 49, 196})
     for (int64_t C : {1, 3, 17}) check_shape(3, C, S, 0.f, rng);
-  // the narrow path (S < 8): column blocks of 8 and their masked tails, several row blocks
-  // (16 rows or N/32), odd row counts (the two-row unrolling), large means
+  // the narrow path (S < 8): column blocks of 16 and their masked tails, row counts off the
+  // four-row steps, several row blocks (64 rows or more each) and 256-column chunks at once,
+  // large means
   for (int64_t C : {1, 8, 9, 16, 33, 100}) check_shape(37, C, 1, 0.f, rng);
   check_shape(1000, 7, 3, 0.f, rng);
+  check_shape(1000, 300, 1, 0.f, rng);
+  check_shape(301, 130, 3, 1e4f, rng);
   check_shape(517, 5, 1, 1e4f, rng);
   check_shape(2, 300, 1, 0.f, rng);
   check_shape(1, 3, 224 * 224, 0.f, rng);      // two chunks per row... and more

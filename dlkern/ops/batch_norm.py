@@ -108,7 +108,7 @@ def _edge_cases():
         t = "train" if training else "eval"
         for shape in [(2, 3), (5, 1), (4, 7, 9), (2, 3, 5, 5), (1, 3, 4, 4), (3, 2, 1, 1),
                       (2, 17, 13, 31), (8, 64, 7, 7), (2, 3, 2, 3, 4), (1, 2, 129, 130),
-                      (0, 3, 4, 4), (37, 17), (2, 300), (20, 9, 2)]:
+                      (0, 3, 4, 4), (37, 17), (2, 300), (20, 9, 2), (130, 300), (0, 5)]:
             name = "x".join(map(str, shape))
             cases.append(Case(f"{name} {t}", {"shape": shape, "training": training}))
         for mom in (0.0, 1.0, 0.5):

@@ -218,7 +218,7 @@ static inline void widen8(const float* p, const Lanes& l, __m256d* lo, __m256d* 
 template <bool kWeighted>
 void cols_reduce(const float* x, const float* g, int64_t rows, int64_t W, int64_t ld,
                  const float* centre, double* s1, double* s2) {
-  alignas(32) double acc1[kBatchNormNarrowCols + 16] = {}, acc2[kBatchNormNarrowCols + 16] = {};
+  alignas(32) double acc1[kBatchNormNarrowCols] = {}, acc2[kBatchNormNarrowCols] = {};
   for (int64_t r0 = 0; r0 < rows; r0 += 4) {
     const int64_t nr = std::min<int64_t>(4, rows - r0);
     for (int64_t j = 0; j < W; j += 16) {
@@ -248,7 +248,7 @@ void cols_reduce(const float* x, const float* g, int64_t rows, int64_t W, int64_
           }
         }
       }
-      for (int q = 0; q < 4; ++q) {  // lanes past W add zeros into the padding
+      for (int q = 0; q < 4; ++q) {  // lanes past W add zeros (W <= 256, j + 16 <= 256)
         _mm256_store_pd(acc1 + j + 4 * q, _mm256_add_pd(_mm256_load_pd(acc1 + j + 4 * q), a[q]));
         _mm256_store_pd(acc2 + j + 4 * q, _mm256_add_pd(_mm256_load_pd(acc2 + j + 4 * q), b[q]));
       }
@@ -291,10 +291,16 @@ void cols_normalize_avx2(const float* x, int64_t rows, int64_t W, const float* m
 
 void cols_bwd_dx_avx2(const float* x, const float* dy, int64_t rows, int64_t W, const float* mean,
                       const float* a, const float* bb, const float* c, float* dx) {
+  if (bb == nullptr) {  // eval mode: dx does not depend on x
+    cols_each(rows, W, [&](int64_t i, int64_t j, const Lanes& l) {
+      store8(dx + i, _mm256_fmadd_ps(load8(a + j, l), load8(dy + i, l), load8(c + j, l)), l);
+    });
+    return;
+  }
   cols_each(rows, W, [&](int64_t i, int64_t j, const Lanes& l) {
     const __m256 bv = load8(bb + j, l), cv = load8(c + j, l);
     const __m256 d = _mm256_sub_ps(load8(x + i, l), load8(mean + j, l));
-    // columns with bb == 0 (eval mode) do not read x: a NaN there must not reach dx
+    // columns with bb == 0 (a vanished reduction) ignore x: a NaN there must not reach dx
     const __m256 t = _mm256_blendv_ps(_mm256_fmadd_ps(bv, d, cv), cv,
                                       _mm256_cmp_ps(bv, _mm256_setzero_ps(), _CMP_EQ_OQ));
     store8(dx + i, _mm256_fmadd_ps(load8(a + j, l), load8(dy + i, l), t), l);

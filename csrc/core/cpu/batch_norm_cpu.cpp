@@ -106,13 +106,19 @@ struct NarrowItems {
 // Per-channel sums (a, b) from reduce(first row, rows, first column, columns, column sums a, b)
 // over the items in parallel; the W = C*S column sums of each row block are added up per channel
 // in a fixed order.
+// The calling thread's buffer for the narrow sums (2 x blocks x W doubles), reused: no page
+// faults per call; one for the forward's and the backward's sums alike.
+double* narrow_scratch(size_t doubles) {
+  thread_local Scratch scratch;
+  return reinterpret_cast<double*>(scratch.get(2 * doubles));
+}
+
 template <typename F>
 void narrow_sums(const BatchNormShape& s, int threads, std::vector<double>& a,
                  std::vector<double>& b, const F& reduce) {
   const int64_t W = s.C * s.S;
   const NarrowItems it(s);
-  thread_local Scratch scratch;  // 2 x blocks x W doubles, reused: no page faults per call
-  double* pa = reinterpret_cast<double*>(scratch.get(static_cast<size_t>(4 * it.blocks * W)));
+  double* pa = narrow_scratch(static_cast<size_t>(2 * it.blocks * W));
   double* pb = pa + it.blocks * W;
   parallel_for(it.blocks * it.chunks, pass_threads(s, threads), [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) {
@@ -216,14 +222,15 @@ void bwd_sums(const BatchNormKernels& k, const BatchNormShape& s, const float* x
   combine(s, it, sdy, sdyx, g, p);
 }
 
-// dx = a[c] * dy + bb[c] * (x - mean[c]) + cc[c] over the whole input, by either path
+// dx = a[c] * dy + bb[c] * (x - mean[c]) + cc[c] over the whole input, by either path (bb is
+// all zeros unless training: then x is not read)
 void bwd_dx(const BatchNormKernels& k, const BatchNormShape& s, const float* x, const float* dy,
-            const float* mean, const float* a, const float* bb, const float* cc, float* dx,
-            int threads) {
+            const float* mean, const float* a, const float* bb, const float* cc, bool training,
+            float* dx, int threads) {
   if (narrow(s)) {
     std::vector<float> b1, b2, b3, b4;
     const float *m = per_column(s, mean, b1), *av = per_column(s, a, b2),
-                *bv = per_column(s, bb, b3), *cv = per_column(s, cc, b4);
+                *bv = training ? per_column(s, bb, b3) : nullptr, *cv = per_column(s, cc, b4);
     const int64_t W = s.C * s.S;
     narrow_rows(s, threads, [&](int64_t r0, int64_t rows) {
       k.cols_bwd_dx(x + r0 * W, dy + r0 * W, rows, W, m, av, bv, cv, dx + r0 * W);
@@ -324,7 +331,7 @@ Status batch_norm_bwd_cpu(const BatchNormShape& s, const float* x, const float* 
     kb[c] = training && count > 0 ? static_cast<float>(-wc * is * is * is * p[c] / count) : 0.f;
     kc[c] = training && count > 0 ? static_cast<float>(-wc * is * g[c] / count) : 0.f;
   }
-  if (dx) bwd_dx(k, s, x, dy, mean, ka.data(), kb.data(), kc.data(), dx, threads);
+  if (dx) bwd_dx(k, s, x, dy, mean, ka.data(), kb.data(), kc.data(), training, dx, threads);
   return Status::kOk;
 }
 

@@ -59,7 +59,6 @@ void bwd_dx_rows_ref(const float* x, const float* dy, int64_t S, int64_t rows, i
     bwd_dx_ref(x + r * S, dy + r * S, S, mean[c], a[c], bb[c], cc[c], dx + r * S);
 }
 
-}  // namespace
 
 void cols_stats_ref(const float* x, int64_t rows, int64_t W, int64_t ld, const float* k,
                     double* s1, double* s2) {
@@ -94,9 +93,11 @@ void cols_bwd_dx_ref(const float* x, const float* dy, int64_t rows, int64_t W, c
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t j = 0; j < W; ++j) {
       const int64_t i = r * W + j;
-      bwd_dx_ref(x + i, dy + i, 1, mean[j], a[j], bb[j], c[j], dx + i);
+      bwd_dx_ref(x + i, dy + i, 1, mean[j], a[j], bb ? bb[j] : 0.f, c[j], dx + i);
     }
 }
+
+}  // namespace
 
 const BatchNormKernels kBatchNormRef = {stats_ref,      normalize_ref,       normalize_rows_ref,
                                         bwd_reduce_ref, bwd_dx_ref,          bwd_reduce_rows_ref,
