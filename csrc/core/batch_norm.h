@@ -96,6 +96,8 @@ constexpr int64_t kBatchNormNarrowS = 8;
 constexpr int64_t kBatchNormNarrowCols = 256;
 extern const BatchNormKernels kBatchNormRef;
 extern const BatchNormKernels kBatchNormAvx2;
+// The avx512 path (cpu/batch_norm_avx512.cpp): AVX2's kernels with zmm narrow ones.
+const BatchNormKernels& batch_norm_avx512();
 
 // CUDA (csrc/core/cuda/batch_norm.cu): the same contract on device pointers and a cudaStream_t,
 // plus a device workspace of batch_norm_cuda_workspace(s) bytes (16-byte aligned; per-channel

@@ -60,8 +60,11 @@ void check_shape(int64_t N, int64_t C, int64_t S, float offset, std::mt19937& rn
   for (auto& v : b) v = d(rng);
   dlkern::cpu_isa_select(CpuIsa::kReference);
   const Out ref = run(s, x, g, w, b, 1);
-  dlkern::cpu_isa_select(CpuIsa::kAvx2);
-  for (int t = 1; t <= 2; ++t) {
+  for (int p = 0; p < 4; ++p) {
+    const CpuIsa isa = p < 2 ? CpuIsa::kAvx2 : CpuIsa::kAvx512;
+    const int t = 1 + p % 2;
+    if (isa > dlkern::cpu_isa_best()) continue;  // main() says when avx512 is skipped
+    dlkern::cpu_isa_select(isa);
     const Out got = run(s, x, g, w, b, t);
     const struct { const char* what; const std::vector<float>&a, &b; double tol; } cmp[] = {
         {"y", got.y, ref.y, 2e-5}, {"mean", got.mean, ref.mean, 1e-6},
@@ -71,8 +74,9 @@ void check_shape(int64_t N, int64_t C, int64_t S, float offset, std::mt19937& rn
         {"eval dx", got.dxe, ref.dxe, 2e-5}};
     for (const auto& c : cmp) {
       const double e = max_rel(c.a, c.b);
-      CHECK(e <= c.tol, "N=%lld C=%lld S=%lld offset %g threads %d: %s rel err %g > %g",
-            (long long)N, (long long)C, (long long)S, offset, t, c.what, e, c.tol);
+      CHECK(e <= c.tol, "N=%lld C=%lld S=%lld offset %g %s threads %d: %s rel err %g > %g",
+            (long long)N, (long long)C, (long long)S, offset,
+            isa == CpuIsa::kAvx512 ? "avx512" : "avx2", t, c.what, e, c.tol);
     }
   }
   if (offset != 0.f) {  // the variance of N(offset, 1) data must come out near 1
@@ -90,6 +94,8 @@ int main() {
     std::printf("no AVX2/FMA on this CPU: only the reference path exists\n");
     return 77;
   }
+  if (dlkern::cpu_isa_best() < CpuIsa::kAvx512)
+    std::printf("no AVX-512 on this CPU: the avx512 path's narrow kernels are not tested\n");
   std::mt19937 rng(7);
   // small S (row ranges, masked tails), S at and around the vector width, large S (chunks)
   for (int64_t S : {1, 7, 8, 9, 49, 196})

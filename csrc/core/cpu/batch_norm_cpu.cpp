@@ -20,7 +20,9 @@ namespace {
 constexpr int64_t kChunk = 16384;
 
 const BatchNormKernels& kernels() {
-  return cpu_isa_active() >= CpuIsa::kAvx2 ? kBatchNormAvx2 : kBatchNormRef;
+  const CpuIsa isa = cpu_isa_active();
+  if (isa >= CpuIsa::kAvx512) return batch_norm_avx512();
+  return isa >= CpuIsa::kAvx2 ? kBatchNormAvx2 : kBatchNormRef;
 }
 
 struct Items {
