@@ -154,12 +154,12 @@ def gather(rank: Rank, payload) -> list | None:
     return out
 
 
-def run_share(rank: Rank, items: list, devices: list[str], costs: list[float], run) -> dict:
-    """run(the items of this rank's share, a list it appends results to) -> stopped early, as a
-    payload for gather: the results with their rows replaced by indices into `items` (rows hold
-    the registry's functions, which need not pickle), the keys of every item and the devices
-    (rank 0 refuses a rank that built others), and the traceback of what the run raised."""
-    mine = shard(costs, rank.world)[rank.rank]
+def run_share(items: list, mine: list[int], devices: list[str], run) -> dict:
+    """run(the items of this rank's share, indices `mine` into `items`; a list it appends results
+    to) -> stopped early, as a payload for gather: the results with their rows replaced by
+    indices into `items` (rows hold the registry's functions, which need not pickle), the keys of
+    every item and the devices (rank 0 refuses a rank that built others), and the traceback of
+    what the run raised."""
     index = {id(items[i]): i for i in mine}
     out: list = []
     stopped, error = False, None

@@ -40,9 +40,21 @@ class Impl:
 
     def refuses(self, dtype: str, op: str) -> str | None:
         """Why a row of `op` at `dtype` is skipped for this implementation, or None."""
-        if self.dtypes is None or dtype in self.dtypes:
-            return None
-        return (f"{self.label} computes {op} in {', '.join(self.dtypes)} only, not {dtype}")
+        return dtype_refusal(self.label, self.dtypes, dtype, op)
+
+
+def dtype_refusal(label: str, dtypes: tuple[str, ...] | None, dtype: str, op: str = ""
+                  ) -> str | None:
+    """Why an implementation computing in `dtypes` (None: any) skips a row at `dtype`, or None."""
+    if dtypes is None or dtype in dtypes:
+        return None
+    return f"{label} computes {op + ' ' if op else ''}in {', '.join(dtypes)} only, not {dtype}"
+
+
+def torch_cannot_text(what: str, dtype: str, device: str, e: Exception) -> str:
+    """The skip reason of a row (or model) torch itself raised on at `dtype`."""
+    first = str(e).splitlines()[0] if str(e) else ""
+    return f"torch cannot run {what} in {dtype} on {device}: {type(e).__name__}: {first}"
 
 
 # name (or "prefix:" for parameterised names) -> factory(spec, device, argument) -> Impl

@@ -213,7 +213,7 @@ def measure(argv, args, rows, devices, cfg, progress: bool = True):
     if rank is None:
         results, stopped = run(rows)
     else:
-        payload = dist.run_share(rank, rows, devices, costs, lambda share, out: run(share, out)[1])
+        payload = dist.run_share(rows, mine, devices, lambda share, out: run(share, out)[1])
         got = dist.gather(rank, {**payload, "rank": ranks[0]})
         if got is None:
             return None

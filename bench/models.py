@@ -109,9 +109,7 @@ class ModelImpl:
 
     def refuses(self, dtype: str) -> str | None:
         """Why a model at `dtype` is skipped for this implementation, or None."""
-        if self.dtypes is None or dtype in self.dtypes:
-            return None
-        return f"{self.label} computes in {', '.join(self.dtypes)} only, not {dtype}"
+        return impls_mod.dtype_refusal(self.label, self.dtypes, dtype)
 
 
 def resolve_impl(name: str, device: str, kinds: tuple[str, ...]) -> ModelImpl:
@@ -208,9 +206,7 @@ def torch_cannot(state: dict, name: str, image: int, device: str, num_classes: i
         out = m(torch.randn(2, 3, image, image, device=device, dtype=dtype))
         out.sum().backward()
     except Exception as e:
-        first = str(e).splitlines()[0] if str(e) else ""
-        return (f"torch cannot run {name} in {str(dtype).removeprefix('torch.')} on {device}: "
-                f"{type(e).__name__}: {first}")
+        return impls_mod.torch_cannot_text(name, str(dtype).removeprefix("torch."), device, e)
     return None
 
 

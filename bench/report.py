@@ -516,7 +516,7 @@ def run_warnings(meta: dict) -> list[str]:
                    "record says which one measured it. Ranks on one host share its memory "
                    "bandwidth and caches, so their timings perturb each other.")
     for e in meta.get("rank_errors") or []:
-        out.append(f"\n**FAILED**: {e.splitlines()[0]} (its rows are missing) "
+        out.append(f"\n**FAILED**: {e.splitlines()[0]} (the rows it did not measure are missing) "
                    f"{e.splitlines()[-1] if len(e.splitlines()) > 1 else ''}")
     return out
 

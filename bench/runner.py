@@ -280,8 +280,7 @@ def torch_cannot(spec: OpSpec, case, dtype: str, device: str) -> str | None:
         if wrt:
             torch.autograd.grad(out, wrt, torch.ones_like(out), allow_unused=True)
     except Exception as e:
-        first = str(e).splitlines()[0] if str(e) else ""
-        return f"torch cannot run {spec.name} in {dtype} on {device}: {type(e).__name__}: {first}"
+        return impls_mod.torch_cannot_text(spec.name, dtype, device, e)
     return None
 
 

@@ -1126,8 +1126,9 @@ RANKS2 = [{"rank": 0, "host": "a", "cores": [0], "threads": 1},
 
 def test_a_rank_that_raises_is_reported_by_rank_0_with_what_it_measured():
     rows = [_row(f"r{i}", ("layers",)) for i in range(6)]
-    ok = dist.run_share(dist.Rank(0, 2, 0, 2, "a"), rows, ["cpu"], [1.0] * 6, _measure_then(None))
-    bad = dist.run_share(dist.Rank(1, 2, 1, 2, "b"), rows, ["cpu"], [1.0] * 6, _measure_then(1))
+    shares = dist.shard([1.0] * 6, 2)
+    ok = dist.run_share(rows, shares[0], ["cpu"], _measure_then(None))
+    bad = dist.run_share(rows, shares[1], ["cpu"], _measure_then(1))
     assert bad["error"] and "ZeroDivisionError: rank broke" in bad["error"]
     results, stopped, errors = dist.merge([ok, bad], rows, ["cpu"], RANKS2)
     # rank 0 had rows 0, 2, 4; rank 1 rows 1, 3, 5 and raised after the first
@@ -1142,9 +1143,8 @@ def test_a_rank_that_raises_is_reported_by_rank_0_with_what_it_measured():
 
 def test_a_rank_that_built_other_rows_is_left_out_with_a_message():
     rows = [_row(f"r{i}", ("layers",)) for i in range(4)]
-    ok = dist.run_share(dist.Rank(0, 2, 0, 2, "a"), rows, ["cpu"], [1.0] * 4, _measure_then(None))
-    other = dist.run_share(dist.Rank(1, 2, 1, 2, "b"), rows[:3], ["cpu"], [1.0] * 3,
-                           _measure_then(None))
+    ok = dist.run_share(rows, dist.shard([1.0] * 4, 2)[0], ["cpu"], _measure_then(None))
+    other = dist.run_share(rows[:3], dist.shard([1.0] * 3, 2)[1], ["cpu"], _measure_then(None))
     results, _, errors = dist.merge([ok, other], rows, ["cpu"], RANKS2)
     assert {r.rank for r in results} == {0}
     assert len(errors) == 1 and "rank 1 (b) built other rows or devices than rank 0" in errors[0]
