@@ -1,8 +1,20 @@
-import pytest
-import torch
+import importlib.util
+import sys
 
-import dlkern
-from dlkern import registry
+import pytest
+
+# Run in a Python without torch or dlkern (the README installs both first), the tests would stop
+# at the imports below with a collection traceback; say what to do in one line instead.
+_missing = [m for m in ("torch", "dlkern") if importlib.util.find_spec(m) is None]
+if _missing:
+    pytest.exit(f"tests/ need {' and '.join(_missing)} in this Python ({sys.executable}): "
+                "pip install torch==2.13.0 && pip install -e \".[test]\" (README, Quick start)",
+                returncode=4)
+
+import torch  # noqa: E402
+
+import dlkern  # noqa: E402
+from dlkern import registry  # noqa: E402
 
 ALL_ISAS = registry.CPU_ISAS
 
