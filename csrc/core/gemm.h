@@ -48,7 +48,7 @@ struct GemmArgs {
   // input is such a B: row k = (c, r, t) starts at c * plane + r * Wp + t (conv2d_avx512.cpp), and
   // the micro-kernel reads it in place, without im2col.
   const int64_t* b_rows = nullptr;
-  // Wrapped C, together with b_rows (AVX-512 path only): C's columns come in rows of c_row kept
+  // Wrapped C, only with b_rows (AVX-512 path only; b_rows may come without it): C's columns come in rows of c_row kept
   // columns followed by c_skip discarded ones, c_row + c_skip >= 16: column n = i * (c_row +
   // c_skip) + q goes to C[m * ldc + i * c_row + q] when q < c_row, and nowhere otherwise; no
   // column bias. A convolution over a padded input computes Wp = Q + (S-1)*dw columns per output

@@ -172,6 +172,19 @@ int main(int argc, char** argv) {
   check_shape(make(2, 5, 13, 13, 10, 5, 5, 2, 2, 1, 5), rng);
   check_shape(make(2, 6, 31, 31, 6, 3, 3, 1, 1, 2, 6), rng);
   check_shape(make(2, 4, 40, 40, 4, 3, 3, 2, 1, 1, 4), rng);
+  // depthwise.h: 7x7 (more taps than a tap group), strides 2 and 3 (phase planes), dilation with
+  // stride, rows past a register block (Q > 64), a 1x1 plane, a kernel wider than the input,
+  // an extra output column, padding wider than the kernel's reach, multiplier 3
+  check_shape(make(2, 6, 23, 29, 6, 7, 7, 2, 3, 1, 6), rng);
+  check_shape(make(1, 5, 17, 19, 5, 5, 5, 3, 2, 1, 5), rng);
+  check_shape(make(1, 3, 21, 22, 3, 3, 3, 2, 2, 2, 3), rng);
+  check_shape(make(2, 3, 6, 150, 3, 3, 3, 1, 1, 1, 3), rng);
+  check_shape(make(2, 7, 1, 1, 7, 3, 3, 1, 1, 1, 7), rng);
+  check_shape(make(1, 2, 4, 5, 2, 7, 7, 1, 3, 1, 2), rng);
+  check_shape(make(2, 4, 9, 10, 4, 2, 2, 1, 0, 1, 4, 1), rng);
+  check_shape(make(1, 4, 6, 7, 4, 3, 3, 1, 4, 1, 4), rng);
+  check_shape(make(2, 3, 12, 12, 9, 3, 3, 2, 1, 1, 3), rng);
+  check_shape(make(1, 4, 112, 112, 4, 3, 3, 2, 1, 1, 4), rng);
   check_shape(make(3, 17, 5, 13, 23, 1, 1, 1, 0, 1, 1), rng);
   check_shape(make(1, 64, 7, 7, 130, 1, 1, 1, 0, 1, 1), rng);
   check_shape(make(1, 64, 7, 7, 33, 1, 1, 2, 0, 1, 1), rng);

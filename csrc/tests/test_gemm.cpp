@@ -110,7 +110,8 @@ void same_across_threads(int64_t M, int64_t N, int64_t K, int la, int lb, std::m
 
 // gemm_avx512's row-offset B and wrapped C (the convolution over a padded input): B's row k at
 // x + rows[k], C's columns in rows of c_row kept and c_skip dropped, against a double reference,
-// with the row bias or not, on 1-3 threads (bit-identical), and the other paths' refusals.
+// with the row bias or not, on 1-3 threads (bit-identical); the same B with a plain C; and the
+// other paths' refusals.
 void check_wrapped(int64_t M, int64_t K, int64_t N, int64_t c_row, int64_t c_skip, bool row_bias,
                    std::mt19937& rng) {
   std::normal_distribution<float> d;
@@ -156,9 +157,23 @@ void check_wrapped(int64_t M, int64_t K, int64_t N, int64_t c_row, int64_t c_ski
   CHECK(c[0] == c[1] && c[0] == c[2], "wrapped: threads differ");
   CHECK(dlkern::gemm_avx2(g, 1) == Status::kUnsupported, "avx2 took a row-offset B");
   CHECK(dlkern::gemm_ref(g, 1) == Status::kUnsupported, "ref took a row-offset B");
+  // without the wrap, every column n lands at C[m][n] (conv2d_avx512.cpp's phase-split GEMM)
   GemmArgs h = g;
   h.c_row = 0, h.c_skip = 0, h.ldc = N;
-  CHECK(dlkern::gemm_avx512(h, 1) == Status::kUnsupported, "a row-offset B without a wrapped C");
+  std::vector<float> plain(static_cast<size_t>(M * N), 7.f);
+  h.C = plain.data();
+  CHECK(dlkern::gemm_avx512(h, 2) == Status::kOk, "a row-offset B without a wrapped C failed");
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      double want = row_bias ? rb[m] : 0.0, mag = std::fabs(want) + 1e-3;
+      for (int64_t k = 0; k < K; ++k) {
+        want += static_cast<double>(a[m * K + k]) * x[rows[k] + n];
+        mag += std::fabs(a[m * K + k] * x[rows[k] + n]);
+      }
+      CHECK(std::fabs(plain[m * N + n] - want) <= 4 * 6e-8 * std::sqrt(K + 1.0) * mag + 1e-6,
+            "row-offset B M=%lld K=%lld N=%lld: C[%lld][%lld] %g, want %g", (long long)M,
+            (long long)K, (long long)N, (long long)m, (long long)n, plain[m * N + n], want);
+    }
   h = g;
   h.c_skip = 15 - c_row;
   if (h.c_skip >= 0) CHECK(dlkern::gemm_avx512(h, 1) == Status::kInvalidArgument, "wrap < 16");

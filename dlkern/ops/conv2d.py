@@ -208,6 +208,16 @@ def _edge_cases():
     add("depthwise dilation 2 1x8x31x31", (1, 8, 31, 31), 8, kernel=3, padding=2, dilation=2,
         groups=8)
     add("depthwise stride 3 1x4x13x13", (1, 4, 13, 13), 4, kernel=3, stride=3, padding=1, groups=4)
+    add("depthwise 7x7 stride 2 2x3x23x29", (2, 3, 23, 29), 3, kernel=7, stride=2, padding=3,
+        groups=3)
+    add("depthwise wide 1x2x5x150", (1, 2, 5, 150), 2, kernel=5, padding=2, groups=2)
+    add("depthwise 1x1 plane 2x4x1x1", (2, 4, 1, 1), 4, kernel=3, padding=1, groups=4)
+    add("depthwise channels_last 2x8x9x9", (2, 8, 9, 9), 8, kernel=3, padding=1, groups=8,
+        layout="channels_last")
+    add("depthwise inf 2x4x9x9", (2, 4, 9, 9), 4, kernel=3, padding=1, groups=4, kind="inf")
+    add("depthwise nan 2x4x9x9 stride 2", (2, 4, 9, 9), 4, kernel=3, stride=2, padding=1,
+        groups=4, kind="nan")
+    add("depthwise hard 2x4x9x9 5x5", (2, 4, 9, 9), 8, kernel=5, padding=2, groups=4, kind="hard")
     add("1x1 2x64x7x7 -> 33", (2, 64, 7, 7), 33, kernel=1)
     add("1x1 stride 2 2x17x9x9 -> 20", (2, 17, 9, 9), 20, kernel=1, stride=2)
     add("1x1 groups 2 2x6x5x5 -> 4 no bias", (2, 6, 5, 5), 4, kernel=1, groups=2, bias=False)
@@ -242,6 +252,32 @@ def _bench_cases():
         cases.append(Case(f"{'x'.join(map(str, shape[1:]))} -> {out} {k}x{k}/{stride}",
                           {"shape": shape, "out": out, "kernel": k, "stride": stride,
                            "padding": k // 2, "bias": False}, suites=("resnet",)))
+    # the conv families of MobileNet, EfficientNet, ConvNeXt, RegNet and ResNeXt, and the
+    # squeeze-excitation GEMVs, at batch 8: (family, input, out, kernel, stride, groups)
+    for fam, shape, out, k, stride, groups in (
+            ("depthwise", (8, 32, 112, 112), 32, 3, 1, 32),
+            ("depthwise", (8, 96, 112, 112), 96, 3, 2, 96),
+            ("depthwise", (8, 144, 56, 56), 144, 3, 1, 144),
+            ("depthwise", (8, 144, 56, 56), 144, 5, 2, 144),
+            ("depthwise", (8, 240, 28, 28), 240, 5, 1, 240),
+            ("depthwise", (8, 672, 14, 14), 672, 5, 1, 672),
+            ("depthwise", (8, 96, 56, 56), 96, 7, 1, 96),
+            ("depthwise", (8, 768, 7, 7), 768, 7, 1, 768),
+            ("grouped", (8, 64, 56, 56), 64, 3, 1, 8),
+            ("grouped", (8, 128, 28, 28), 128, 3, 1, 8),
+            ("grouped", (8, 256, 28, 28), 256, 3, 2, 16),
+            ("grouped", (8, 432, 14, 14), 432, 3, 1, 9),
+            ("grouped", (8, 128, 56, 56), 128, 3, 1, 32),
+            ("1x1", (8, 1024, 14, 14), 256, 1, 1, 1),
+            ("1x1", (8, 256, 14, 14), 1024, 1, 1, 1),
+            ("1x1", (8, 960, 7, 7), 160, 1, 1, 1),
+            ("SE", (8, 96, 1, 1), 24, 1, 1, 1),
+            ("SE", (8, 1152, 1, 1), 48, 1, 1, 1),
+            ("SE", (8, 48, 1, 1), 1152, 1, 1, 1)):
+        g = f" g{groups}" if 1 < groups < shape[1] else ""
+        cases.append(Case(f"{fam} {'x'.join(map(str, shape[1:]))} -> {out} {k}x{k}/{stride}{g}",
+                          {"shape": shape, "out": out, "kernel": k, "stride": stride,
+                           "padding": k // 2, "groups": groups}, suites=("conv",)))
     return tuple(cases)
 
 

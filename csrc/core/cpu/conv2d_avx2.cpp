@@ -7,8 +7,7 @@
 //      backward data at stride 1 (a transposed convolution over dY with the flipped, transposed
 //      weight) and, into a row-major tile, backward weight (dW += dY_tile * col_tile^T) and
 //      the col2im tiles of backward data at stride > 1.
-//   3. depthwise: direct per-plane loops, the output row in L1, FMAs along the row (stride 1
-//      loads, stride 2 de-interleaved loads, other strides scalar).
+//   3. depthwise: depthwise.h at 8 floats a vector.
 #include <algorithm>
 #include <climits>
 #include <cstdint>
@@ -22,6 +21,7 @@
 #include "parallel.h"
 #include "scratch.h"
 #include "vec_avx2.h"
+#include "depthwise.h"
 
 namespace dlkern {
 namespace {
@@ -260,38 +260,6 @@ int64_t tile_positions(int64_t kd, int64_t PQ) {
   return std::min(t, PQ);
 }
 
-// ---- depthwise ----------------------------------------------------------------------------
-
-// y[j] += wv * x[j * sw] for j < n.
-static inline void axpy_strided(float wv, const float* x, int64_t sw, int64_t n, float* y) {
-  const __m256 wb = _mm256_set1_ps(wv);
-  int64_t j = 0;
-  if (sw == 1) {
-    for (; j + 8 <= n; j += 8)
-      _mm256_storeu_ps(y + j, _mm256_fmadd_ps(wb, _mm256_loadu_ps(x + j), _mm256_loadu_ps(y + j)));
-  } else if (sw == 2) {
-    for (; j + 9 <= n; j += 8) {
-      const __m256 a = _mm256_loadu_ps(x + 2 * j), b = _mm256_loadu_ps(x + 2 * j + 8);
-      const __m256 e = _mm256_castpd_ps(_mm256_permute4x64_pd(
-          _mm256_castps_pd(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0))), _MM_SHUFFLE(3, 1, 2, 0)));
-      _mm256_storeu_ps(y + j, _mm256_fmadd_ps(wb, e, _mm256_loadu_ps(y + j)));
-    }
-  }
-  for (; j < n; ++j) y[j] += wv * x[j * sw];
-}
-
-// sum_j a[j] * x[j * sw] for j < n, in float lanes.
-static inline float dot_strided(const float* a, const float* x, int64_t sw, int64_t n) {
-  __m256 acc = _mm256_setzero_ps();
-  int64_t j = 0;
-  if (sw == 1)
-    for (; j + 8 <= n; j += 8)
-      acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + j), _mm256_loadu_ps(x + j), acc);
-  float s = avx2::hsum(acc);
-  for (; j < n; ++j) s += a[j] * x[j * sw];
-  return s;
-}
-
 static inline float row_sum(const float* g, int64_t n) {
   __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
   int64_t j = 0;
@@ -302,109 +270,6 @@ static inline float row_sum(const float* g, int64_t n) {
   float t = avx2::hsum(_mm256_add_ps(a0, a1));
   for (; j < n; ++j) t += g[j];
   return t;
-}
-
-void depthwise_fwd(const Conv2dShape& s, const float* x, const float* w, const float* bias,
-                   float* y, int threads) {
-  const int64_t mult = s.K / s.C, HW = s.H * s.W, PQ = s.P * s.Q, planes = s.N * s.K;
-  parallel_for(planes, threads_for(planes * PQ * s.R * s.S, 1 << 14, threads),
-               [&](int64_t b, int64_t e) {
-    for (int64_t nk = b; nk < e; ++nk) {
-      const int64_t n = nk / s.K, k = nk % s.K;
-      const float* xc = x + (n * s.C + k / mult) * HW;
-      const float* wk = w + k * s.R * s.S;
-      for (int64_t p = 0; p < s.P; ++p) {
-        float* yr = y + nk * PQ + p * s.Q;
-        const float b0 = bias ? bias[k] : 0.f;
-        for (int64_t q = 0; q < s.Q; ++q) yr[q] = b0;
-        for (int64_t r = 0; r < s.R; ++r) {
-          const int64_t ih = p * s.stride_h - s.pad_h + r * s.dil_h;
-          if (ih < 0 || ih >= s.H) continue;
-          for (int64_t t = 0; t < s.S; ++t) {
-            const int64_t iw0 = -s.pad_w + t * s.dil_w;
-            int64_t lo, hi;
-            valid_range(iw0, s.stride_w, s.W, s.Q, &lo, &hi);
-            axpy_strided(wk[r * s.S + t], xc + ih * s.W + iw0 + lo * s.stride_w, s.stride_w,
-                         hi - lo, yr + lo);
-          }
-        }
-      }
-    }
-  });
-}
-
-void depthwise_bwd(const Conv2dShape& s, const float* x, const float* w, const float* dy,
-                   float* dx, float* dw, float* db, int threads) {
-  const int64_t mult = s.K / s.C, HW = s.H * s.W, PQ = s.P * s.Q, RS = s.R * s.S;
-  if (dx != nullptr) {
-    const int64_t planes = s.N * s.C;
-    parallel_for(planes, threads_for(planes * mult * PQ * RS, 1 << 14, threads),
-                 [&](int64_t b, int64_t e) {
-      for (int64_t nc = b; nc < e; ++nc) {
-        float* dxc = dx + nc * HW;
-        std::memset(dxc, 0, sizeof(float) * HW);
-        const int64_t n = nc / s.C, c = nc % s.C;
-        for (int64_t k = c * mult; k < (c + 1) * mult; ++k) {
-          const float* dyk = dy + (n * s.K + k) * PQ;
-          const float* wk = w + k * RS;
-          for (int64_t p = 0; p < s.P; ++p)
-            for (int64_t r = 0; r < s.R; ++r) {
-              const int64_t ih = p * s.stride_h - s.pad_h + r * s.dil_h;
-              if (ih < 0 || ih >= s.H) continue;
-              for (int64_t t = 0; t < s.S; ++t) {
-                const int64_t iw0 = -s.pad_w + t * s.dil_w;
-                int64_t lo, hi;
-                valid_range(iw0, s.stride_w, s.W, s.Q, &lo, &hi);
-                float* row = dxc + ih * s.W + iw0;
-                const float* g = dyk + p * s.Q;
-                const float wv = wk[r * s.S + t];
-                int64_t j = lo;
-                if (s.stride_w == 1) {
-                  const __m256 wb = _mm256_set1_ps(wv);
-                  for (; j + 8 <= hi; j += 8)
-                    _mm256_storeu_ps(row + j, _mm256_fmadd_ps(wb, _mm256_loadu_ps(g + j),
-                                                              _mm256_loadu_ps(row + j)));
-                }
-                for (; j < hi; ++j) row[j * s.stride_w] += wv * g[j];
-              }
-            }
-        }
-      }
-    });
-  }
-  if (dw != nullptr || db != nullptr) {
-    parallel_for(s.K, threads_for(s.K * s.N * PQ * (RS + 1), 1 << 14, threads),
-                 [&](int64_t b, int64_t e) {
-      std::vector<double> acc(static_cast<size_t>(RS));
-      for (int64_t k = b; k < e; ++k) {
-        std::fill(acc.begin(), acc.end(), 0.0);
-        double bsum = 0;
-        for (int64_t n = 0; n < s.N; ++n) {
-          const float* dyk = dy + (n * s.K + k) * PQ;
-          const float* xc = x + (n * s.C + k / mult) * HW;
-          for (int64_t p = 0; p < s.P; ++p) {
-            const float* g = dyk + p * s.Q;
-            if (db != nullptr) bsum += row_sum(g, s.Q);
-            if (dw == nullptr) continue;
-            for (int64_t r = 0; r < s.R; ++r) {
-              const int64_t ih = p * s.stride_h - s.pad_h + r * s.dil_h;
-              if (ih < 0 || ih >= s.H) continue;
-              for (int64_t t = 0; t < s.S; ++t) {
-                const int64_t iw0 = -s.pad_w + t * s.dil_w;
-                int64_t lo, hi;
-                valid_range(iw0, s.stride_w, s.W, s.Q, &lo, &hi);
-                acc[r * s.S + t] += dot_strided(g + lo, xc + ih * s.W + iw0 + lo * s.stride_w,
-                                                s.stride_w, hi - lo);
-              }
-            }
-          }
-        }
-        if (db != nullptr) db[k] = static_cast<float>(bsum);
-        if (dw != nullptr)
-          for (int64_t i = 0; i < RS; ++i) dw[k * RS + i] = static_cast<float>(acc[i]);
-      }
-    });
-  }
 }
 
 // Row sums of the K x PQ block at dy added into acc (double), rows split among threads.
@@ -425,7 +290,7 @@ Status conv2d_fwd_avx2(const Conv2dShape& s, const float* x, const float* w, con
   const int64_t PQ = s.P * s.Q, HW = s.H * s.W;
   if (s.N == 0 || s.K == 0 || PQ == 0) return Status::kOk;
   if (algo == Conv2dAlgo::kDepthwise) {
-    depthwise_fwd(s, x, w, bias, y, threads);
+    dw::fwd<avx2::F32x8>(s, x, w, bias, y, threads);
     return Status::kOk;
   }
   const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups, Kd = Cg * s.R * s.S;
@@ -436,6 +301,9 @@ Status conv2d_fwd_avx2(const Conv2dShape& s, const float* x, const float* w, con
     float* out = tl_tile.get(static_cast<size_t>(Kg * s.N * PQ));
     for (int64_t g = 0; g < s.groups && st == Status::kOk; ++g) {
       Gather gi = input_gather(s, x + g * Cg * HW);
+      if (algo == Conv2dAlgo::kGemm1x1) {  // each image's plane is one row: few pieces per panel
+        gi.H = 1, gi.W = HW, gi.Q = PQ;
+      }
       gi.PQ = PQ;
       gi.img = s.C * HW;
       GemmArgs ga;
@@ -623,7 +491,7 @@ Status conv2d_bwd_avx2(const Conv2dShape& s, const float* x, const float* w, con
     return Status::kOk;
   }
   if (algo == Conv2dAlgo::kDepthwise) {
-    depthwise_bwd(s, x, w, dy, dx, dw, db, threads);
+    dw::bwd<avx2::F32x8>(s, x, w, dy, dx, dw, db, threads);
     return Status::kOk;
   }
   if (dx != nullptr && Cg == 0) std::memset(dx, 0, sizeof(float) * dx_n);

@@ -22,7 +22,10 @@
 #include "../conv2d.h"
 #include "../gemm.h"
 #include "conv2d_parts.h"
+#include "parallel.h"
 #include "scratch.h"
+#include "vec_avx512.h"
+#include "depthwise.h"
 
 namespace dlkern {
 namespace {
@@ -126,6 +129,144 @@ Status fwd_padded(const Conv2dShape& s, const float* x, const float* w, const fl
   return Status::kOk;
 }
 
+// ---- the phase-split gather: any stride, small images, short rows ---------------------------
+//
+// The shapes `applies` leaves out (strides above 1, rows under 16 columns, small images, wide
+// kernels) read depthwise.h's phase-split copy of the input, every image's planes laid out as
+// [c][phase][image][Hm][Wm]: there B's row k = (c, r, t) is one run of the copy (tap (r, t) at
+// its depthwise.h offset, channel c a whole channel's phases further) in which the output
+// (image i, p, q) sits at i*Hm*Wm + p*Wm + q. A micro-panel's 16 columns are then a few
+// stretches of that run (one per output row and image they touch), so the B packer copies each
+// row of a panel with one masked load per stretch and one store: no per-element gather, and no
+// discarded columns computed.
+
+struct Split {
+  dw::Geom g;
+  int64_t nb, img, phase, chan, floats;
+  std::vector<int64_t> rows;
+};
+
+Split split_layout(const Conv2dShape& s, int64_t nb) {
+  Split t;
+  t.g = dw::geom(s, 16);
+  t.nb = nb;
+  t.img = t.g.Hm * t.g.Wm;
+  t.phase = nb * t.img;
+  t.chan = t.g.slots * t.phase;
+  t.floats = s.C / s.groups * t.chan;
+  const int64_t RS = s.R * s.S;
+  for (int64_t c = 0; c < s.C / s.groups; ++c)
+    for (int64_t i = 0; i < RS; ++i) {
+      const int64_t o = t.g.off[i], slot = o / t.g.phase, within = o % t.g.phase;
+      t.rows.push_back(c * t.chan + slot * t.phase + within);
+    }
+  return t;
+}
+
+struct Stretches {
+  const float* xs;
+  const Split* t;
+  int64_t PQ, Q;
+};
+
+// gemm.h's BPacker over the phase-split copy: NR-column micro-panels of B[k0:k0+kc][n0:n0+nc].
+void pack_stretches(const void* ctx, int64_t k0, int64_t kc, int64_t n0, int64_t nc, float* bp) {
+  const Stretches& st = *static_cast<const Stretches*>(ctx);
+  const Split& t = *st.t;
+  const int64_t* rows = t.rows.data() + k0;
+  for (int64_t jr = 0; jr < nc; jr += 16, bp += 16 * kc) {
+    // stretch i: lanes `mask[i]` read xs + rows[k] + delta[i] + lane
+    int64_t delta[16];
+    __mmask16 mask[16];
+    int count = 0;
+    const int64_t lanes = std::min<int64_t>(16, nc - jr);
+    for (int64_t j = 0; j < lanes;) {
+      const int64_t n = n0 + jr + j, i = n / st.PQ, rem = n % st.PQ, p = rem / st.Q;
+      const int64_t q = rem % st.Q, len = std::min(lanes - j, st.Q - q);
+      delta[count] = i * t.img + p * t.g.Wm + q - j;
+      mask[count++] = static_cast<__mmask16>(((1u << len) - 1) << j);
+      j += len;
+    }
+    if (count == 1 && lanes == 16) {
+      for (int64_t k = 0; k < kc; ++k)
+        _mm512_store_ps(bp + k * 16, _mm512_loadu_ps(st.xs + rows[k] + delta[0]));
+      continue;
+    }
+    for (int64_t k = 0; k < kc; ++k) {
+      const float* src = st.xs + rows[k];
+      __m512 v = _mm512_setzero_ps();
+      for (int i = 0; i < count; ++i) v = _mm512_mask_loadu_ps(v, mask[i], src + delta[i]);
+      _mm512_store_ps(bp + k * 16, v);
+    }
+  }
+}
+
+// nb images from image n0 (group g): split, then the GEMM into y (one image) or into a
+// workspace then moved to NCHW (several).
+Status stretch_group(const Conv2dShape& s, const Split& t, const float* x, const float* w,
+                     const float* bias, float* y, int64_t n0, int64_t g, int threads) {
+  const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups, Kd = Cg * s.R * s.S, HW = s.H * s.W;
+  const int64_t PQ = s.P * s.Q;
+  static thread_local Scratch tl_split, tl_ws;
+  float* xs = tl_split.get(static_cast<size_t>(t.floats));
+  parallel_for(Cg * t.nb, threads_for(Cg * t.nb * HW, 1 << 15, threads), [&](int64_t b, int64_t e) {
+    for (int64_t ci = b; ci < e; ++ci) {
+      const int64_t c = ci / t.nb, i = ci % t.nb;
+      dw::split_phases<avx512::F32x16>(t.g, x + ((n0 + i) * s.C + g * Cg + c) * HW,
+                                       xs + c * t.chan + i * t.img, t.phase);
+    }
+  });
+  const Stretches st{xs, &t, PQ, s.Q};
+  GemmArgs ga;
+  ga.M = Kg;
+  ga.N = t.nb * PQ;
+  ga.K = Kd;
+  ga.A = {w + g * Kg * Kd, Kd, 1};
+  ga.pack_b = {pack_stretches, &st};
+  ga.C = t.nb == 1 ? y + (n0 * s.K + g * Kg) * PQ : tl_ws.get(static_cast<size_t>(Kg * ga.N));
+  ga.ldc = t.nb == 1 ? PQ : ga.N;
+  ga.row_bias = bias ? bias + g * Kg : nullptr;
+  const Status r = gemm_avx512(ga, threads);
+  if (r != Status::kOk || t.nb == 1) return r;
+  parallel_for(t.nb * Kg, threads_for(t.nb * Kg * PQ, 1 << 15, threads), [&](int64_t b, int64_t e) {
+    for (int64_t ik = b; ik < e; ++ik) {
+      const int64_t i = ik / Kg, k = ik % Kg;
+      std::memcpy(y + ((n0 + i) * s.K + g * Kg + k) * PQ, ga.C + k * ga.N + i * PQ,
+                  sizeof(float) * PQ);
+    }
+  });
+  return Status::kOk;
+}
+
+// The forward over phase-split copies: small images all in one GEMM per group, others one image
+// per GEMM, images in parallel.
+Status fwd_stretches(const Conv2dShape& s, const float* x, const float* w, const float* bias,
+                     float* y, int threads) {
+  if (x == nullptr || w == nullptr || y == nullptr) return Status::kInvalidArgument;
+  if (s.P * s.Q < kConvSmallImage && s.N > 1) {
+    const Split t = split_layout(s, s.N);
+    for (int64_t g = 0; g < s.groups; ++g) {
+      const Status st = stretch_group(s, t, x, w, bias, y, 0, g, threads);
+      if (st != Status::kOk) return st;
+    }
+    return Status::kOk;
+  }
+  const Split t = split_layout(s, 1);
+  std::vector<Status> status(static_cast<size_t>(s.N), Status::kOk);  // one per image: no race
+  const int64_t work = s.K * s.P * s.Q * (s.C / s.groups * s.R * s.S + 1);
+  conv2d_for_images(s.N, threads, work, [&](int64_t n, int inner) {
+    for (int64_t g = 0; g < s.groups && status[n] == Status::kOk; ++g)
+      status[n] = stretch_group(s, t, x, w, bias, y, n, g, inner);
+  });
+  for (const Status r : status)
+    if (r != Status::kOk) return r;
+  return Status::kOk;
+}
+
+bool stretches_apply(const Conv2dShape& s, Conv2dAlgo algo) {
+  return algo == Conv2dAlgo::kIm2col && s.N > 0 && s.K > 0 && s.P * s.Q > 0 && s.C > 0;
+}
+
 // Backward data at stride 1 is a stride-1 convolution over dy (P x Q, padded by (R-1)*dh - ph
 // and (S-1)*dw - pw) with the flipped, transposed weight, producing H x W: the shape of it.
 Conv2dShape transposed(const Conv2dShape& s) {
@@ -142,15 +283,26 @@ Status conv2d_fwd_avx512(const Conv2dShape& s, const float* x, const float* w, c
                          float* y, int threads, Conv2dAlgo algo) {
   if (conv2d_validate(s) != Status::kOk) return conv2d_fwd_avx2(s, x, w, bias, y, threads, algo);
   const Conv2dAlgo a = algo == Conv2dAlgo::kAuto ? conv2d_pick_algo(s) : algo;
-  if (!applies(s, a)) return conv2d_fwd_avx2(s, x, w, bias, y, threads, algo);
-  return fwd_padded(s, x, w, bias, y, threads);
+  if (a == Conv2dAlgo::kDepthwise && conv2d_algo_applies(s, a)) {
+    if (s.N > 0 && s.K > 0 && s.P * s.Q > 0) dw::fwd<avx512::F32x16>(s, x, w, bias, y, threads);
+    return Status::kOk;
+  }
+  if (applies(s, a)) return fwd_padded(s, x, w, bias, y, threads);
+  if (stretches_apply(s, a)) return fwd_stretches(s, x, w, bias, y, threads);
+  return conv2d_fwd_avx2(s, x, w, bias, y, threads, algo);
 }
 
 Status conv2d_bwd_avx512(const Conv2dShape& s, const float* x, const float* w, const float* dy,
                          float* dx, float* dw, float* db, int threads, Conv2dAlgo algo) {
-  if (conv2d_validate(s) != Status::kOk || dx == nullptr)
+  if (conv2d_validate(s) != Status::kOk)
     return conv2d_bwd_avx2(s, x, w, dy, dx, dw, db, threads, algo);
   const Conv2dAlgo a = algo == Conv2dAlgo::kAuto ? conv2d_pick_algo(s) : algo;
+  if (a == Conv2dAlgo::kDepthwise && conv2d_algo_applies(s, a) && s.N > 0 && s.K > 0 &&
+      s.P * s.Q > 0) {
+    dw::bwd<avx512::F32x16>(s, x, w, dy, dx, dw, db, threads);
+    return Status::kOk;
+  }
+  if (dx == nullptr) return conv2d_bwd_avx2(s, x, w, dy, dx, dw, db, threads, algo);
   const Conv2dShape t = transposed(s);
   if (!conv2d_bwd_data_transposed(s, a) || !applies(s, a) || !applies(t, Conv2dAlgo::kIm2col))
     return conv2d_bwd_avx2(s, x, w, dy, dx, dw, db, threads, algo);
@@ -161,3 +313,7 @@ Status conv2d_bwd_avx512(const Conv2dShape& s, const float* x, const float* w, c
 }
 
 }  // namespace dlkern
+
+#ifdef DLKERN_AVX512_CLANG_PUSHED
+#pragma clang attribute pop
+#endif

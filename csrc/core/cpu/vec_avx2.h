@@ -3,6 +3,7 @@
 // are `static inline`, so no AVX2-encoded copy can leak to a caller on a CPU without AVX2.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #include "exp_consts.h"
@@ -86,6 +87,33 @@ static inline __m256i first_lanes(int64_t n) {
   static const int32_t kBits[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
   return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kBits + 8 - n));
 }
+
+// One 8-float vector and its operations, for code written once over a vector width
+// (depthwise.h); vec_avx512.h's F32x16 is the same at 16 floats.
+namespace {
+struct F32x8 {
+  using reg = __m256;
+  static constexpr int L = 8;
+  static reg set1(float v) { return _mm256_set1_ps(v); }
+  static reg zero() { return _mm256_setzero_ps(); }
+  static reg load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, reg v) { _mm256_storeu_ps(p, v); }
+  // lanes n.. read as zero / are left alone, 0 <= n <= L
+  static reg load_first(const float* p, int64_t n) { return _mm256_maskload_ps(p, first_lanes(n)); }
+  static void store_first(float* p, reg v, int64_t n) { _mm256_maskstore_ps(p, first_lanes(n), v); }
+  static reg fma(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
+  static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
+  static float sum(reg v) { return hsum(v); }
+  // d[j] = s[2j] for j < n <= L, reading s[0 .. 2n - 1] only
+  static void evens(const float* s, float* d, int64_t n) {
+    const int64_t lo = std::min<int64_t>(2 * n - 1, 8), hi = std::max<int64_t>(2 * n - 9, 0);
+    const __m256 e = _mm256_shuffle_ps(load_first(s, lo), load_first(s + 8, hi),
+                                       _MM_SHUFFLE(2, 0, 2, 0));  // s0 s2 s8 s10 s4 s6 s12 s14
+    store_first(d, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e),
+                                                          _MM_SHUFFLE(3, 1, 2, 0))), n);
+  }
+};
+}  // namespace
 
 }  // namespace avx2
 }  // namespace dlkern

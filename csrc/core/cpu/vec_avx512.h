@@ -5,6 +5,8 @@
 //   #ifdef DLKERN_AVX512_CLANG_PUSHED / #pragma clang attribute pop / #endif
 #pragma once
 
+#include <cstdint>  // before the target pragma, as every standard header
+
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,fma"))), \
                              apply_to = function)
@@ -17,3 +19,34 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 #include <immintrin.h>
+
+namespace dlkern {
+namespace avx512 {
+
+// One 16-float vector and its operations: vec_avx2.h's F32x8 at twice the width.
+namespace {
+struct F32x16 {
+  using reg = __m512;
+  static constexpr int L = 16;
+  static __mmask16 first(int64_t n) {
+    return static_cast<__mmask16>(n >= 16 ? 0xFFFF : (1u << n) - 1);
+  }
+  static reg set1(float v) { return _mm512_set1_ps(v); }
+  static reg zero() { return _mm512_setzero_ps(); }
+  static reg load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, reg v) { _mm512_storeu_ps(p, v); }
+  static reg load_first(const float* p, int64_t n) { return _mm512_maskz_loadu_ps(first(n), p); }
+  static void store_first(float* p, reg v, int64_t n) { _mm512_mask_storeu_ps(p, first(n), v); }
+  static reg fma(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
+  static reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
+  static float sum(reg v) { return _mm512_reduce_add_ps(v); }
+  static void evens(const float* s, float* d, int64_t n) {
+    const __m512i idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const int64_t lo = 2 * n - 1 < 16 ? 2 * n - 1 : 16, hi = 2 * n - 17 > 0 ? 2 * n - 17 : 0;
+    store_first(d, _mm512_permutex2var_ps(load_first(s, lo), idx, load_first(s + 16, hi)), n);
+  }
+};
+}  // namespace
+
+}  // namespace avx512
+}  // namespace dlkern

@@ -1,0 +1,336 @@
+// Depthwise conv2d (groups == C, any channel multiplier K / C) written once over a vector type V:
+// the avx2 path instantiates it with vec_avx2.h's F32x8 (conv2d_avx2.cpp), the avx512 path with
+// vec_avx512.h's F32x16 (conv2d_avx512.cpp). Include it after <algorithm>, <cstring>, <vector>
+// and the vector header (whose target pragma then applies to these functions).
+//
+// Each input plane is first copied into a zero-padded, phase-split buffer: for strides sh x sw it
+// holds up to sh * sw phase planes of Hm x Wm floats, phase (a, b) holding rows i*sh + a and
+// columns m*sw + b of the padded input (the phases no tap reads are left out). Output position (p, q) then reads tap (r, t) at
+//   phase ((r*dh) % sh, (t*dw) % sw), row p + (r*dh) / sh, column q + (t*dw) / sw,
+// so over the positions n = p*Wm + q (rows Wm wide, Wm - Q of each discarded) every tap of any
+// stride and dilation is one contiguous run at a fixed offset off[r*S + t] from n:
+//   forward        y[n] = bias + sum_taps w[tap] * buf[n + off[tap]], Block vectors of n held in
+//                  registers over all taps (one load and one FMA per tap and vector);
+//   backward data  the adjoint, dbuf[n + off[tap]] += w[tap] * dy[n] over the valid columns, then
+//                  dbuf read back into dx's plane;
+//   backward weight dw[tap] = sum_n dy[n] * buf[n + off[tap]] over the valid columns, 8 taps at
+//                  a time, each image's sum added in double in image order (so the result does
+//                  not depend on the threads).
+// Columns past Q are masked in both backward passes: a discarded column may read a real input
+// value, and 0 * inf there would turn a gradient into NaN.
+#pragma once
+
+namespace dlkern {
+namespace {
+namespace dw {
+
+constexpr int kBlock = 8;  // vectors of output positions per forward register block
+constexpr int kTapGroup = 8;
+
+struct Geom {
+  int64_t H, W, P, Q, ph, pw, sh, sw;
+  int64_t Hm, Wm, phase;  // phase-plane rows, columns, floats
+  // Only the phases some tap reads are kept (a 1x1 kernel at stride 2 reads one of four):
+  // phase (a, b) is plane slot[a*sw + b] of the buffer, -1 when no tap reads it.
+  std::vector<int64_t> slot;
+  int64_t slots;
+  int64_t span;           // floats in the buffer: the planes and a zeroed slack read past them
+  std::vector<int64_t> off;  // tap r*S + t at n + off
+};
+
+inline Geom geom(const Conv2dShape& s, int lanes) {
+  Geom g;
+  g.H = s.H, g.W = s.W, g.P = s.P, g.Q = s.Q, g.ph = s.pad_h, g.pw = s.pad_w;
+  g.sh = s.stride_h, g.sw = s.stride_w;
+  g.Hm = s.P + (s.R - 1) * s.dil_h / s.stride_h;
+  g.Wm = s.Q + (s.S - 1) * s.dil_w / s.stride_w;
+  g.phase = g.Hm * g.Wm;
+  g.slot.assign(static_cast<size_t>(g.sh * g.sw), -1);
+  for (int64_t r = 0; r < s.R; ++r)
+    for (int64_t t = 0; t < s.S; ++t)
+      g.slot[(r * s.dil_h % g.sh) * g.sw + t * s.dil_w % g.sw] = 0;
+  g.slots = 0;
+  for (auto& v : g.slot)
+    if (v == 0) v = g.slots++;
+  g.span = g.slots * g.phase + kBlock * lanes;
+  for (int64_t r = 0; r < s.R; ++r)
+    for (int64_t t = 0; t < s.S; ++t) {
+      const int64_t dr = r * s.dil_h, dt = t * s.dil_w;
+      g.off.push_back(g.slot[(dr % g.sh) * g.sw + dt % g.sw] * g.phase + dr / g.sh * g.Wm +
+                      dt / g.sw);
+    }
+  return g;
+}
+
+inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+// The columns m in [0, Wm) of phase b whose input column m*sw + b - pw lies in [0, W).
+inline void valid_columns(const Geom& g, int64_t b, int64_t* lo, int64_t* hi) {
+  const int64_t iw0 = b - g.pw;
+  int64_t a = iw0 >= 0 ? 0 : (-iw0 + g.sw - 1) / g.sw;
+  int64_t e = g.W - 1 - iw0 < 0 ? 0 : (g.W - 1 - iw0) / g.sw + 1;
+  a = std::min(a, g.Wm);
+  *lo = a;
+  *hi = std::max(a, std::min(e, g.Wm));
+}
+
+// d[0 .. n) = s[0 .. n), a vector at a time (rows here are short: a library call per row cost
+// as much as the copy), reading and writing nothing past n.
+template <class V>
+inline void copy(const float* s, float* d, int64_t n) {
+  int64_t j = 0;
+  for (; j + V::L <= n; j += V::L) V::store(d + j, V::load(s + j));
+  if (j < n) V::store_first(d + j, V::load_first(s + j, n - j), n - j);
+}
+
+// d[0 .. n) = 0, the same way.
+template <class V>
+inline void zero(float* d, int64_t n) {
+  int64_t j = 0;
+  for (; j + V::L <= n; j += V::L) V::store(d + j, V::zero());
+  if (j < n) V::store_first(d + j, V::zero(), n - j);
+}
+
+// d[j] = s[j * sw] for j < n.
+template <class V>
+void copy_strided(const float* s, int64_t sw, int64_t n, float* d) {
+  if (sw == 1) {
+    copy<V>(s, d, n);
+  } else if (sw == 2) {
+    for (int64_t j = 0; j < n; j += V::L) V::evens(s + 2 * j, d + j, std::min<int64_t>(V::L, n - j));
+  } else {
+    for (int64_t j = 0; j < n; ++j) d[j] = s[j * sw];
+  }
+}
+
+// The phase-split, zero-padded copy of the H x W plane x: the phase in slot j at
+// buf + j * phase_stride (Hm x Wm floats).
+template <class V>
+void split_phases(const Geom& g, const float* x, float* buf, int64_t phase_stride) {
+  for (int64_t a = 0; a < g.sh; ++a)
+    for (int64_t b = 0; b < g.sw; ++b) {
+      if (g.slot[a * g.sw + b] < 0) continue;
+      int64_t lo, hi;
+      valid_columns(g, b, &lo, &hi);
+      float* plane = buf + g.slot[a * g.sw + b] * phase_stride;
+      for (int64_t i = 0; i < g.Hm; ++i) {
+        float* row = plane + i * g.Wm;
+        const int64_t ih = i * g.sh + a - g.ph;
+        if (ih < 0 || ih >= g.H || hi == lo) {
+          zero<V>(row, g.Wm);
+          continue;
+        }
+        zero<V>(row, lo);
+        copy_strided<V>(x + ih * g.W + lo * g.sw + b - g.pw, g.sw, hi - lo, row + lo);
+        zero<V>(row + hi, g.Wm - hi);
+      }
+    }
+}
+
+// buf = the phase-split, zero-padded copy of the H x W plane x, phases one after the other, and
+// the zeroed slack after them.
+template <class V>
+void split(const Geom& g, const float* x, float* buf) {
+  split_phases<V>(g, x, buf, g.phase);
+  const int64_t planes = g.slots * g.phase;
+  std::memset(buf + planes, 0, sizeof(float) * (g.span - planes));
+}
+
+// dx = the input plane's share of the phase-split dbuf (inputs no tap reaches get zero).
+template <class V>
+void unsplit(const Geom& g, const float* dbuf, float* dx) {
+  for (int64_t ih = 0; ih < g.H; ++ih) {
+    float* row = dx + ih * g.W;
+    const int64_t i = ih + g.ph, a = i % g.sh, ii = i / g.sh;
+    zero<V>(row, g.W);
+    if (ii >= g.Hm) continue;
+    for (int64_t b = 0; b < g.sw; ++b) {
+      if (g.slot[a * g.sw + b] < 0) continue;  // no tap reads these inputs
+      const float* src = dbuf + g.slot[a * g.sw + b] * g.phase + ii * g.Wm;
+      int64_t lo, hi;
+      valid_columns(g, b, &lo, &hi);
+      // input column m*sw + b - pw, for m in [lo, hi)
+      if (g.sw == 1 && hi > lo)
+        copy<V>(src + lo, row + lo - g.pw, hi - lo);
+      else
+        for (int64_t m = lo; m < hi; ++m) row[m * g.sw + b - g.pw] = src[m];
+    }
+  }
+}
+
+// out[n0 .. n0 + kVecs * L) of one output plane.
+template <class V, int kVecs>
+inline void fwd_block(const Geom& g, const float* buf, const float* wk, float bias, float* out,
+                      int64_t n0) {
+  using reg = typename V::reg;
+  const int64_t taps = static_cast<int64_t>(g.off.size());
+  const int64_t* off = g.off.data();
+  reg acc[kVecs];
+  for (int j = 0; j < kVecs; ++j) acc[j] = V::set1(bias);
+  for (int64_t tap = 0; tap < taps; ++tap) {
+    const reg wv = V::set1(wk[tap]);
+    const float* src = buf + off[tap] + n0;
+    for (int j = 0; j < kVecs; ++j) acc[j] = V::fma(wv, V::load(src + j * V::L), acc[j]);
+  }
+  for (int j = 0; j < kVecs; ++j) V::store(out + n0 + j * V::L, acc[j]);
+}
+
+// The forward of one output plane: out[n] for n < P*Wm rounded up to a vector, in blocks of
+// kBlock vectors, the last block whatever is left: each accumulator is a chain of dependent FMAs
+// (one per tap), so a small plane's few vectors are best all in one block.
+template <class V>
+void fwd_plane(const Geom& g, const float* buf, const float* wk, float bias, float* out) {
+  const int64_t vectors = (g.P * g.Wm + V::L - 1) / V::L;
+  for (int64_t v = 0; v < vectors; v += kBlock) {
+    const int64_t n0 = v * V::L;
+    switch (std::min<int64_t>(kBlock, vectors - v)) {
+      case 1: fwd_block<V, 1>(g, buf, wk, bias, out, n0); break;
+      case 2: fwd_block<V, 2>(g, buf, wk, bias, out, n0); break;
+      case 3: fwd_block<V, 3>(g, buf, wk, bias, out, n0); break;
+      case 4: fwd_block<V, 4>(g, buf, wk, bias, out, n0); break;
+      case 5: fwd_block<V, 5>(g, buf, wk, bias, out, n0); break;
+      case 6: fwd_block<V, 6>(g, buf, wk, bias, out, n0); break;
+      case 7: fwd_block<V, 7>(g, buf, wk, bias, out, n0); break;
+      default: fwd_block<V, kBlock>(g, buf, wk, bias, out, n0);
+    }
+  }
+}
+
+template <class V>
+void fwd(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y,
+         int threads) {
+  const Geom g = geom(s, V::L);
+  const int64_t mult = s.K / s.C, HW = s.H * s.W, PQ = s.P * s.Q, RS = s.R * s.S;
+  const int64_t planes = s.N * s.C, n_out = round_up(g.P * g.Wm, V::L);
+  parallel_for(planes, threads_for(planes * mult * (g.P * g.Wm * RS + HW), 1 << 14, threads),
+               [&](int64_t b, int64_t e) {
+    static thread_local Scratch tl_buf, tl_out;
+    float* buf = tl_buf.get(static_cast<size_t>(g.span));
+    float* out = tl_out.get(static_cast<size_t>(n_out));
+    for (int64_t nc = b; nc < e; ++nc) {
+      split<V>(g, x + nc * HW, buf);
+      const int64_t n = nc / s.C, c = nc % s.C;
+      for (int64_t k = c * mult; k < (c + 1) * mult; ++k) {
+        fwd_plane<V>(g, buf, w + k * RS, bias ? bias[k] : 0.f, out);
+        float* yk = y + (n * s.K + k) * PQ;
+        for (int64_t p = 0; p < g.P; ++p) copy<V>(out + p * g.Wm, yk + p * g.Q, g.Q);
+      }
+    }
+  });
+}
+
+// dbuf[n + off[tap]] += w[tap] * dy[n] over one output plane's valid positions.
+template <class V>
+void bwd_data_plane(const Geom& g, const float* dyk, const float* wk, float* dbuf) {
+  using reg = typename V::reg;
+  const int64_t taps = static_cast<int64_t>(g.off.size());
+  const int64_t* off = g.off.data();
+  for (int64_t p = 0; p < g.P; ++p) {
+    const float* d = dyk + p * g.Q;
+    float* base = dbuf + p * g.Wm;
+    int64_t q0 = 0;
+    for (; q0 + kBlock * V::L <= g.Q; q0 += kBlock * V::L) {
+      reg dv[kBlock];
+      for (int j = 0; j < kBlock; ++j) dv[j] = V::load(d + q0 + j * V::L);
+      for (int64_t tap = 0; tap < taps; ++tap) {
+        const reg wv = V::set1(wk[tap]);
+        float* t = base + off[tap] + q0;
+        for (int j = 0; j < kBlock; ++j)
+          V::store(t + j * V::L, V::fma(wv, dv[j], V::load(t + j * V::L)));
+      }
+    }
+    for (; q0 < g.Q; q0 += V::L) {
+      const int64_t n = std::min<int64_t>(V::L, g.Q - q0);
+      const reg dv = V::load_first(d + q0, n);
+      for (int64_t tap = 0; tap < taps; ++tap) {
+        float* t = base + off[tap] + q0;
+        V::store_first(t, V::fma(V::set1(wk[tap]), dv, V::load_first(t, n)), n);
+      }
+    }
+  }
+}
+
+// dw_acc[tap] += sum over one output plane's valid positions of dy[n] * buf[n + off[tap]].
+template <class V>
+void bwd_weight_plane(const Geom& g, const float* buf, const float* dyk, double* dw_acc) {
+  using reg = typename V::reg;
+  const int64_t taps = static_cast<int64_t>(g.off.size());
+  for (int64_t t0 = 0; t0 < taps; t0 += kTapGroup) {
+    int64_t off[kTapGroup];  // a short last group repeats tap t0 (its sums are not kept)
+    for (int j = 0; j < kTapGroup; ++j) off[j] = g.off[t0 + j < taps ? t0 + j : t0];
+    reg acc[kTapGroup];
+    for (int j = 0; j < kTapGroup; ++j) acc[j] = V::zero();
+    for (int64_t p = 0; p < g.P; ++p) {
+      const float* d = dyk + p * g.Q;
+      const float* base = buf + p * g.Wm;
+      int64_t q = 0;
+      for (; q + V::L <= g.Q; q += V::L) {
+        const reg dv = V::load(d + q);
+        for (int j = 0; j < kTapGroup; ++j)
+          acc[j] = V::fma(dv, V::load(base + off[j] + q), acc[j]);
+      }
+      if (q < g.Q) {
+        const int64_t n = g.Q - q;
+        const reg dv = V::load_first(d + q, n);
+        for (int j = 0; j < kTapGroup; ++j)
+          acc[j] = V::fma(dv, V::load_first(base + off[j] + q, n), acc[j]);
+      }
+    }
+    for (int64_t j = 0; j < kTapGroup && t0 + j < taps; ++j) dw_acc[t0 + j] += V::sum(acc[j]);
+  }
+}
+
+template <class V>
+float plane_sum(const float* d, int64_t n) {
+  typename V::reg acc = V::zero();
+  int64_t i = 0;
+  for (; i + V::L <= n; i += V::L) acc = V::add(acc, V::load(d + i));
+  if (i < n) acc = V::add(acc, V::load_first(d + i, n - i));
+  return V::sum(acc);
+}
+
+template <class V>
+void bwd(const Conv2dShape& s, const float* x, const float* w, const float* dy, float* dx,
+         float* dwt, float* db, int threads) {
+  const Geom g = geom(s, V::L);
+  const int64_t mult = s.K / s.C, HW = s.H * s.W, PQ = s.P * s.Q, RS = s.R * s.S;
+  const int64_t work = mult * (PQ * RS + HW);
+  if (dx != nullptr) {
+    const int64_t planes = s.N * s.C;
+    parallel_for(planes, threads_for(planes * work, 1 << 14, threads), [&](int64_t b, int64_t e) {
+      static thread_local Scratch tl_dbuf;
+      float* dbuf = tl_dbuf.get(static_cast<size_t>(g.span));
+      for (int64_t nc = b; nc < e; ++nc) {
+        std::memset(dbuf, 0, sizeof(float) * g.span);
+        const int64_t n = nc / s.C, c = nc % s.C;
+        for (int64_t k = c * mult; k < (c + 1) * mult; ++k)
+          bwd_data_plane<V>(g, dy + (n * s.K + k) * PQ, w + k * RS, dbuf);
+        unsplit<V>(g, dbuf, dx + nc * HW);
+      }
+    });
+  }
+  if (dwt == nullptr && db == nullptr) return;
+  parallel_for(s.K, threads_for(s.K * s.N * work, 1 << 14, threads), [&](int64_t b, int64_t e) {
+    static thread_local Scratch tl_buf;
+    float* buf = tl_buf.get(static_cast<size_t>(g.span));
+    std::vector<double> acc(static_cast<size_t>(RS));
+    for (int64_t k = b; k < e; ++k) {
+      std::fill(acc.begin(), acc.end(), 0.0);
+      double bsum = 0;
+      for (int64_t n = 0; n < s.N; ++n) {
+        const float* dyk = dy + (n * s.K + k) * PQ;
+        if (db != nullptr) bsum += plane_sum<V>(dyk, PQ);
+        if (dwt == nullptr) continue;
+        split<V>(g, x + (n * s.C + k / mult) * HW, buf);
+        bwd_weight_plane<V>(g, buf, dyk, acc.data());
+      }
+      if (db != nullptr) db[k] = static_cast<float>(bsum);
+      if (dwt != nullptr)
+        for (int64_t i = 0; i < RS; ++i) dwt[k * RS + i] = static_cast<float>(acc[i]);
+    }
+  });
+}
+
+}  // namespace dw
+}  // namespace
+}  // namespace dlkern
