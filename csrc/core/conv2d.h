@@ -29,7 +29,10 @@
 //              Both tiles hold Cg*R*S x T floats, T chosen so a tile is about 1 MiB (at least
 //              256 positions); plus the flipped weight (the size of w).
 //   kDepthwise groups == C (Cg = 1, any channel multiplier): a direct kernel per (image,
-//              channel) plane, vectorised along the output row for stride 1 and 2.
+//              channel) plane over a zero-padded, stride-phase-split copy of it, every tap of any
+//              stride and dilation a contiguous vector load (cpu/depthwise.h, on 8 or 16 float
+//              vectors); backward data at stride 1 (multiplier 1) the same forward over dY with
+//              the kernel flipped, otherwise its adjoint scatter.
 // Bias gradient: row sums of dY, taken in the backward-weight pass over dY.
 // Threads: images run in parallel when there are at least as many as threads (each image's
 // work single-threaded), otherwise the GEMMs split their output among threads. Every
@@ -88,7 +91,8 @@ Status conv2d_fwd_avx2(const Conv2dShape& s, const float* x, const float* w, con
 Status conv2d_bwd_avx2(const Conv2dShape& s, const float* x, const float* w, const float* dy,
                        float* dx, float* dw, float* db, int threads, Conv2dAlgo algo);
 // The avx512 path (conv2d_avx512.cpp): stride-1 im2col forwards and backward data over a padded
-// input; the rest through the AVX2 algorithms (whose GEMMs run gemm_avx512 on this path).
+// input, the other im2col forwards over a phase-split copy (a masked B packer), depthwise on
+// zmm; the rest through the AVX2 algorithms (whose GEMMs run gemm_avx512 on this path).
 Status conv2d_fwd_avx512(const Conv2dShape& s, const float* x, const float* w, const float* bias,
                          float* y, int threads, Conv2dAlgo algo);
 Status conv2d_bwd_avx512(const Conv2dShape& s, const float* x, const float* w, const float* dy,

@@ -185,6 +185,11 @@ int main(int argc, char** argv) {
   check_shape(make(1, 4, 6, 7, 4, 3, 3, 1, 4, 1, 4), rng);
   check_shape(make(2, 3, 12, 12, 9, 3, 3, 2, 1, 1, 3), rng);
   check_shape(make(1, 4, 112, 112, 4, 3, 3, 2, 1, 1, 4), rng);
+  // a wide dilation (an ASPP layer): the forward's last vector reads furthest past the planes
+  check_shape(make(1, 2, 64, 64, 2, 3, 3, 1, 36, 36, 2), rng);
+  // 1x1 convolutions of 1x1 images (squeeze-excitation): the batch's GEMMs, with groups
+  check_shape(make(9, 33, 1, 1, 20, 1, 1, 1, 0, 1, 1), rng);
+  check_shape(make(5, 12, 1, 1, 8, 1, 1, 1, 0, 1, 2), rng);
   check_shape(make(3, 17, 5, 13, 23, 1, 1, 1, 0, 1, 1), rng);
   check_shape(make(1, 64, 7, 7, 130, 1, 1, 1, 0, 1, 1), rng);
   check_shape(make(1, 64, 7, 7, 33, 1, 1, 2, 0, 1, 1), rng);

@@ -221,6 +221,8 @@ def _edge_cases():
     add("1x1 2x64x7x7 -> 33", (2, 64, 7, 7), 33, kernel=1)
     add("1x1 stride 2 2x17x9x9 -> 20", (2, 17, 9, 9), 20, kernel=1, stride=2)
     add("1x1 groups 2 2x6x5x5 -> 4 no bias", (2, 6, 5, 5), 4, kernel=1, groups=2, bias=False)
+    add("1x1 of 1x1 images 7x48x1x1 -> 12", (7, 48, 1, 1), 12, kernel=1)
+    add("1x1 of 1x1 images groups 3 5x12x1x1 -> 9", (5, 12, 1, 1), 9, kernel=1, groups=3)
     add("batch 1 1x3x8x8 -> 16", (1, 3, 8, 8), 16, kernel=3, padding=1)
     add("empty batch 0x3x8x8 -> 4", (0, 3, 8, 8), 4, kernel=3, padding=1)
     add("unbatched 3x9x9 -> 5", (3, 9, 9), 5, kernel=3, padding=1)

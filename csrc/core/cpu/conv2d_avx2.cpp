@@ -458,6 +458,42 @@ Status bwd_weight(const Conv2dShape& s, Conv2dAlgo algo, const float* x, const f
   return Status::kOk;
 }
 
+// A 1x1 convolution of 1x1 images (squeeze-excitation) is a linear layer over the batch:
+// dX_g = dY_g W_g and dW_g = dY_g^T X_g, one GEMM each for the whole batch (per image they were
+// N matrix-vector products and N rank-1 updates of dW).
+Status bwd_pointwise(const Conv2dShape& s, const float* x, const float* w, const float* dy,
+                     float* dx, float* dw, float* db, int threads) {
+  const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups;
+  for (int64_t g = 0; g < s.groups; ++g) {
+    GemmArgs ga;
+    if (dx != nullptr) {  // dX[n][c] = sum_k dY[n][k] W[k][c]
+      ga.M = s.N, ga.N = Cg, ga.K = Kg;
+      ga.A = {dy + g * Kg, s.K, 1};
+      ga.B = {w + g * Kg * Cg, Cg, 1};
+      ga.C = dx + g * Cg;
+      ga.ldc = s.C;
+      const Status r = conv_gemm(ga, threads);
+      if (r != Status::kOk) return r;
+    }
+    if (dw != nullptr) {  // dW[k][c] = sum_n dY[n][k] X[n][c]
+      ga.M = Kg, ga.N = Cg, ga.K = s.N;
+      ga.A = {dy + g * Kg, 1, s.K};
+      ga.B = {x + g * Cg, s.C, 1};
+      ga.C = dw + g * Kg * Cg;
+      ga.ldc = Cg;
+      const Status r = conv_gemm(ga, threads);
+      if (r != Status::kOk) return r;
+    }
+  }
+  if (db != nullptr)
+    for (int64_t k = 0; k < s.K; ++k) {
+      double t = 0;
+      for (int64_t n = 0; n < s.N; ++n) t += dy[n * s.K + k];
+      db[k] = static_cast<float>(t);
+    }
+  return Status::kOk;
+}
+
 }  // namespace
 
 bool conv2d_bwd_data_transposed(const Conv2dShape& s, Conv2dAlgo algo) {
@@ -494,6 +530,8 @@ Status conv2d_bwd_avx2(const Conv2dShape& s, const float* x, const float* w, con
     dw::bwd<avx2::F32x8>(s, x, w, dy, dx, dw, db, threads);
     return Status::kOk;
   }
+  if (algo == Conv2dAlgo::kGemm1x1 && s.P * s.Q == 1 && Cg > 0)
+    return bwd_pointwise(s, x, w, dy, dx, dw, db, threads);
   if (dx != nullptr && Cg == 0) std::memset(dx, 0, sizeof(float) * dx_n);
   if (dx != nullptr && Cg > 0) {
     const Status r = bwd_data(s, algo, w, dy, dx, threads);

@@ -8,12 +8,14 @@
 // NCHW (a wrapped C, gemm.h), and never gathers: the gather of conv2d_avx2.cpp writes and
 // then reads back every element of B, which was a third of a 3x3, 64-channel layer's time.
 // Backward data at stride 1 is the same forward, over dy with the flipped, transposed weight.
-// Everything else (strides above 1, 1x1, depthwise, small images batched into one GEMM, and
-// layers whose discarded columns would exceed kMaxWaste; the weight gradient) runs the
-// conv2d_avx2.cpp algorithms.
+// The other im2col forwards (strides above 1, small images batched into one GEMM, layers whose
+// discarded columns would exceed kMaxWaste) read a phase-split copy of the input through a
+// masked B packer ("stretches", below); depthwise layers run depthwise.h on zmm vectors; the
+// rest (1x1, the other backward passes) runs the conv2d_avx2.cpp algorithms.
 // Workspace: per thread, the padded copy of one image's group (Cg x Hp x Wp floats, 13 MiB for
-// 64 x 224 x 224), and for backward data a copy of the weight; thread-local, kept for the next
-// call.
+// 64 x 224 x 224), or the phase-split copy of one image's group (or of the batch's, for small
+// images: about the size of the input) and for those a workspace the size of the output; for
+// backward data a copy of the weight; thread-local, kept for the next call.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -264,7 +266,8 @@ Status fwd_stretches(const Conv2dShape& s, const float* x, const float* w, const
 }
 
 bool stretches_apply(const Conv2dShape& s, Conv2dAlgo algo) {
-  return algo == Conv2dAlgo::kIm2col && s.N > 0 && s.K > 0 && s.P * s.Q > 0 && s.C > 0;
+  return algo == Conv2dAlgo::kIm2col && s.N > 0 && s.K > 0 && s.P * s.Q > 0 && s.C > 0 &&
+         s.H * s.W > 0;
 }
 
 // Backward data at stride 1 is a stride-1 convolution over dy (P x Q, padded by (R-1)*dh - ph

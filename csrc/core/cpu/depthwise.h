@@ -11,11 +11,12 @@
 // stride and dilation is one contiguous run at a fixed offset off[r*S + t] from n:
 //   forward        y[n] = bias + sum_taps w[tap] * buf[n + off[tap]], Block vectors of n held in
 //                  registers over all taps (one load and one FMA per tap and vector);
-//   backward data  the adjoint, dbuf[n + off[tap]] += w[tap] * dy[n] over the valid columns, then
-//                  dbuf read back into dx's plane;
-//   backward weight dw[tap] = sum_n dy[n] * buf[n + off[tap]] over the valid columns, 8 taps at
-//                  a time, each image's sum added in double in image order (so the result does
-//                  not depend on the threads).
+//   backward data  at stride 1 with one output channel per input, the forward over dy with the
+//                  kernel flipped; otherwise the adjoint, dbuf[n + off[tap]] += w[tap] * dy[n]
+//                  over the valid columns, then dbuf read back into dx's plane;
+//   backward weight dw[tap] = sum_n dy[n] * buf[n + off[tap]] over the valid columns, up to 8
+//                  taps at a time, each image's sum added in double in image order (so the
+//                  result does not depend on the threads).
 // Columns past Q are masked in both backward passes: a discarded column may read a real input
 // value, and 0 * inf there would turn a gradient into NaN.
 #pragma once
@@ -52,7 +53,9 @@ inline Geom geom(const Conv2dShape& s, int lanes) {
   g.slots = 0;
   for (auto& v : g.slot)
     if (v == 0) v = g.slots++;
-  g.span = g.slots * g.phase + kBlock * lanes;
+  // the forward computes the discarded columns too: its last vector reads up to Wm - Q past
+  // the last plane, plus its round-up to a vector
+  g.span = g.slots * g.phase + (g.Wm - g.Q) + kBlock * lanes;
   for (int64_t r = 0; r < s.R; ++r)
     for (int64_t t = 0; t < s.S; ++t) {
       const int64_t dr = r * s.dil_h, dt = t * s.dil_w;
@@ -250,33 +253,51 @@ void bwd_data_plane(const Geom& g, const float* dyk, const float* wk, float* dbu
   }
 }
 
-// dw_acc[tap] += sum over one output plane's valid positions of dy[n] * buf[n + off[tap]].
+// dw_acc[j] += sum over one output plane's valid positions of dy[n] * buf[n + off[j]], j < kTaps.
+template <class V, int kTaps>
+void dot_taps(const Geom& g, const float* buf, const float* dyk, const int64_t* off,
+              double* dw_acc) {
+  using reg = typename V::reg;
+  reg acc[kTaps];
+  for (int j = 0; j < kTaps; ++j) acc[j] = V::zero();
+  for (int64_t p = 0; p < g.P; ++p) {
+    const float* d = dyk + p * g.Q;
+    const float* base = buf + p * g.Wm;
+    int64_t q = 0;
+    for (; q + V::L <= g.Q; q += V::L) {
+      const reg dv = V::load(d + q);
+      for (int j = 0; j < kTaps; ++j) acc[j] = V::fma(dv, V::load(base + off[j] + q), acc[j]);
+    }
+    if (q < g.Q) {
+      const int64_t n = g.Q - q;
+      const reg dv = V::load_first(d + q, n);
+      for (int j = 0; j < kTaps; ++j)
+        acc[j] = V::fma(dv, V::load_first(base + off[j] + q, n), acc[j]);
+    }
+  }
+  for (int j = 0; j < kTaps; ++j) dw_acc[j] += V::sum(acc[j]);
+}
+
+// dw_acc[tap] += the plane's dot_taps, the taps in the fewest groups of at most kTapGroup,
+// as equal as can be (9 taps: 4 and 5, not 8 and 1).
 template <class V>
 void bwd_weight_plane(const Geom& g, const float* buf, const float* dyk, double* dw_acc) {
-  using reg = typename V::reg;
   const int64_t taps = static_cast<int64_t>(g.off.size());
-  for (int64_t t0 = 0; t0 < taps; t0 += kTapGroup) {
-    int64_t off[kTapGroup];  // a short last group repeats tap t0 (its sums are not kept)
-    for (int j = 0; j < kTapGroup; ++j) off[j] = g.off[t0 + j < taps ? t0 + j : t0];
-    reg acc[kTapGroup];
-    for (int j = 0; j < kTapGroup; ++j) acc[j] = V::zero();
-    for (int64_t p = 0; p < g.P; ++p) {
-      const float* d = dyk + p * g.Q;
-      const float* base = buf + p * g.Wm;
-      int64_t q = 0;
-      for (; q + V::L <= g.Q; q += V::L) {
-        const reg dv = V::load(d + q);
-        for (int j = 0; j < kTapGroup; ++j)
-          acc[j] = V::fma(dv, V::load(base + off[j] + q), acc[j]);
-      }
-      if (q < g.Q) {
-        const int64_t n = g.Q - q;
-        const reg dv = V::load_first(d + q, n);
-        for (int j = 0; j < kTapGroup; ++j)
-          acc[j] = V::fma(dv, V::load_first(base + off[j] + q, n), acc[j]);
-      }
+  const int64_t groups = (taps + kTapGroup - 1) / kTapGroup;
+  for (int64_t i = 0, t0 = 0; i < groups; ++i) {
+    const int64_t nt = (taps - t0) / (groups - i);
+    const int64_t* off = g.off.data() + t0;
+    switch (nt) {
+      case 1: dot_taps<V, 1>(g, buf, dyk, off, dw_acc + t0); break;
+      case 2: dot_taps<V, 2>(g, buf, dyk, off, dw_acc + t0); break;
+      case 3: dot_taps<V, 3>(g, buf, dyk, off, dw_acc + t0); break;
+      case 4: dot_taps<V, 4>(g, buf, dyk, off, dw_acc + t0); break;
+      case 5: dot_taps<V, 5>(g, buf, dyk, off, dw_acc + t0); break;
+      case 6: dot_taps<V, 6>(g, buf, dyk, off, dw_acc + t0); break;
+      case 7: dot_taps<V, 7>(g, buf, dyk, off, dw_acc + t0); break;
+      default: dot_taps<V, kTapGroup>(g, buf, dyk, off, dw_acc + t0);
     }
-    for (int64_t j = 0; j < kTapGroup && t0 + j < taps; ++j) dw_acc[t0 + j] += V::sum(acc[j]);
+    t0 += nt;
   }
 }
 
@@ -295,7 +316,18 @@ void bwd(const Conv2dShape& s, const float* x, const float* w, const float* dy, 
   const Geom g = geom(s, V::L);
   const int64_t mult = s.K / s.C, HW = s.H * s.W, PQ = s.P * s.Q, RS = s.R * s.S;
   const int64_t work = mult * (PQ * RS + HW);
-  if (dx != nullptr) {
+  if (dx != nullptr && s.stride_h == 1 && s.stride_w == 1 && mult == 1) {
+    // the adjoint of a stride-1 depthwise convolution is one: over dy, flipped kernel, padding
+    // dil*(k-1) - pad (negative crops), producing H x W, in the forward's register blocks
+    Conv2dShape t = s;
+    t.H = s.P, t.W = s.Q, t.P = s.H, t.Q = s.W;
+    t.pad_h = (s.R - 1) * s.dil_h - s.pad_h, t.pad_w = (s.S - 1) * s.dil_w - s.pad_w;
+    static thread_local Scratch tl_flip;
+    float* wf = tl_flip.get(static_cast<size_t>(s.K * RS));
+    for (int64_t k = 0; k < s.K; ++k)
+      for (int64_t i = 0; i < RS; ++i) wf[k * RS + RS - 1 - i] = w[k * RS + i];
+    fwd<V>(t, dy, wf, nullptr, dx, threads);
+  } else if (dx != nullptr) {
     const int64_t planes = s.N * s.C;
     parallel_for(planes, threads_for(planes * work, 1 << 14, threads), [&](int64_t b, int64_t e) {
       static thread_local Scratch tl_dbuf;

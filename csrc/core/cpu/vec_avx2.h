@@ -104,7 +104,7 @@ struct F32x8 {
   static reg fma(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
   static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
   static float sum(reg v) { return hsum(v); }
-  // d[j] = s[2j] for j < n <= L, reading s[0 .. 2n - 1] only
+  // d[j] = s[2j] for j < n <= L, reading s[0 .. 2n - 2] only
   static void evens(const float* s, float* d, int64_t n) {
     const int64_t lo = std::min<int64_t>(2 * n - 1, 8), hi = std::max<int64_t>(2 * n - 9, 0);
     const __m256 e = _mm256_shuffle_ps(load_first(s, lo), load_first(s + 8, hi),

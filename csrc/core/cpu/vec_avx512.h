@@ -17,6 +17,7 @@
 #if defined(__GNUC__) && !defined(__clang__)
 // GCC 12's own intrinsics (_mm512_max_ps: an undefined pass-through operand) set this off
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"  // the same, once inlined into an unrolled loop
 #endif
 #include <immintrin.h>
 
