@@ -496,6 +496,10 @@ Status bwd_pointwise(const Conv2dShape& s, const float* x, const float* w, const
 
 }  // namespace
 
+bool conv2d_grouped_weight_direct(const Conv2dShape& s, Conv2dAlgo algo) {
+  return algo == Conv2dAlgo::kIm2col && s.groups > 1 && s.K / s.groups <= kConvDirectGroup;
+}
+
 bool conv2d_bwd_data_transposed(const Conv2dShape& s, Conv2dAlgo algo) {
   return algo == Conv2dAlgo::kIm2col && s.stride_h == 1 && s.stride_w == 1 &&
          s.C / s.groups >= 16;
@@ -538,6 +542,10 @@ Status conv2d_bwd_avx2(const Conv2dShape& s, const float* x, const float* w, con
     if (r != Status::kOk) return r;
   }
   if (dw == nullptr && db == nullptr) return Status::kOk;
+  if (conv2d_grouped_weight_direct(s, algo)) {
+    dw::grouped_weight<avx2::F32x8>(s, x, dy, dw, db, threads);
+    return Status::kOk;
+  }
   return bwd_weight(s, algo, x, dy, dw, db, threads);
 }
 

@@ -305,6 +305,12 @@ Status conv2d_bwd_avx512(const Conv2dShape& s, const float* x, const float* w, c
     dw::bwd<avx512::F32x16>(s, x, w, dy, dx, dw, db, threads);
     return Status::kOk;
   }
+  if (conv2d_grouped_weight_direct(s, a) && (dw != nullptr || db != nullptr) && s.N > 0 &&
+      s.K > 0 && s.P * s.Q > 0) {
+    dw::grouped_weight<avx512::F32x16>(s, x, dy, dw, db, threads);
+    if (dx == nullptr) return Status::kOk;
+    dw = nullptr, db = nullptr;  // dx is left
+  }
   if (dx == nullptr) return conv2d_bwd_avx2(s, x, w, dy, dx, dw, db, threads, algo);
   const Conv2dShape t = transposed(s);
   if (!conv2d_bwd_data_transposed(s, a) || !applies(s, a) || !applies(t, Conv2dAlgo::kIm2col))

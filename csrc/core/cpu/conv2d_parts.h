@@ -25,6 +25,11 @@ void conv2d_for_images(int64_t N, int threads, int64_t work_per_image, const F& 
   for (int64_t n = full; n < N; ++n) f(n, threads);
 }
 
+// Grouped convolutions with at most this many output channels per group take their weight
+// gradient from depthwise.h's direct dot products (dw::grouped_weight) instead of im2col GEMMs.
+constexpr int64_t kConvDirectGroup = 64;
+bool conv2d_grouped_weight_direct(const Conv2dShape& s, Conv2dAlgo algo);
+
 // Whether backward data runs as a stride-1 transposed convolution (a GEMM with C/groups rows,
 // which wastes most of the micro-tiles when that is small, an RGB input: the col2im tiles serve
 // better there).

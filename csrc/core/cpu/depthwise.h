@@ -14,9 +14,10 @@
 //   backward data  at stride 1 with one output channel per input, the forward over dy with the
 //                  kernel flipped; otherwise the adjoint, dbuf[n + off[tap]] += w[tap] * dy[n]
 //                  over the valid columns, then dbuf read back into dx's plane;
-//   backward weight dw[tap] = sum_n dy[n] * buf[n + off[tap]] over the valid columns, up to 8
-//                  taps at a time, each image's sum added in double in image order (so the
-//                  result does not depend on the threads).
+//   backward weight dw[tap] = sum_n dy[n] * buf[n + off[tap]] over the valid columns, blocks of
+//                  output channels by taps in registers (grouped_weight, which grouped
+//                  convolutions share), each image's sums added in double in image order (so
+//                  the result does not depend on the threads).
 // Columns past Q are masked in both backward passes: a discarded column may read a real input
 // value, and 0 * inf there would turn a gradient into NaN.
 #pragma once
@@ -26,7 +27,6 @@ namespace {
 namespace dw {
 
 constexpr int kBlock = 8;  // vectors of output positions per forward register block
-constexpr int kTapGroup = 8;
 
 struct Geom {
   int64_t H, W, P, Q, ph, pw, sh, sw;
@@ -168,13 +168,16 @@ inline void fwd_block(const Geom& g, const float* buf, const float* wk, float bi
   using reg = typename V::reg;
   const int64_t taps = static_cast<int64_t>(g.off.size());
   const int64_t* off = g.off.data();
-  reg acc[kVecs];
+  reg acc[kVecs];  // (the unroll pragmas keep the arrays in registers: GCC spilled them)
+#pragma GCC unroll 8
   for (int j = 0; j < kVecs; ++j) acc[j] = V::set1(bias);
   for (int64_t tap = 0; tap < taps; ++tap) {
     const reg wv = V::set1(wk[tap]);
     const float* src = buf + off[tap] + n0;
+#pragma GCC unroll 8
     for (int j = 0; j < kVecs; ++j) acc[j] = V::fma(wv, V::load(src + j * V::L), acc[j]);
   }
+#pragma GCC unroll 8
   for (int j = 0; j < kVecs; ++j) V::store(out + n0 + j * V::L, acc[j]);
 }
 
@@ -253,54 +256,6 @@ void bwd_data_plane(const Geom& g, const float* dyk, const float* wk, float* dbu
   }
 }
 
-// dw_acc[j] += sum over one output plane's valid positions of dy[n] * buf[n + off[j]], j < kTaps.
-template <class V, int kTaps>
-void dot_taps(const Geom& g, const float* buf, const float* dyk, const int64_t* off,
-              double* dw_acc) {
-  using reg = typename V::reg;
-  reg acc[kTaps];
-  for (int j = 0; j < kTaps; ++j) acc[j] = V::zero();
-  for (int64_t p = 0; p < g.P; ++p) {
-    const float* d = dyk + p * g.Q;
-    const float* base = buf + p * g.Wm;
-    int64_t q = 0;
-    for (; q + V::L <= g.Q; q += V::L) {
-      const reg dv = V::load(d + q);
-      for (int j = 0; j < kTaps; ++j) acc[j] = V::fma(dv, V::load(base + off[j] + q), acc[j]);
-    }
-    if (q < g.Q) {
-      const int64_t n = g.Q - q;
-      const reg dv = V::load_first(d + q, n);
-      for (int j = 0; j < kTaps; ++j)
-        acc[j] = V::fma(dv, V::load_first(base + off[j] + q, n), acc[j]);
-    }
-  }
-  for (int j = 0; j < kTaps; ++j) dw_acc[j] += V::sum(acc[j]);
-}
-
-// dw_acc[tap] += the plane's dot_taps, the taps in the fewest groups of at most kTapGroup,
-// as equal as can be (9 taps: 4 and 5, not 8 and 1).
-template <class V>
-void bwd_weight_plane(const Geom& g, const float* buf, const float* dyk, double* dw_acc) {
-  const int64_t taps = static_cast<int64_t>(g.off.size());
-  const int64_t groups = (taps + kTapGroup - 1) / kTapGroup;
-  for (int64_t i = 0, t0 = 0; i < groups; ++i) {
-    const int64_t nt = (taps - t0) / (groups - i);
-    const int64_t* off = g.off.data() + t0;
-    switch (nt) {
-      case 1: dot_taps<V, 1>(g, buf, dyk, off, dw_acc + t0); break;
-      case 2: dot_taps<V, 2>(g, buf, dyk, off, dw_acc + t0); break;
-      case 3: dot_taps<V, 3>(g, buf, dyk, off, dw_acc + t0); break;
-      case 4: dot_taps<V, 4>(g, buf, dyk, off, dw_acc + t0); break;
-      case 5: dot_taps<V, 5>(g, buf, dyk, off, dw_acc + t0); break;
-      case 6: dot_taps<V, 6>(g, buf, dyk, off, dw_acc + t0); break;
-      case 7: dot_taps<V, 7>(g, buf, dyk, off, dw_acc + t0); break;
-      default: dot_taps<V, kTapGroup>(g, buf, dyk, off, dw_acc + t0);
-    }
-    t0 += nt;
-  }
-}
-
 template <class V>
 float plane_sum(const float* d, int64_t n) {
   typename V::reg acc = V::zero();
@@ -308,6 +263,112 @@ float plane_sum(const float* d, int64_t n) {
   for (; i + V::L <= n; i += V::L) acc = V::add(acc, V::load(d + i));
   if (i < n) acc = V::add(acc, V::load_first(d + i, n - i));
   return V::sum(acc);
+}
+
+// ---- grouped convolutions: the weight gradient as direct dot products ------------------------
+//
+// dW[k][c][tap] = sum_n dy_k[n] * buf_c[n + off[tap]] over the valid positions, the group's Cg
+// input planes phase-split as above: a block of kK output channels by kT taps held in
+// registers, kT + kK loads for kK * kT FMAs. For a group of few output channels this beats the
+// im2col GEMM, whose 8-row tiles and column tiles then do little work per packed float.
+
+template <class V, int kK, int kT>
+void dot_block(const Geom& g, const float* buf, const float* dy, int64_t dy_stride,
+               const int64_t* off, double* acc_out, int64_t acc_stride) {
+  using reg = typename V::reg;
+  reg acc[kK * kT];
+#pragma GCC unroll 32
+  for (int i = 0; i < kK * kT; ++i) acc[i] = V::zero();
+  // one loop over every row's vectors, all loads masked (the rows are short: a loop per row
+  // had the compiler move the accumulators to the stack and back at every row)
+  const int64_t items = g.P * ((g.Q + V::L - 1) / V::L);
+  for (int64_t it = 0, p = 0, q = 0; it < items; ++it) {
+    const int64_t n = std::min<int64_t>(V::L, g.Q - q);
+    const float* base = buf + p * g.Wm + q;
+    const float* d = dy + p * g.Q + q;
+    reg bv[kT];
+#pragma GCC unroll 8
+    for (int j = 0; j < kT; ++j) bv[j] = V::load_first(base + off[j], n);
+#pragma GCC unroll 4
+    for (int i = 0; i < kK; ++i) {
+      const reg dv = V::load_first(d + i * dy_stride, n);
+#pragma GCC unroll 8
+      for (int j = 0; j < kT; ++j) acc[i * kT + j] = V::fma(dv, bv[j], acc[i * kT + j]);
+    }
+    q += V::L;
+    if (q >= g.Q) q = 0, ++p;
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < kK; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < kT; ++j) acc_out[i * acc_stride + j] += V::sum(acc[i * kT + j]);
+}
+
+// Register blocks: 3 channels x 6 taps on 16-float vectors (32 registers), 2 x 4 on 8-float ones.
+template <class V> constexpr int kGroupK = V::L == 16 ? 3 : 2;
+template <class V> constexpr int kGroupT = V::L == 16 ? 6 : 4;
+
+template <class V, int kK>
+void dot_taps_of(const Geom& g, const float* buf, const float* dy, int64_t dy_stride,
+                 double* acc, int64_t acc_stride) {
+  const int64_t taps = static_cast<int64_t>(g.off.size()), most = kGroupT<V>;
+  const int64_t groups = (taps + most - 1) / most;
+  for (int64_t i = 0, t0 = 0; i < groups; ++i) {
+    const int64_t nt = (taps - t0) / (groups - i);
+    const int64_t* off = g.off.data() + t0;
+    switch (nt) {
+      case 1: dot_block<V, kK, 1>(g, buf, dy, dy_stride, off, acc + t0, acc_stride); break;
+      case 2: dot_block<V, kK, 2>(g, buf, dy, dy_stride, off, acc + t0, acc_stride); break;
+      case 3: dot_block<V, kK, 3>(g, buf, dy, dy_stride, off, acc + t0, acc_stride); break;
+      case 4: dot_block<V, kK, 4>(g, buf, dy, dy_stride, off, acc + t0, acc_stride); break;
+      case 5: dot_block<V, kK, 5>(g, buf, dy, dy_stride, off, acc + t0, acc_stride); break;
+      default: dot_block<V, kK, kGroupT<V>>(g, buf, dy, dy_stride, off, acc + t0, acc_stride);
+    }
+    t0 += nt;
+  }
+}
+
+// dW of a grouped convolution (any stride, dilation, padding) and db; groups in parallel, each
+// summing its images in order (the same bits for any thread count).
+template <class V>
+void grouped_weight(const Conv2dShape& s, const float* x, const float* dy, float* dwt, float* db,
+                    int threads) {
+  const Geom g = geom(s, V::L);
+  const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups, RS = s.R * s.S;
+  const int64_t HW = s.H * s.W, PQ = s.P * s.Q;
+  const int64_t work = s.N * Kg * Cg * PQ * RS;
+  parallel_for(s.groups, threads_for(s.groups * work, 1 << 16, threads), [&](int64_t b, int64_t e) {
+    static thread_local Scratch tl_planes;
+    float* buf = tl_planes.get(static_cast<size_t>(Cg * g.span));
+    std::vector<double> acc(static_cast<size_t>(Kg * Cg * RS)), bsum(static_cast<size_t>(Kg));
+    for (int64_t gi = b; gi < e; ++gi) {
+      std::fill(acc.begin(), acc.end(), 0.0);
+      std::fill(bsum.begin(), bsum.end(), 0.0);
+      for (int64_t n = 0; n < s.N; ++n) {
+        const float* dyg = dy + (n * s.K + gi * Kg) * PQ;
+        if (db != nullptr)
+          for (int64_t k = 0; k < Kg; ++k) bsum[k] += plane_sum<V>(dyg + k * PQ, PQ);
+        if (dwt == nullptr) continue;
+        for (int64_t c = 0; c < Cg; ++c) split<V>(g, x + (n * s.C + gi * Cg + c) * HW, buf + c * g.span);
+        for (int64_t c = 0; c < Cg; ++c)
+          for (int64_t k0 = 0; k0 < Kg; k0 += kGroupK<V>) {
+            const float* bc = buf + c * g.span;
+            const float* d = dyg + k0 * PQ;
+            double* a = acc.data() + (k0 * Cg + c) * RS;
+            const int64_t stride = Cg * RS;  // between output channels in acc
+            switch (std::min<int64_t>(kGroupK<V>, Kg - k0)) {
+              case 1: dot_taps_of<V, 1>(g, bc, d, PQ, a, stride); break;
+              case 2: dot_taps_of<V, 2>(g, bc, d, PQ, a, stride); break;
+              default: dot_taps_of<V, kGroupK<V>>(g, bc, d, PQ, a, stride);
+            }
+          }
+      }
+      if (db != nullptr)
+        for (int64_t k = 0; k < Kg; ++k) db[gi * Kg + k] = static_cast<float>(bsum[k]);
+      if (dwt != nullptr)
+        for (int64_t i = 0; i < Kg * Cg * RS; ++i) dwt[gi * Kg * Cg * RS + i] = static_cast<float>(acc[i]);
+    }
+  });
 }
 
 template <class V>
@@ -341,26 +402,7 @@ void bwd(const Conv2dShape& s, const float* x, const float* w, const float* dy, 
       }
     });
   }
-  if (dwt == nullptr && db == nullptr) return;
-  parallel_for(s.K, threads_for(s.K * s.N * work, 1 << 14, threads), [&](int64_t b, int64_t e) {
-    static thread_local Scratch tl_buf;
-    float* buf = tl_buf.get(static_cast<size_t>(g.span));
-    std::vector<double> acc(static_cast<size_t>(RS));
-    for (int64_t k = b; k < e; ++k) {
-      std::fill(acc.begin(), acc.end(), 0.0);
-      double bsum = 0;
-      for (int64_t n = 0; n < s.N; ++n) {
-        const float* dyk = dy + (n * s.K + k) * PQ;
-        if (db != nullptr) bsum += plane_sum<V>(dyk, PQ);
-        if (dwt == nullptr) continue;
-        split<V>(g, x + (n * s.C + k / mult) * HW, buf);
-        bwd_weight_plane<V>(g, buf, dyk, acc.data());
-      }
-      if (db != nullptr) db[k] = static_cast<float>(bsum);
-      if (dwt != nullptr)
-        for (int64_t i = 0; i < RS; ++i) dwt[k * RS + i] = static_cast<float>(acc[i]);
-    }
-  });
+  if (dwt != nullptr || db != nullptr) grouped_weight<V>(s, x, dy, dwt, db, threads);
 }
 
 }  // namespace dw
