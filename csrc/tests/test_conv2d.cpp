@@ -185,6 +185,10 @@ int main(int argc, char** argv) {
   check_shape(make(1, 4, 6, 7, 4, 3, 3, 1, 4, 1, 4), rng);
   check_shape(make(2, 3, 12, 12, 9, 3, 3, 2, 1, 1, 3), rng);
   check_shape(make(1, 4, 112, 112, 4, 3, 3, 2, 1, 1, 4), rng);
+  // backward data by the transposed forward's routes on the avx512 path: 4 channels per group
+  // on small images, and a padding that crops there
+  check_shape(make(3, 16, 7, 7, 12, 3, 3, 1, 1, 1, 4), rng);
+  check_shape(make(2, 8, 6, 6, 8, 3, 3, 1, 3, 1, 1), rng);
   // a wide dilation (an ASPP layer): the forward's last vector reads furthest past the planes
   check_shape(make(1, 2, 64, 64, 2, 3, 3, 1, 36, 36, 2), rng);
   // 1x1 convolutions of 1x1 images (squeeze-excitation): the batch's GEMMs, with groups

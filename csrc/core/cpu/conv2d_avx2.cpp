@@ -395,11 +395,19 @@ Status bwd_data_group(const Conv2dShape& s, Conv2dAlgo algo, int64_t g, const fl
   return Status::kOk;
 }
 
+// Whether backward data runs as a stride-1 transposed convolution (a GEMM with C/groups rows,
+// which wastes most of the 6-row micro-tiles when that is small, an RGB input: the col2im tiles
+// serve better there).
+bool bwd_data_transposed(const Conv2dShape& s, Conv2dAlgo algo) {
+  return algo == Conv2dAlgo::kIm2col && s.stride_h == 1 && s.stride_w == 1 &&
+         s.C / s.groups >= 16;
+}
+
 // dX for every image (images in parallel, each with its share of the threads).
 Status bwd_data(const Conv2dShape& s, Conv2dAlgo algo, const float* w, const float* dy,
                 float* dx, int threads) {
   const int64_t PQ = s.P * s.Q, HW = s.H * s.W, Cg = s.C / s.groups, Kg = s.K / s.groups;
-  const float* wt = conv2d_bwd_data_transposed(s, algo) ? conv2d_flipped_weight(s, w) : nullptr;
+  const float* wt = bwd_data_transposed(s, algo) ? conv2d_flipped_weight(s, w) : nullptr;
   std::vector<Status> status(static_cast<size_t>(s.N), Status::kOk);  // one per image: no race
   conv2d_for_images(s.N, threads, s.K * PQ * Cg * s.R * s.S, [&](int64_t n, int inner) {
     for (int64_t g = 0; g < s.groups && status[n] == Status::kOk; ++g)
@@ -498,11 +506,6 @@ Status bwd_pointwise(const Conv2dShape& s, const float* x, const float* w, const
 
 bool conv2d_grouped_weight_direct(const Conv2dShape& s, Conv2dAlgo algo) {
   return algo == Conv2dAlgo::kIm2col && s.groups > 1 && s.K / s.groups <= kConvDirectGroup;
-}
-
-bool conv2d_bwd_data_transposed(const Conv2dShape& s, Conv2dAlgo algo) {
-  return algo == Conv2dAlgo::kIm2col && s.stride_h == 1 && s.stride_w == 1 &&
-         s.C / s.groups >= 16;
 }
 
 const float* conv2d_flipped_weight(const Conv2dShape& s, const float* w) {

@@ -30,12 +30,8 @@ void conv2d_for_images(int64_t N, int threads, int64_t work_per_image, const F& 
 constexpr int64_t kConvDirectGroup = 64;
 bool conv2d_grouped_weight_direct(const Conv2dShape& s, Conv2dAlgo algo);
 
-// Whether backward data runs as a stride-1 transposed convolution (a GEMM with C/groups rows,
-// which wastes most of the micro-tiles when that is small, an RGB input: the col2im tiles serve
-// better there).
-bool conv2d_bwd_data_transposed(const Conv2dShape& s, Conv2dAlgo algo);
-
-// The flipped, transposed weight of that transposed convolution (a thread-local buffer):
+// The flipped, transposed weight of the transposed convolution of backward data at stride 1
+// (a thread-local buffer):
 // wt[g][c][k][R-1-r][S-1-t] = w[g*Kg + k][c][r][t]
 const float* conv2d_flipped_weight(const Conv2dShape& s, const float* w);
 
