@@ -33,6 +33,9 @@
 //              stride and dilation a contiguous vector load (cpu/depthwise.h, on 8 or 16 float
 //              vectors); backward data at stride 1 (multiplier 1) the same forward over dY with
 //              the kernel flipped, otherwise its adjoint scatter.
+// Grouped convolutions (im2col) with at most 64 output channels per group take the weight
+// gradient from direct dot products over phase-split planes
+// (cpu/depthwise.h grouped_weight), not im2col GEMMs.
 // Bias gradient: row sums of dY, taken in the backward-weight pass over dY.
 // Threads: images run in parallel when there are at least as many as threads (each image's
 // work single-threaded), otherwise the GEMMs split their output among threads. Every
@@ -90,9 +93,10 @@ Status conv2d_fwd_avx2(const Conv2dShape& s, const float* x, const float* w, con
                        float* y, int threads, Conv2dAlgo algo);
 Status conv2d_bwd_avx2(const Conv2dShape& s, const float* x, const float* w, const float* dy,
                        float* dx, float* dw, float* db, int threads, Conv2dAlgo algo);
-// The avx512 path (conv2d_avx512.cpp): stride-1 im2col forwards and backward data over a padded
-// input, the other im2col forwards over a phase-split copy (a masked B packer), depthwise on
-// zmm; the rest through the AVX2 algorithms (whose GEMMs run gemm_avx512 on this path).
+// The avx512 path (conv2d_avx512.cpp): stride-1 im2col forwards over a padded input, the other
+// im2col forwards over a phase-split copy (a masked B packer), backward data at stride 1 as the
+// transposed convolution's forward by those routes, depthwise and the grouped weight gradient
+// on zmm; the rest through the AVX2 algorithms (whose GEMMs run gemm_avx512 on this path).
 Status conv2d_fwd_avx512(const Conv2dShape& s, const float* x, const float* w, const float* bias,
                          float* y, int threads, Conv2dAlgo algo);
 Status conv2d_bwd_avx512(const Conv2dShape& s, const float* x, const float* w, const float* dy,

@@ -189,6 +189,7 @@ int main(int argc, char** argv) {
   // on small images, and a padding that crops there
   check_shape(make(3, 16, 7, 7, 12, 3, 3, 1, 1, 1, 4), rng);
   check_shape(make(2, 8, 6, 6, 8, 3, 3, 1, 3, 1, 1), rng);
+  check_shape(make(1, 8, 32, 32, 8, 1, 1, 1, 1, 1, 1), rng);  // the padded route's crop
   // a wide dilation (an ASPP layer): the forward's last vector reads furthest past the planes
   check_shape(make(1, 2, 64, 64, 2, 3, 3, 1, 36, 36, 2), rng);
   // 1x1 convolutions of 1x1 images (squeeze-excitation): the batch's GEMMs, with groups

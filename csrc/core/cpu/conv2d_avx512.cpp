@@ -7,7 +7,7 @@
 // Wp columns per output row, of which the last (S-1)*dw are discarded as it stores them into
 // NCHW (a wrapped C, gemm.h), and never gathers: the gather of conv2d_avx2.cpp writes and
 // then reads back every element of B, which was a third of a 3x3, 64-channel layer's time.
-// Backward data at stride 1 (8 or more channels per group) is a forward by the same routes, over
+// Backward data at stride 1 (4 or more channels per group) is a forward by the same routes, over
 // dy with the flipped, transposed weight. The other im2col forwards (strides above 1, small images batched into one GEMM, layers whose
 // discarded columns would exceed kMaxWaste) read a phase-split copy of the input through a
 // masked B packer ("stretches", below); depthwise layers run depthwise.h on zmm vectors; the
@@ -310,8 +310,9 @@ Status conv2d_bwd_avx512(const Conv2dShape& s, const float* x, const float* w, c
     dw::bwd<avx512::F32x16>(s, x, w, dy, dx, dw, db, threads);
     return Status::kOk;
   }
-  if (conv2d_grouped_weight_direct(s, a) && (dw != nullptr || db != nullptr) && s.N > 0 &&
-      s.K > 0 && s.P * s.Q > 0) {
+  if (conv2d_grouped_weight_direct(s, a) && (dw != nullptr || db != nullptr) &&
+      s.N > 0 && s.K > 0 && s.P * s.Q > 0) {
+    if (dy == nullptr || (dw != nullptr && x == nullptr)) return Status::kInvalidArgument;
     dw::grouped_weight<avx512::F32x16>(s, x, dy, dw, db, threads);
     if (dx == nullptr) return Status::kOk;
     dw = nullptr, db = nullptr;  // dx is left

@@ -319,7 +319,8 @@ void dot_block(const Geom& g, const float* buf, const float* dy, int64_t dy_stri
     for (int j = 0; j < kT; ++j) acc_out[i * acc_stride + j] += V::sum(acc[i * kT + j]);
 }
 
-// Register blocks: 3 channels x 6 taps on 16-float vectors (32 registers), 2 x 4 on 8-float ones.
+// Register blocks: 3 channels x 6 taps on 16-float vectors (18 accumulators, 6 plane loads and
+// a dy load of the 32 registers), 2 x 4 on 8-float ones (13 of 16).
 template <class V> constexpr int kGroupK = V::L == 16 ? 3 : 2;
 template <class V> constexpr int kGroupT = V::L == 16 ? 6 : 4;
 
@@ -343,45 +344,48 @@ void dot_taps_of(const Geom& g, const float* buf, const float* dy, int64_t dy_st
   }
 }
 
-// dW of a grouped convolution (any stride, dilation, padding) and db; groups in parallel, each
-// summing its images in order (the same bits for any thread count).
+// dW of a grouped convolution (any stride, dilation, padding) and db. Each task is one input
+// channel of one group, dW[group's k][c][:] summed over the images in order (and, for the
+// group's first channel, db): the same bits for any thread count, and work for many threads
+// even when the groups are few.
 template <class V>
 void grouped_weight(const Conv2dShape& s, const float* x, const float* dy, float* dwt, float* db,
                     int threads) {
   const Geom g = geom(s, V::L);
   const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups, RS = s.R * s.S;
-  const int64_t HW = s.H * s.W, PQ = s.P * s.Q;
-  const int64_t work = s.N * Kg * Cg * PQ * RS;
-  parallel_for(s.groups, threads_for(s.groups * work, 1 << 16, threads), [&](int64_t b, int64_t e) {
-    static thread_local Scratch tl_planes;
-    float* buf = tl_planes.get(static_cast<size_t>(Cg * g.span));
-    std::vector<double> acc(static_cast<size_t>(Kg * Cg * RS)), bsum(static_cast<size_t>(Kg));
-    for (int64_t gi = b; gi < e; ++gi) {
+  const int64_t HW = s.H * s.W, PQ = s.P * s.Q, tasks = s.groups * Cg;
+  const int64_t work = s.N * Kg * PQ * RS;
+  parallel_for(tasks, threads_for(tasks * work, 1 << 16, threads), [&](int64_t b, int64_t e) {
+    static thread_local Scratch tl_plane;
+    float* buf = tl_plane.get(static_cast<size_t>(g.span));
+    std::vector<double> acc(static_cast<size_t>(Kg * RS)), bsum(static_cast<size_t>(Kg));
+    for (int64_t task = b; task < e; ++task) {
+      const int64_t gi = task / Cg, c = task % Cg;
+      const bool bias = db != nullptr && c == 0;
       std::fill(acc.begin(), acc.end(), 0.0);
       std::fill(bsum.begin(), bsum.end(), 0.0);
       for (int64_t n = 0; n < s.N; ++n) {
         const float* dyg = dy + (n * s.K + gi * Kg) * PQ;
-        if (db != nullptr)
+        if (bias)
           for (int64_t k = 0; k < Kg; ++k) bsum[k] += plane_sum<V>(dyg + k * PQ, PQ);
         if (dwt == nullptr) continue;
-        for (int64_t c = 0; c < Cg; ++c) split<V>(g, x + (n * s.C + gi * Cg + c) * HW, buf + c * g.span);
-        for (int64_t c = 0; c < Cg; ++c)
-          for (int64_t k0 = 0; k0 < Kg; k0 += kGroupK<V>) {
-            const float* bc = buf + c * g.span;
-            const float* d = dyg + k0 * PQ;
-            double* a = acc.data() + (k0 * Cg + c) * RS;
-            const int64_t stride = Cg * RS;  // between output channels in acc
-            switch (std::min<int64_t>(kGroupK<V>, Kg - k0)) {
-              case 1: dot_taps_of<V, 1>(g, bc, d, PQ, a, stride); break;
-              case 2: dot_taps_of<V, 2>(g, bc, d, PQ, a, stride); break;
-              default: dot_taps_of<V, kGroupK<V>>(g, bc, d, PQ, a, stride);
-            }
+        split<V>(g, x + (n * s.C + gi * Cg + c) * HW, buf);  // read Kg / kK times
+        for (int64_t k0 = 0; k0 < Kg; k0 += kGroupK<V>) {
+          const float* d = dyg + k0 * PQ;
+          double* a = acc.data() + k0 * RS;
+          switch (std::min<int64_t>(kGroupK<V>, Kg - k0)) {
+            case 1: dot_taps_of<V, 1>(g, buf, d, PQ, a, RS); break;
+            case 2: dot_taps_of<V, 2>(g, buf, d, PQ, a, RS); break;
+            default: dot_taps_of<V, kGroupK<V>>(g, buf, d, PQ, a, RS);
           }
+        }
       }
-      if (db != nullptr)
+      if (bias)
         for (int64_t k = 0; k < Kg; ++k) db[gi * Kg + k] = static_cast<float>(bsum[k]);
       if (dwt != nullptr)
-        for (int64_t i = 0; i < Kg * Cg * RS; ++i) dwt[gi * Kg * Cg * RS + i] = static_cast<float>(acc[i]);
+        for (int64_t k = 0; k < Kg; ++k)
+          for (int64_t i = 0; i < RS; ++i)
+            dwt[((gi * Kg + k) * Cg + c) * RS + i] = static_cast<float>(acc[k * RS + i]);
     }
   });
 }
