@@ -316,39 +316,28 @@ Status conv2d_fwd_avx2(const Conv2dShape& s, const float* x, const float* w, con
       ga.ldc = s.N * PQ;
       ga.row_bias = bias ? bias + g * Kg : nullptr;
       st = conv_gemm(ga, threads);
-      parallel_for(s.N, threads_for(s.N * Kg * PQ, 1 << 15, threads), [&](int64_t b, int64_t e) {
-        for (int64_t n = b; n < e; ++n)
-          for (int64_t k = 0; k < Kg; ++k)
-            std::memcpy(y + (n * s.K + g * Kg + k) * PQ, out + k * s.N * PQ + n * PQ,
-                        sizeof(float) * PQ);
-      });
+      conv2d_workspace_to_nchw(s, g, 0, s.N, out, y, threads);
     }
     return st;
   }
-  std::vector<Status> status(static_cast<size_t>(s.N), Status::kOk);  // one per image: no race
-  conv2d_for_images(s.N, threads, s.K * PQ * (Kd + 1), [&](int64_t n, int inner) {
-    for (int64_t g = 0; g < s.groups; ++g) {
-      const float* xg = x + (n * s.C + g * Cg) * HW;
-      const Gather gi = input_gather(s, xg);
-      GemmArgs ga;
-      ga.M = Kg;
-      ga.N = PQ;
-      ga.K = Kd;
-      ga.A = {w + g * Kg * Kd, Kd, 1};
-      if (algo == Conv2dAlgo::kGemm1x1)
-        ga.B = {xg, HW, 1};
-      else
-        ga.pack_b = {gather_panels, &gi};
-      ga.C = y + (n * s.K + g * Kg) * PQ;
-      ga.ldc = PQ;
-      ga.row_bias = bias ? bias + g * Kg : nullptr;
-      const Status r = conv_gemm(ga, inner);
-      if (r != Status::kOk) status[n] = r;
-    }
+  return conv2d_for_image_groups(s, threads, s.K * PQ * (Kd + 1), [&](int64_t n, int64_t g,
+                                                                       int inner) {
+    const float* xg = x + (n * s.C + g * Cg) * HW;
+    const Gather gi = input_gather(s, xg);
+    GemmArgs ga;
+    ga.M = Kg;
+    ga.N = PQ;
+    ga.K = Kd;
+    ga.A = {w + g * Kg * Kd, Kd, 1};
+    if (algo == Conv2dAlgo::kGemm1x1)
+      ga.B = {xg, HW, 1};
+    else
+      ga.pack_b = {gather_panels, &gi};
+    ga.C = y + (n * s.K + g * Kg) * PQ;
+    ga.ldc = PQ;
+    ga.row_bias = bias ? bias + g * Kg : nullptr;
+    return conv_gemm(ga, inner);
   });
-  for (const Status r : status)
-    if (r != Status::kOk) return r;
-  return Status::kOk;
 }
 
 namespace {
@@ -408,15 +397,11 @@ Status bwd_data(const Conv2dShape& s, Conv2dAlgo algo, const float* w, const flo
                 float* dx, int threads) {
   const int64_t PQ = s.P * s.Q, HW = s.H * s.W, Cg = s.C / s.groups, Kg = s.K / s.groups;
   const float* wt = bwd_data_transposed(s, algo) ? conv2d_flipped_weight(s, w) : nullptr;
-  std::vector<Status> status(static_cast<size_t>(s.N), Status::kOk);  // one per image: no race
-  conv2d_for_images(s.N, threads, s.K * PQ * Cg * s.R * s.S, [&](int64_t n, int inner) {
-    for (int64_t g = 0; g < s.groups && status[n] == Status::kOk; ++g)
-      status[n] = bwd_data_group(s, algo, g, w, wt, dy + (n * s.K + g * Kg) * PQ,
-                                 dx + (n * s.C + g * Cg) * HW, inner);
+  return conv2d_for_image_groups(s, threads, s.K * PQ * Cg * s.R * s.S,
+                                 [&](int64_t n, int64_t g, int inner) {
+    return bwd_data_group(s, algo, g, w, wt, dy + (n * s.K + g * Kg) * PQ,
+                          dx + (n * s.C + g * Cg) * HW, inner);
   });
-  for (const Status r : status)
-    if (r != Status::kOk) return r;
-  return Status::kOk;
 }
 
 // dW (summed over the images in order, so the result does not depend on the threads) and db.

@@ -125,15 +125,10 @@ Status fwd_padded(const Conv2dShape& s, const float* x, const float* w, const fl
   if (x == nullptr || w == nullptr || y == nullptr) return Status::kInvalidArgument;
   const Padded pd = padded(s);
   const std::vector<int64_t> rows = row_offsets(s, pd);
-  std::vector<Status> status(static_cast<size_t>(s.N), Status::kOk);  // one per image: no race
   const int64_t work = s.K * s.P * s.Q * (s.C / s.groups * s.R * s.S + 1);
-  conv2d_for_images(s.N, threads, work, [&](int64_t n, int inner) {
-    for (int64_t g = 0; g < s.groups && status[n] == Status::kOk; ++g)
-      status[n] = image_group(s, pd, rows, x, w, bias, y, n, g, inner);
+  return conv2d_for_image_groups(s, threads, work, [&](int64_t n, int64_t g, int inner) {
+    return image_group(s, pd, rows, x, w, bias, y, n, g, inner);
   });
-  for (const Status r : status)
-    if (r != Status::kOk) return r;
-  return Status::kOk;
 }
 
 // ---- the phase-split gather: any stride, small images, short rows ---------------------------
@@ -235,13 +230,7 @@ Status stretch_group(const Conv2dShape& s, const Split& t, const float* x, const
   ga.row_bias = bias ? bias + g * Kg : nullptr;
   const Status r = gemm_avx512(ga, threads);
   if (r != Status::kOk || t.nb == 1) return r;
-  parallel_for(t.nb * Kg, threads_for(t.nb * Kg * PQ, 1 << 15, threads), [&](int64_t b, int64_t e) {
-    for (int64_t ik = b; ik < e; ++ik) {
-      const int64_t i = ik / Kg, k = ik % Kg;
-      std::memcpy(y + ((n0 + i) * s.K + g * Kg + k) * PQ, ga.C + k * ga.N + i * PQ,
-                  sizeof(float) * PQ);
-    }
-  });
+  conv2d_workspace_to_nchw(s, g, n0, t.nb, ga.C, y, threads);
   return Status::kOk;
 }
 
@@ -259,15 +248,10 @@ Status fwd_stretches(const Conv2dShape& s, const float* x, const float* w, const
     return Status::kOk;
   }
   const Split t = split_layout(s, 1);
-  std::vector<Status> status(static_cast<size_t>(s.N), Status::kOk);  // one per image: no race
   const int64_t work = s.K * s.P * s.Q * (s.C / s.groups * s.R * s.S + 1);
-  conv2d_for_images(s.N, threads, work, [&](int64_t n, int inner) {
-    for (int64_t g = 0; g < s.groups && status[n] == Status::kOk; ++g)
-      status[n] = stretch_group(s, t, x, w, bias, y, n, g, inner);
+  return conv2d_for_image_groups(s, threads, work, [&](int64_t n, int64_t g, int inner) {
+    return stretch_group(s, t, x, w, bias, y, n, g, inner);
   });
-  for (const Status r : status)
-    if (r != Status::kOk) return r;
-  return Status::kOk;
 }
 
 bool stretches_apply(const Conv2dShape& s, Conv2dAlgo algo) {

@@ -4,6 +4,8 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
+#include <vector>
 
 #include "../conv2d.h"
 #include "parallel.h"
@@ -23,6 +25,35 @@ void conv2d_for_images(int64_t N, int threads, int64_t work_per_image, const F& 
       for (int64_t n = b; n < e; ++n) f(n, 1);
     });
   for (int64_t n = full; n < N; ++n) f(n, threads);
+}
+
+// Runs f(n, g, inner_threads), which returns a Status, for every image n and group g: the images
+// by conv2d_for_images, an image's groups in order until one fails. Returns the first failure
+// (in image order), else kOk.
+template <typename F>
+Status conv2d_for_image_groups(const Conv2dShape& s, int threads, int64_t work_per_image,
+                               const F& f) {
+  std::vector<Status> status(static_cast<size_t>(s.N), Status::kOk);  // one per image: no race
+  conv2d_for_images(s.N, threads, work_per_image, [&](int64_t n, int inner) {
+    for (int64_t g = 0; g < s.groups && status[n] == Status::kOk; ++g) status[n] = f(n, g, inner);
+  });
+  for (const Status r : status)
+    if (r != Status::kOk) return r;
+  return Status::kOk;
+}
+
+// Moves group g's output of nb images from image n0 on out of a GEMM workspace (K/groups rows
+// of nb*P*Q columns, image i's at column i*P*Q) into NCHW y.
+inline void conv2d_workspace_to_nchw(const Conv2dShape& s, int64_t g, int64_t n0, int64_t nb,
+                                     const float* ws, float* y, int threads) {
+  const int64_t Kg = s.K / s.groups, PQ = s.P * s.Q;
+  parallel_for(nb * Kg, threads_for(nb * Kg * PQ, 1 << 15, threads), [&](int64_t b, int64_t e) {
+    for (int64_t ik = b; ik < e; ++ik) {
+      const int64_t i = ik / Kg, k = ik % Kg;
+      std::memcpy(y + ((n0 + i) * s.K + g * Kg + k) * PQ, ws + k * nb * PQ + i * PQ,
+                  sizeof(float) * PQ);
+    }
+  });
 }
 
 // Grouped convolutions with at most this many output channels per group take their weight
