@@ -207,6 +207,19 @@ int main(int argc, char** argv) {
   // tiles: many positions (several backward tiles) and a wide channel count (several K blocks)
   check_shape(make(1, 2, 150, 150, 3, 3, 3, 2, 1, 1, 1), rng);
   check_shape(make(1, 300, 6, 6, 8, 3, 3, 1, 1, 1, 1), rng);
+  // grouped forwards as direct products (strides above 1, small images): output channels per
+  // group past and between the register blocks (6 on zmm, 4 on ymm), strides 2 and 3 with
+  // dilation, 5x5 and 7x7 kernels, 48 channels per group, padding past the kernel's reach, one
+  // channel per group with a multiplier, an extra output column
+  check_shape(make(2, 12, 14, 14, 26, 3, 3, 2, 1, 1, 2), rng);
+  check_shape(make(3, 21, 9, 11, 14, 3, 3, 1, 1, 1, 7), rng);
+  check_shape(make(1, 40, 10, 10, 40, 5, 5, 1, 2, 1, 2), rng);
+  check_shape(make(2, 16, 23, 19, 32, 3, 3, 3, 0, 2, 4), rng);
+  check_shape(make(1, 10, 7, 7, 10, 7, 7, 1, 3, 1, 5), rng);
+  check_shape(make(1, 96, 7, 7, 96, 3, 3, 1, 1, 1, 2), rng);
+  check_shape(make(2, 6, 5, 5, 6, 3, 3, 1, 4, 1, 3), rng);
+  check_shape(make(2, 3, 8, 8, 9, 3, 3, 2, 1, 1, 3), rng);
+  check_shape(make(2, 8, 9, 10, 16, 2, 2, 2, 0, 1, 2, 1), rng);
   // empty batch and no output channels
   check_shape(make(0, 3, 5, 5, 4, 3, 3, 1, 1, 1, 1), rng);
   check_shape(make(2, 3, 5, 5, 0, 3, 3, 1, 1, 1, 1), rng);

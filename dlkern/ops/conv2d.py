@@ -202,6 +202,18 @@ def _edge_cases():
         add(f"spatial {hw} 1x3x{hw}x{hw} -> 6", (1, 3, hw, hw), 6, kernel=3, padding=1)
     add("groups 2 2x4x9x9 -> 6", (2, 4, 9, 9), 6, kernel=3, padding=1, groups=2)
     add("groups 2 stride 2 2x6x9x9 -> 4", (2, 6, 9, 9), 4, kernel=3, stride=2, padding=1, groups=2)
+    # grouped forwards (and backward data at stride 1) as direct products: output channels per
+    # group past a register block, stride 2 and 3, a small image, a NaN, channels_last
+    add("groups 2 stride 2 2x12x14x14 -> 26", (2, 12, 14, 14), 26, kernel=3, stride=2,
+        padding=1, groups=2)
+    add("groups 7 3x21x9x11 -> 14", (3, 21, 9, 11), 14, kernel=3, padding=1, groups=7)
+    add("groups 4 stride 3 dilation 2 2x16x23x19 -> 32", (2, 16, 23, 19), 32, kernel=3,
+        stride=3, dilation=2, groups=4)
+    add("groups 2 5x5 1x40x10x10 -> 40", (1, 40, 10, 10), 40, kernel=5, padding=2, groups=2)
+    add("groups 2 nan stride 2 2x8x9x9 -> 8", (2, 8, 9, 9), 8, kernel=3, stride=2, padding=1,
+        groups=2, kind="nan")
+    add("groups 4 channels_last 2x16x7x7 -> 16", (2, 16, 7, 7), 16, kernel=3, padding=1,
+        groups=4, layout="channels_last")
     add("depthwise 2x17x13x13", (2, 17, 13, 13), 17, kernel=3, padding=1, groups=17)
     add("depthwise x2 stride 2 2x5x13x13", (2, 5, 13, 13), 10, kernel=5, stride=2, padding=2,
         groups=5)

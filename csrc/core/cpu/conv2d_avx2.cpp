@@ -293,6 +293,10 @@ Status conv2d_fwd_avx2(const Conv2dShape& s, const float* x, const float* w, con
     dw::fwd<avx2::F32x8>(s, x, w, bias, y, threads);
     return Status::kOk;
   }
+  if (conv2d_grouped_fwd_direct(s, algo)) {
+    dw::grouped_fwd<avx2::F32x8>(s, x, w, bias, y, threads);
+    return Status::kOk;
+  }
   const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups, Kd = Cg * s.R * s.S;
   if (PQ < kConvSmallImage && s.N > 1 && Kd > 0) {
     // Small images: the batch's positions are the GEMM's columns (one GEMM per group, N*P*Q
@@ -493,6 +497,11 @@ bool conv2d_grouped_weight_direct(const Conv2dShape& s, Conv2dAlgo algo) {
   return algo == Conv2dAlgo::kIm2col && s.groups > 1 && s.K / s.groups <= kConvDirectGroup;
 }
 
+bool conv2d_grouped_fwd_direct(const Conv2dShape& s, Conv2dAlgo algo) {
+  return algo == Conv2dAlgo::kIm2col && s.groups > 1 &&
+         (s.stride_h > 1 || s.stride_w > 1 || s.P * s.Q < kConvSmallImage);
+}
+
 const float* conv2d_flipped_weight(const Conv2dShape& s, const float* w) {
   const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups, RS = s.R * s.S;
   float* wt = tl_wt.get(static_cast<size_t>(s.K * Cg * RS));
@@ -525,7 +534,11 @@ Status conv2d_bwd_avx2(const Conv2dShape& s, const float* x, const float* w, con
   if (algo == Conv2dAlgo::kGemm1x1 && s.P * s.Q == 1 && Cg > 0)
     return bwd_pointwise(s, x, w, dy, dx, dw, db, threads);
   if (dx != nullptr && Cg == 0) std::memset(dx, 0, sizeof(float) * dx_n);
-  if (dx != nullptr && Cg > 0) {
+  if (dx != nullptr && Cg > 0 && s.stride_h == 1 && s.stride_w == 1 &&
+      conv2d_grouped_fwd_direct(conv2d_transposed(s), algo)) {
+    dw::grouped_fwd<avx2::F32x8>(conv2d_transposed(s), dy, conv2d_flipped_weight(s, w), nullptr,
+                                 dx, threads);
+  } else if (dx != nullptr && Cg > 0) {
     const Status r = bwd_data(s, algo, w, dy, dx, threads);
     if (r != Status::kOk) return r;
   }

@@ -259,14 +259,15 @@ bool stretches_apply(const Conv2dShape& s, Conv2dAlgo algo) {
          s.H * s.W > 0;
 }
 
-// Backward data at stride 1 is a stride-1 convolution over dy (P x Q, padded by (R-1)*dh - ph
-// and (S-1)*dw - pw) with the flipped, transposed weight, producing H x W: the shape of it.
-Conv2dShape transposed(const Conv2dShape& s) {
-  Conv2dShape t = s;
-  t.C = s.K, t.H = s.P, t.W = s.Q, t.K = s.C;
-  t.pad_h = (s.R - 1) * s.dil_h - s.pad_h, t.pad_w = (s.S - 1) * s.dil_w - s.pad_w;
-  t.P = s.H, t.Q = s.W;
-  return t;
+// The im2col forward's routes, best first.
+Status fwd_im2col(const Conv2dShape& s, const float* x, const float* w, const float* bias,
+                  float* y, int threads) {
+  if (conv2d_grouped_fwd_direct(s, Conv2dAlgo::kIm2col)) {
+    dw::grouped_fwd<avx512::F32x16>(s, x, w, bias, y, threads);
+    return Status::kOk;
+  }
+  if (applies(s, Conv2dAlgo::kIm2col)) return fwd_padded(s, x, w, bias, y, threads);
+  return fwd_stretches(s, x, w, bias, y, threads);
 }
 
 }  // namespace
@@ -279,8 +280,7 @@ Status conv2d_fwd_avx512(const Conv2dShape& s, const float* x, const float* w, c
     if (s.N > 0 && s.K > 0 && s.P * s.Q > 0) dw::fwd<avx512::F32x16>(s, x, w, bias, y, threads);
     return Status::kOk;
   }
-  if (applies(s, a)) return fwd_padded(s, x, w, bias, y, threads);
-  if (stretches_apply(s, a)) return fwd_stretches(s, x, w, bias, y, threads);
+  if (stretches_apply(s, a)) return fwd_im2col(s, x, w, bias, y, threads);
   return conv2d_fwd_avx2(s, x, w, bias, y, threads, algo);
 }
 
@@ -304,15 +304,14 @@ Status conv2d_bwd_avx512(const Conv2dShape& s, const float* x, const float* w, c
   if (dx == nullptr) return conv2d_bwd_avx2(s, x, w, dy, dx, dw, db, threads, algo);
   // backward data at stride 1 as the transposed convolution, by the forward's routes: its GEMM
   // has C / groups rows, from kMinTransposedRows up
-  const Conv2dShape t = transposed(s);
+  const Conv2dShape t = conv2d_transposed(s);
   const bool as_forward = a == Conv2dAlgo::kIm2col && s.stride_h == 1 && s.stride_w == 1 &&
                           s.C / s.groups >= kMinTransposedRows && s.N > 0 && s.K > 0 && s.P * s.Q > 0 &&
                           s.H * s.W > 0;
   if (!as_forward) return conv2d_bwd_avx2(s, x, w, dy, dx, dw, db, threads, algo);
   if (w == nullptr || dy == nullptr) return Status::kInvalidArgument;
   const float* wt = conv2d_flipped_weight(s, w);
-  const Status st = applies(t, Conv2dAlgo::kIm2col) ? fwd_padded(t, dy, wt, nullptr, dx, threads)
-                                                    : fwd_stretches(t, dy, wt, nullptr, dx, threads);
+  const Status st = fwd_im2col(t, dy, wt, nullptr, dx, threads);
   if (st != Status::kOk || (dw == nullptr && db == nullptr)) return st;
   return conv2d_bwd_avx2(s, x, w, dy, nullptr, dw, db, threads, algo);
 }

@@ -37,6 +37,9 @@ struct Geom {
   int64_t slots;
   int64_t span;           // floats in the buffer: the planes and a zeroed slack read past them
   std::vector<int64_t> off;  // tap r*S + t at n + off
+  // phase column b's valid columns [lo[b], hi[b]): those whose input column m*sw + b - pw lies
+  // in [0, W)
+  std::vector<int64_t> lo, hi;
 };
 
 inline Geom geom(const Conv2dShape& s, int lanes) {
@@ -62,6 +65,13 @@ inline Geom geom(const Conv2dShape& s, int lanes) {
       g.off.push_back(g.slot[(dr % g.sh) * g.sw + dt % g.sw] * g.phase + dr / g.sh * g.Wm +
                       dt / g.sw);
     }
+  for (int64_t b = 0; b < g.sw; ++b) {
+    const int64_t iw0 = b - g.pw;
+    const int64_t a = std::min(g.Wm, iw0 >= 0 ? 0 : (-iw0 + g.sw - 1) / g.sw);
+    const int64_t e = g.W - 1 - iw0 < 0 ? 0 : (g.W - 1 - iw0) / g.sw + 1;
+    g.lo.push_back(a);
+    g.hi.push_back(std::max(a, std::min(e, g.Wm)));
+  }
   return g;
 }
 
@@ -70,16 +80,6 @@ inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 // Asks for the n floats at p to be brought into L2, a cache line at a time.
 inline void prefetch_plane(const float* p, int64_t n) {
   for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(p + i, 0, 2);
-}
-
-// The columns m in [0, Wm) of phase b whose input column m*sw + b - pw lies in [0, W).
-inline void valid_columns(const Geom& g, int64_t b, int64_t* lo, int64_t* hi) {
-  const int64_t iw0 = b - g.pw;
-  int64_t a = iw0 >= 0 ? 0 : (-iw0 + g.sw - 1) / g.sw;
-  int64_t e = g.W - 1 - iw0 < 0 ? 0 : (g.W - 1 - iw0) / g.sw + 1;
-  a = std::min(a, g.Wm);
-  *lo = a;
-  *hi = std::max(a, std::min(e, g.Wm));
 }
 
 // d[0 .. n) = s[0 .. n), a vector at a time (rows here are short: a library call per row cost
@@ -111,45 +111,50 @@ void copy_strided(const float* s, int64_t sw, int64_t n, float* d) {
   }
 }
 
-// The phase-split, zero-padded copy of the H x W plane x: the phase in slot j at
-// buf + j * phase_stride (Hm x Wm floats).
+// The input's values of the phase-split copy of the H x W plane x (the phase in slot j at
+// buf + j * phase_stride, Hm x Wm floats), leaving the padding alone: its rows in order, each
+// into its phases one after the other (a phase at a time walked the input sh * sw times, each
+// with a stride: slower from DRAM). A buffer split into with the same geometry keeps its
+// zero padding: the callers that split plane after plane zero theirs once (a row's zeros were
+// as many calls as its values, and the rows of small planes are a vector or two).
+template <class V>
+void split_values(const Geom& g, const float* x, float* buf, int64_t phase_stride,
+                  int64_t planes = 1, int64_t x_stride = 0, int64_t buf_stride = 0) {
+  // (a negative padding, the crop of a transposed convolution, drops the first -ph rows)
+  const int64_t ih0 = std::max<int64_t>(0, -g.ph);
+  for (int64_t ih = ih0, a = (ih0 + g.ph) % g.sh, i = (ih0 + g.ph) / g.sh; ih < g.H && i < g.Hm;
+       ++ih) {
+    for (int64_t b = 0; b < g.sw; ++b) {
+      const int64_t slot = g.slot[a * g.sw + b], lo = g.lo[b], n = g.hi[b] - lo;
+      if (slot < 0 || n <= 0) continue;
+      const float* src = x + ih * g.W + lo * g.sw + b - g.pw;
+      float* dst = buf + slot * phase_stride + i * g.Wm + lo;
+      // the planes' rows alike, one after the other (the masks of a row's copy computed once)
+      for (int64_t c = 0; c < planes; ++c)
+        copy_strided<V>(src + c * x_stride, g.sw, n, dst + c * buf_stride);
+    }
+    if (++a == g.sh) a = 0, ++i;
+  }
+}
+
+// The whole phase-split, zero-padded copy: the padding rows and columns, then the values.
 template <class V>
 void split_phases(const Geom& g, const float* x, float* buf, int64_t phase_stride) {
-  // the padding rows, then the input's rows in order, each into its phases one after the other
-  // (a phase at a time walked the input sh * sw times, each with a stride: slower from DRAM)
   for (int64_t a = 0; a < g.sh; ++a)
     for (int64_t b = 0; b < g.sw; ++b) {
       if (g.slot[a * g.sw + b] < 0) continue;
       float* plane = buf + g.slot[a * g.sw + b] * phase_stride;
       for (int64_t i = 0; i < g.Hm; ++i) {
         const int64_t ih = i * g.sh + a - g.ph;
-        if (ih < 0 || ih >= g.H) zero<V>(plane + i * g.Wm, g.Wm);
+        if (ih < 0 || ih >= g.H) {
+          zero<V>(plane + i * g.Wm, g.Wm);
+        } else {
+          zero<V>(plane + i * g.Wm, g.lo[b]);
+          zero<V>(plane + i * g.Wm + g.hi[b], g.Wm - g.hi[b]);
+        }
       }
     }
-  // (a negative padding, the crop of a transposed convolution, drops the first -ph rows)
-  for (int64_t ih = std::max<int64_t>(0, -g.ph); ih < g.H; ++ih) {
-    const int64_t a = (ih + g.ph) % g.sh, i = (ih + g.ph) / g.sh;
-    if (i >= g.Hm) break;
-    for (int64_t b = 0; b < g.sw; ++b) {
-      if (g.slot[a * g.sw + b] < 0) continue;
-      float* row = buf + g.slot[a * g.sw + b] * phase_stride + i * g.Wm;
-      int64_t lo, hi;
-      valid_columns(g, b, &lo, &hi);
-      zero<V>(row, lo);
-      if (hi > lo) copy_strided<V>(x + ih * g.W + lo * g.sw + b - g.pw, g.sw, hi - lo, row + lo);
-      zero<V>(row + hi, g.Wm - hi);
-    }
-  }
-}
-
-
-// buf = the phase-split, zero-padded copy of the H x W plane x, phases one after the other, and
-// the zeroed slack after them.
-template <class V>
-void split(const Geom& g, const float* x, float* buf) {
-  split_phases<V>(g, x, buf, g.phase);
-  const int64_t planes = g.slots * g.phase;
-  std::memset(buf + planes, 0, sizeof(float) * (g.span - planes));
+  split_values<V>(g, x, buf, phase_stride);
 }
 
 // dx = the input plane's share of the phase-split dbuf (inputs no tap reaches get zero).
@@ -163,8 +168,7 @@ void unsplit(const Geom& g, const float* dbuf, float* dx) {
     for (int64_t b = 0; b < g.sw; ++b) {
       if (g.slot[a * g.sw + b] < 0) continue;  // no tap reads these inputs
       const float* src = dbuf + g.slot[a * g.sw + b] * g.phase + ii * g.Wm;
-      int64_t lo, hi;
-      valid_columns(g, b, &lo, &hi);
+      const int64_t lo = g.lo[b], hi = g.hi[b];
       // input column m*sw + b - pw, for m in [lo, hi)
       if (g.sw == 1 && hi > lo)
         copy<V>(src + lo, row + lo - g.pw, hi - lo);
@@ -226,8 +230,9 @@ void fwd(const Conv2dShape& s, const float* x, const float* w, const float* bias
     static thread_local Scratch tl_buf, tl_out;
     float* buf = tl_buf.get(static_cast<size_t>(g.span));
     float* out = tl_out.get(static_cast<size_t>(n_out));
+    std::memset(buf, 0, sizeof(float) * g.span);
     for (int64_t nc = b; nc < e; ++nc) {
-      split<V>(g, x + nc * HW, buf);
+      split_values<V>(g, x + nc * HW, buf, g.phase);
       // the planes are streamed from memory: fetch the next one while this one is computed
       if (nc + 1 < e) prefetch_plane(x + (nc + 1) * HW, HW);
       const int64_t n = nc / s.C, c = nc % s.C;
@@ -236,6 +241,135 @@ void fwd(const Conv2dShape& s, const float* x, const float* w, const float* bias
         float* yk = y + (n * s.K + k) * PQ;
         for (int64_t p = 0; p < g.P; ++p) copy<V>(out + p * g.Wm, yk + p * g.Q, g.Q);
       }
+    }
+  });
+}
+
+// ---- grouped convolutions: the forward as direct products ---------------------------------
+//
+// y[k][n] = bias[k] + sum_c sum_tap w[k][c][tap] * buf_c[n + off[tap]] over a group's Cg
+// phase-split input planes (one after the other, so a block's reads past a channel's planes
+// land in the next one's, in discarded columns): a block of kK output channels by kV vectors
+// of positions in registers, kV plane loads and kK weight broadcasts for kK * kV FMAs. With
+// few channels per group the im2col GEMM packs about as many floats as it multiplies; this
+// packs nothing but the input's split copy.
+
+// Register blocks: 6 channels x 4 vectors on 16-float vectors (24 accumulators, 4 loads and a
+// broadcast of the 32 registers), 4 x 3 on 8-float ones (12 + 3 + 1 of 16).
+template <class V> constexpr int kFwdK = V::L == 16 ? 6 : 4;
+template <class V> constexpr int kFwdV = V::L == 16 ? 4 : 3;
+
+// Where the i-th of the blocks that split n items into pieces of at most `most` (as even as
+// they go) starts: piece i is [even_start(n, most, i), even_start(n, most, i + 1)).
+inline int64_t even_start(int64_t n, int64_t most, int64_t i) {
+  const int64_t pieces = (n + most - 1) / most;
+  return i >= pieces ? n : n / pieces * i + std::min(i, n % pieces);
+}
+
+// out[i][n0 .. n0 + kV * L) for the kK output channels whose weights start at w (w_stride
+// apart, each Cg x RS), over the Cg planes of buf (c_stride apart).
+template <class V, int kK, int kV>
+void group_block(const Geom& g, const float* buf, int64_t c_stride, int64_t Cg, const float* w,
+                 int64_t w_stride, const float* bias, float* out, int64_t out_stride,
+                 int64_t n0) {
+  using reg = typename V::reg;
+  const int64_t taps = static_cast<int64_t>(g.off.size());
+  const int64_t* off = g.off.data();
+  reg acc[kK * kV];
+#pragma GCC unroll 8
+  for (int i = 0; i < kK; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < kV; ++j) acc[i * kV + j] = V::set1(bias != nullptr ? bias[i] : 0.f);
+  for (int64_t c = 0; c < Cg; ++c) {
+    const float* plane = buf + c * c_stride + n0;
+    const float* wc = w + c * taps;
+    for (int64_t tap = 0; tap < taps; ++tap) {
+      reg xv[kV];
+#pragma GCC unroll 4
+      for (int j = 0; j < kV; ++j) xv[j] = V::load(plane + off[tap] + j * V::L);
+#pragma GCC unroll 8
+      for (int i = 0; i < kK; ++i) {
+        const reg wv = V::set1(wc[i * w_stride + tap]);
+#pragma GCC unroll 4
+        for (int j = 0; j < kV; ++j) acc[i * kV + j] = V::fma(wv, xv[j], acc[i * kV + j]);
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < kK; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < kV; ++j) V::store(out + i * out_stride + n0 + j * V::L, acc[i * kV + j]);
+}
+
+template <class V, int kK>
+void group_vectors(int64_t nv, const Geom& g, const float* buf, int64_t c_stride, int64_t Cg,
+                   const float* w, int64_t w_stride, const float* bias, float* out,
+                   int64_t out_stride, int64_t n0) {
+  static_assert(kFwdV<V> <= 4, "group_vectors instantiates up to 4 vectors");
+  switch (nv) {
+    case 1: return group_block<V, kK, 1>(g, buf, c_stride, Cg, w, w_stride, bias, out, out_stride, n0);
+    case 2: return group_block<V, kK, 2>(g, buf, c_stride, Cg, w, w_stride, bias, out, out_stride, n0);
+    case 3: return group_block<V, kK, 3>(g, buf, c_stride, Cg, w, w_stride, bias, out, out_stride, n0);
+    default: return group_block<V, kK, kFwdV<V>>(g, buf, c_stride, Cg, w, w_stride, bias, out, out_stride, n0);
+  }
+}
+
+template <class V>
+void group_rows(int64_t nk, int64_t nv, const Geom& g, const float* buf, int64_t c_stride,
+                int64_t Cg, const float* w, int64_t w_stride, const float* bias, float* out,
+                int64_t out_stride, int64_t n0) {
+  static_assert(kFwdK<V> <= 6, "group_rows instantiates up to 6 channels");
+  switch (nk) {
+    case 1: return group_vectors<V, 1>(nv, g, buf, c_stride, Cg, w, w_stride, bias, out, out_stride, n0);
+    case 2: return group_vectors<V, 2>(nv, g, buf, c_stride, Cg, w, w_stride, bias, out, out_stride, n0);
+    case 3: return group_vectors<V, 3>(nv, g, buf, c_stride, Cg, w, w_stride, bias, out, out_stride, n0);
+    case 4: return group_vectors<V, 4>(nv, g, buf, c_stride, Cg, w, w_stride, bias, out, out_stride, n0);
+    case 5: return group_vectors<V, 5>(nv, g, buf, c_stride, Cg, w, w_stride, bias, out, out_stride, n0);
+    default: return group_vectors<V, kFwdK<V>>(nv, g, buf, c_stride, Cg, w, w_stride, bias, out, out_stride, n0);
+  }
+}
+
+// The forward of a grouped convolution (any stride, dilation, padding; pads may be negative,
+// cropping): one task per (image, group), its Cg planes split, then every output channel of
+// the group, a block of position vectors at a time (the block's inputs stay in L1 while the
+// channel blocks sweep them), into a Kg x P*Wm workspace whose Q-column rows go to y.
+template <class V>
+void grouped_fwd(const Conv2dShape& s, const float* x, const float* w, const float* bias,
+                 float* y, int threads) {
+  const Geom g = geom(s, V::L);
+  const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups, RS = s.R * s.S;
+  const int64_t HW = s.H * s.W, PQ = s.P * s.Q, c_stride = g.slots * g.phase;
+  const int64_t n_out = round_up(g.P * g.Wm, V::L), vectors = n_out / V::L;
+  const int64_t tasks = s.N * s.groups, work = Kg * Cg * RS * n_out + Cg * HW;
+  parallel_for(tasks, threads_for(tasks * work, 1 << 14, threads), [&](int64_t b, int64_t e) {
+    static thread_local Scratch tl_buf, tl_out;
+    float* buf = tl_buf.get(static_cast<size_t>((Cg - 1) * c_stride + g.span));
+    float* out = tl_out.get(static_cast<size_t>(Kg * n_out));
+    std::memset(buf, 0, sizeof(float) * ((Cg - 1) * c_stride + g.span));
+    for (int64_t task = b; task < e; ++task) {
+      const int64_t n = task / s.groups, gi = task % s.groups;
+      const float* xg = x + (n * s.C + gi * Cg) * HW;
+      split_values<V>(g, xg, buf, g.phase, Cg, HW, c_stride);
+      if (task + 1 < e) {  // fetch the next task's planes while this one is computed
+        const int64_t m = (task + 1) / s.groups, gm = (task + 1) % s.groups;
+        prefetch_plane(x + (m * s.C + gm * Cg) * HW, Cg * HW);
+      }
+      const float* wg = w + gi * Kg * Cg * RS;
+      const float* bg = bias != nullptr ? bias + gi * Kg : nullptr;
+      for (int64_t vi = 0; even_start(vectors, kFwdV<V>, vi) < vectors; ++vi) {
+        const int64_t v0 = even_start(vectors, kFwdV<V>, vi);
+        const int64_t nv = even_start(vectors, kFwdV<V>, vi + 1) - v0;
+        for (int64_t ki = 0; even_start(Kg, kFwdK<V>, ki) < Kg; ++ki) {
+          const int64_t k0 = even_start(Kg, kFwdK<V>, ki);
+          const int64_t nk = even_start(Kg, kFwdK<V>, ki + 1) - k0;
+          group_rows<V>(nk, nv, g, buf, c_stride, Cg, wg + k0 * Cg * RS, Cg * RS,
+                        bg != nullptr ? bg + k0 : nullptr, out + k0 * n_out, n_out, v0 * V::L);
+        }
+      }
+      float* yg = y + (n * s.K + gi * Kg) * PQ;
+      for (int64_t k = 0; k < Kg; ++k)
+        for (int64_t p = 0; p < g.P; ++p)
+          copy<V>(out + k * n_out + p * g.Wm, yg + k * PQ + p * g.Q, g.Q);
     }
   });
 }
@@ -358,6 +492,7 @@ void grouped_weight(const Conv2dShape& s, const float* x, const float* dy, float
   parallel_for(tasks, threads_for(tasks * work, 1 << 16, threads), [&](int64_t b, int64_t e) {
     static thread_local Scratch tl_plane;
     float* buf = tl_plane.get(static_cast<size_t>(g.span));
+    std::memset(buf, 0, sizeof(float) * g.span);
     std::vector<double> acc(static_cast<size_t>(Kg * RS)), bsum(static_cast<size_t>(Kg));
     for (int64_t task = b; task < e; ++task) {
       const int64_t gi = task / Cg, c = task % Cg;
@@ -369,7 +504,7 @@ void grouped_weight(const Conv2dShape& s, const float* x, const float* dy, float
         if (bias)
           for (int64_t k = 0; k < Kg; ++k) bsum[k] += plane_sum<V>(dyg + k * PQ, PQ);
         if (dwt == nullptr) continue;
-        split<V>(g, x + (n * s.C + gi * Cg + c) * HW, buf);  // read Kg / kK times
+        split_values<V>(g, x + (n * s.C + gi * Cg + c) * HW, buf, g.phase);  // read Kg / kK times
         for (int64_t k0 = 0; k0 < Kg; k0 += kGroupK<V>) {
           const float* d = dyg + k0 * PQ;
           double* a = acc.data() + k0 * RS;
@@ -399,9 +534,7 @@ void bwd(const Conv2dShape& s, const float* x, const float* w, const float* dy, 
   if (dx != nullptr && s.stride_h == 1 && s.stride_w == 1 && mult == 1) {
     // the adjoint of a stride-1 depthwise convolution is one: over dy, flipped kernel, padding
     // dil*(k-1) - pad (negative crops), producing H x W, in the forward's register blocks
-    Conv2dShape t = s;
-    t.H = s.P, t.W = s.Q, t.P = s.H, t.Q = s.W;
-    t.pad_h = (s.R - 1) * s.dil_h - s.pad_h, t.pad_w = (s.S - 1) * s.dil_w - s.pad_w;
+    const Conv2dShape t = conv2d_transposed(s);  // (C == K)
     static thread_local Scratch tl_flip;
     float* wf = tl_flip.get(static_cast<size_t>(s.K * RS));
     for (int64_t k = 0; k < s.K; ++k)
