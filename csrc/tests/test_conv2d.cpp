@@ -185,6 +185,13 @@ int main(int argc, char** argv) {
   check_shape(make(1, 4, 6, 7, 4, 3, 3, 1, 4, 1, 4), rng);
   check_shape(make(2, 3, 12, 12, 9, 3, 3, 2, 1, 1, 3), rng);
   check_shape(make(1, 4, 112, 112, 4, 3, 3, 2, 1, 1, 4), rng);
+  // the channel-blocked forward (and backward data at stride 1): channels past a vector (16 on
+  // zmm, 8 on ymm), a 7x7 kernel on a 7x7 plane, stride 2 on a wide plane, padding past the
+  // kernel's reach (backward data then crops), dilation 2
+  check_shape(make(2, 40, 7, 7, 40, 7, 7, 1, 3, 1, 40), rng);
+  check_shape(make(1, 33, 30, 66, 33, 3, 3, 2, 1, 1, 33), rng);
+  check_shape(make(1, 20, 9, 9, 20, 3, 3, 1, 4, 1, 20), rng);
+  check_shape(make(2, 9, 12, 12, 9, 3, 3, 1, 2, 2, 9), rng);
   // backward data by the transposed forward's routes on the avx512 path: 4 channels per group
   // on small images, and a padding that crops there
   check_shape(make(3, 16, 7, 7, 12, 3, 3, 1, 1, 1, 4), rng);

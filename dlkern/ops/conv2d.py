@@ -222,6 +222,10 @@ def _edge_cases():
     add("depthwise stride 3 1x4x13x13", (1, 4, 13, 13), 4, kernel=3, stride=3, padding=1, groups=4)
     add("depthwise 7x7 stride 2 2x3x23x29", (2, 3, 23, 29), 3, kernel=7, stride=2, padding=3,
         groups=3)
+    add("depthwise 7x7 on 7x7 planes 2x33x7x7", (2, 33, 7, 7), 33, kernel=7, padding=3,
+        groups=33)
+    add("depthwise 5x5 stride 2 sliced 2x20x14x14", (2, 20, 14, 14), 20, kernel=5, stride=2,
+        padding=2, groups=20, layout="sliced")
     add("depthwise wide 1x2x5x150", (1, 2, 5, 150), 2, kernel=5, padding=2, groups=2)
     add("depthwise 1x1 plane 2x4x1x1", (2, 4, 1, 1), 4, kernel=3, padding=1, groups=4)
     add("depthwise channels_last 2x8x9x9", (2, 8, 9, 9), 8, kernel=3, padding=1, groups=8,

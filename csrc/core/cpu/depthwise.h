@@ -1,23 +1,31 @@
-// Depthwise conv2d (groups == C, any channel multiplier K / C) written once over a vector type V:
-// the avx2 path instantiates it with vec_avx2.h's F32x8 (conv2d_avx2.cpp), the avx512 path with
+// Depthwise conv2d (groups == C, any channel multiplier K / C), and the direct routes of grouped
+// convolutions that share its phase-split planes, written once over a vector type V: the avx2
+// path instantiates it with vec_avx2.h's F32x8 (conv2d_avx2.cpp), the avx512 path with
 // vec_avx512.h's F32x16 (conv2d_avx512.cpp). Include it after <algorithm>, <cstring>, <vector>
 // and the vector header (whose target pragma then applies to these functions).
 //
 // Each input plane is first copied into a zero-padded, phase-split buffer: for strides sh x sw it
 // holds up to sh * sw phase planes of Hm x Wm floats, phase (a, b) holding rows i*sh + a and
-// columns m*sw + b of the padded input (the phases no tap reads are left out). Output position (p, q) then reads tap (r, t) at
+// columns m*sw + b of the padded input (the phases no tap reads are left out). Output position
+// (p, q) then reads tap (r, t) at
 //   phase ((r*dh) % sh, (t*dw) % sw), row p + (r*dh) / sh, column q + (t*dw) / sw,
 // so over the positions n = p*Wm + q (rows Wm wide, Wm - Q of each discarded) every tap of any
 // stride and dilation is one contiguous run at a fixed offset off[r*S + t] from n:
 //   forward        y[n] = bias + sum_taps w[tap] * buf[n + off[tap]], Block vectors of n held in
-//                  registers over all taps (one load and one FMA per tap and vector);
+//                  registers over all taps (one load and one FMA per tap and vector); with one
+//                  output channel per input, except stride 1 on wide planes, the channels go in
+//                  the vector lanes instead (fwd_blocked: no discarded columns, every load a
+//                  whole vector);
 //   backward data  at stride 1 with one output channel per input, the forward over dy with the
 //                  kernel flipped; otherwise the adjoint, dbuf[n + off[tap]] += w[tap] * dy[n]
 //                  over the valid columns, then dbuf read back into dx's plane;
 //   backward weight dw[tap] = sum_n dy[n] * buf[n + off[tap]] over the valid columns, blocks of
 //                  output channels by taps in registers (grouped_weight, which grouped
-//                  convolutions share), each image's sums added in double in image order (so
-//                  the result does not depend on the threads).
+//                  convolutions share), summed over a chunk of images in registers and the
+//                  chunks added in double in image order (so the result does not depend on the
+//                  threads);
+//   grouped forward y[k][n] = sum_c sum_taps w[k][c][tap] * buf_c[n + off[tap]] (grouped_fwd),
+//                  blocks of output channels by vectors of n in registers.
 // Columns past Q are masked in both backward passes: a discarded column may read a real input
 // value, and 0 * inf there would turn a gradient into NaN.
 #pragma once
@@ -220,8 +228,8 @@ void fwd_plane(const Geom& g, const float* buf, const float* wk, float bias, flo
 }
 
 template <class V>
-void fwd(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y,
-         int threads) {
+void fwd_planes(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y,
+                int threads) {
   const Geom g = geom(s, V::L);
   const int64_t mult = s.K / s.C, HW = s.H * s.W, PQ = s.P * s.Q, RS = s.R * s.S;
   const int64_t planes = s.N * s.C, n_out = round_up(g.P * g.Wm, V::L);
@@ -245,6 +253,133 @@ void fwd(const Conv2dShape& s, const float* x, const float* w, const float* bias
   });
 }
 
+// Where the i-th of the blocks that split n items into pieces of at most `most` (as even as
+// they go) starts: piece i is [even_start(n, most, i), even_start(n, most, i + 1)).
+inline int64_t even_start(int64_t n, int64_t most, int64_t i) {
+  const int64_t pieces = (n + most - 1) / most;
+  return i >= pieces ? n : n / pieces * i + std::min(i, n % pieces);
+}
+
+// ---- small planes: channels in the vector lanes ------------------------------------------
+//
+// On planes of a few rows (7 x 7, 14 x 14) the phase-split planes spend most of each vector on
+// discarded columns, and a plane's few vectors leave the FMA pipes waiting on each chain. With
+// L channels in a vector instead (a task's L planes copied, padded, as [row][column][channel]
+// by gathers), every lane is an output, an output row's columns are independent chains, and
+// every FMA reads one whole vector; the outputs go back to NCHW by gathers as well.
+
+template <class V> constexpr int kRowBlock = V::L == 16 ? 14 : 12;  // accumulators
+
+// ob[(p*Q + q0 + j)*L] for j < kQ: output row p's columns q0.., all R x S taps.
+template <class V, int kQ>
+void blocked_row(const Conv2dShape& s, int64_t Wp, const float* xb, const float* wb,
+                 typename V::reg bias, float* ob, int64_t p, int64_t q0) {
+  using reg = typename V::reg;
+  constexpr int64_t L = V::L;
+  reg acc[kQ];
+#pragma GCC unroll 16
+  for (int j = 0; j < kQ; ++j) acc[j] = bias;
+  const int64_t step = s.stride_w * L;
+  for (int64_t r = 0; r < s.R; ++r) {
+    const float* row = xb + ((p * s.stride_h + r * s.dil_h) * Wp + q0 * s.stride_w) * L;
+    for (int64_t t = 0; t < s.S; ++t) {
+      const reg wv = V::load(wb + (r * s.S + t) * L);
+      const float* src = row + t * s.dil_w * L;
+#pragma GCC unroll 16
+      for (int j = 0; j < kQ; ++j) acc[j] = V::fma(wv, V::load(src + j * step), acc[j]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int j = 0; j < kQ; ++j) V::store(ob + (p * s.Q + q0 + j) * L, acc[j]);
+}
+
+template <class V, int kQ>
+void blocked_cols(int64_t n, const Conv2dShape& s, int64_t Wp, const float* xb, const float* wb,
+                  typename V::reg bias, float* ob, int64_t p, int64_t q0) {
+  if constexpr (kQ > 1) {
+    if (n < kQ) return blocked_cols<V, kQ - 1>(n, s, Wp, xb, wb, bias, ob, p, q0);
+  }
+  blocked_row<V, kQ>(s, Wp, xb, wb, bias, ob, p, q0);
+}
+
+// Where the channel-blocked forward runs: one output channel per input channel, except stride
+// 1 on planes 64 or more columns wide. Measured on the 2-core Zen 5, blocked / planes: 0.33-0.45
+// on 7 x 7 and 14 x 14 planes with 5 x 5 and 7 x 7 kernels, 0.3-0.6 at stride 2 (112 x 112 to
+// 14 x 14), 0.5-0.9 on 20 x 20 to 56 x 56, 3 x 3 on 14 x 14 about 1; 1.1 for 3 x 3 on 112 x 112.
+inline bool blocked_applies(const Conv2dShape& s) {
+  return s.K == s.C && (s.Q < 64 || s.stride_w > 1);
+}
+
+template <class V>
+void fwd_blocked(const Conv2dShape& s, const float* x, const float* w, const float* bias,
+                 float* y, int threads) {
+  constexpr int64_t L = V::L;
+  const int64_t blocks = (s.C + L - 1) / L, HW = s.H * s.W, PQ = s.P * s.Q, RS = s.R * s.S;
+  const int64_t Hp = (s.P - 1) * s.stride_h + (s.R - 1) * s.dil_h + 1;
+  const int64_t Wp = (s.Q - 1) * s.stride_w + (s.S - 1) * s.dil_w + 1;
+  const int64_t tasks = s.N * blocks, chunks = (s.Q + kRowBlock<V> - 1) / kRowBlock<V>;
+  // the weight as [block][tap][channel], shared by the images
+  static thread_local Scratch tl_wb;
+  float* wball = tl_wb.get(static_cast<size_t>(blocks * RS * L));
+  for (int64_t c0 = 0; c0 < s.C; c0 += L)
+    for (int64_t tap = 0; tap < RS; ++tap)
+      V::store(wball + (c0 * RS + tap * L), V::gather_first(w + c0 * RS + tap, RS, std::min(L, s.C - c0)));
+  // where input pixel ih*W + iw goes in the padded copy (-1: outside the rows and columns read)
+  std::vector<int64_t> pos(static_cast<size_t>(HW));
+  for (int64_t ih = 0; ih < s.H; ++ih)
+    for (int64_t iw = 0; iw < s.W; ++iw) {
+      const int64_t i = ih + s.pad_h, j = iw + s.pad_w;
+      pos[ih * s.W + iw] = i >= 0 && i < Hp && j >= 0 && j < Wp ? (i * Wp + j) * L : -1;
+    }
+  parallel_for(tasks, threads_for(tasks * L * (PQ * RS + HW), 1 << 14, threads),
+               [&](int64_t b, int64_t e) {
+    static thread_local Scratch tl_xb, tl_ob;
+    float* xb = tl_xb.get(static_cast<size_t>(Hp * Wp * L));
+    float* ob = tl_ob.get(static_cast<size_t>(PQ * L));
+    // the padding stays zero: every task writes the same positions
+    std::memset(xb, 0, sizeof(float) * Hp * Wp * L);
+    typename V::reg r[L];
+    for (int64_t task = b; task < e; ++task) {
+      const int64_t n = task / blocks, c0 = task % blocks * L, lanes = std::min(L, s.C - c0);
+      const float* wb = wball + c0 * RS;
+      const auto bv = bias != nullptr ? V::load_first(bias + c0, lanes) : V::zero();
+      // the input, L pixels of L planes at a time, transposed, each pixel to its padded place
+      const float* xc = x + (n * s.C + c0) * HW;
+      for (int64_t m = 0; m < HW; m += L) {
+        const int64_t k = std::min(L, HW - m);
+        for (int64_t c = 0; c < L; ++c) r[c] = c < lanes ? V::load_first(xc + c * HW + m, k) : V::zero();
+        V::transpose(r);
+        for (int64_t j = 0; j < k; ++j)
+          if (pos[m + j] >= 0) V::store(xb + pos[m + j], r[j]);
+      }
+      for (int64_t p = 0; p < s.P; ++p)
+        for (int64_t ci = 0; ci < chunks; ++ci) {
+          const int64_t q0 = even_start(s.Q, kRowBlock<V>, ci);
+          blocked_cols<V, kRowBlock<V>>(even_start(s.Q, kRowBlock<V>, ci + 1) - q0, s, Wp, xb,
+                                        wb, bv, ob, p, q0);
+        }
+      // the output, L pixels at a time, transposed back into the L planes
+      float* yc = y + (n * s.C + c0) * PQ;
+      for (int64_t m = 0; m < PQ; m += L) {
+        const int64_t k = std::min(L, PQ - m);
+        for (int64_t j = 0; j < L; ++j) r[j] = j < k ? V::load(ob + (m + j) * L) : V::zero();
+        V::transpose(r);
+        for (int64_t c = 0; c < lanes; ++c) V::store_first(yc + c * PQ + m, r[c], k);
+      }
+    }
+  });
+}
+
+// The depthwise forward (and the backward data at stride 1, a forward over dy).
+template <class V>
+void fwd(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y,
+         int threads) {
+  if (blocked_applies(s))
+    fwd_blocked<V>(s, x, w, bias, y, threads);
+  else
+    fwd_planes<V>(s, x, w, bias, y, threads);
+}
+
 // ---- grouped convolutions: the forward as direct products ---------------------------------
 //
 // y[k][n] = bias[k] + sum_c sum_tap w[k][c][tap] * buf_c[n + off[tap]] over a group's Cg
@@ -259,12 +394,6 @@ void fwd(const Conv2dShape& s, const float* x, const float* w, const float* bias
 template <class V> constexpr int kFwdK = V::L == 16 ? 6 : 4;
 template <class V> constexpr int kFwdV = V::L == 16 ? 4 : 3;
 
-// Where the i-th of the blocks that split n items into pieces of at most `most` (as even as
-// they go) starts: piece i is [even_start(n, most, i), even_start(n, most, i + 1)).
-inline int64_t even_start(int64_t n, int64_t most, int64_t i) {
-  const int64_t pieces = (n + most - 1) / most;
-  return i >= pieces ? n : n / pieces * i + std::min(i, n % pieces);
-}
 
 // out[i][n0 .. n0 + kV * L) for the kK output channels whose weights start at w (w_stride
 // apart, each Cg x RS), over the Cg planes of buf (c_stride apart).
@@ -421,31 +550,41 @@ float plane_sum(const float* d, int64_t n) {
 // registers, kT + kK loads for kK * kT FMAs. For a group of few output channels this beats the
 // im2col GEMM, whose 8-row tiles and column tiles then do little work per packed float.
 
+// n images: the first image's split planes at buf, the next ones `buf` floats further; its dy
+// planes `dy` floats apart.
+struct Images {
+  int64_t n, buf, dy;
+};
+
 template <class V, int kK, int kT>
-void dot_block(const Geom& g, const float* buf, const float* dy, int64_t dy_stride,
-               const int64_t* off, double* acc_out, int64_t acc_stride) {
+void dot_block(const Geom& g, const Images& im, const float* buf, const float* dy,
+               int64_t dy_stride, const int64_t* off, double* acc_out, int64_t acc_stride) {
   using reg = typename V::reg;
   reg acc[kK * kT];
 #pragma GCC unroll 32
   for (int i = 0; i < kK * kT; ++i) acc[i] = V::zero();
   // one loop over every row's vectors, all loads masked (the rows are short: a loop per row
-  // had the compiler move the accumulators to the stack and back at every row)
-  const int64_t items = g.P * ((g.Q + V::L - 1) / V::L);
+  // had the compiler move the accumulators to the stack and back at every row), over all the
+  // images (a block's sums taken once: per image they cost as much as a small plane's FMAs)
+  const int64_t items = im.n * g.P * ((g.Q + V::L - 1) / V::L);
+  const float* row = buf;
+  const float* drow = dy;
   for (int64_t it = 0, p = 0, q = 0; it < items; ++it) {
     const int64_t n = std::min<int64_t>(V::L, g.Q - q);
-    const float* base = buf + p * g.Wm + q;
-    const float* d = dy + p * g.Q + q;
     reg bv[kT];
 #pragma GCC unroll 8
-    for (int j = 0; j < kT; ++j) bv[j] = V::load_first(base + off[j], n);
+    for (int j = 0; j < kT; ++j) bv[j] = V::load_first(row + q + off[j], n);
 #pragma GCC unroll 4
     for (int i = 0; i < kK; ++i) {
-      const reg dv = V::load_first(d + i * dy_stride, n);
+      const reg dv = V::load_first(drow + q + i * dy_stride, n);
 #pragma GCC unroll 8
       for (int j = 0; j < kT; ++j) acc[i * kT + j] = V::fma(dv, bv[j], acc[i * kT + j]);
     }
     q += V::L;
-    if (q >= g.Q) q = 0, ++p;
+    if (q >= g.Q) {
+      q = 0, row += g.Wm, drow += g.Q;
+      if (++p == g.P) p = 0, row += im.buf - g.P * g.Wm, drow += im.dy - g.P * g.Q;
+    }
   }
 #pragma GCC unroll 4
   for (int i = 0; i < kK; ++i)
@@ -459,7 +598,7 @@ template <class V> constexpr int kGroupK = V::L == 16 ? 3 : 2;
 template <class V> constexpr int kGroupT = V::L == 16 ? 6 : 4;
 
 template <class V, int kK>
-void dot_taps_of(const Geom& g, const float* buf, const float* dy, int64_t dy_stride,
+void dot_taps_of(const Geom& g, const Images& im, const float* buf, const float* dy, int64_t dy_stride,
                  double* acc, int64_t acc_stride) {
   const int64_t taps = static_cast<int64_t>(g.off.size()), most = kGroupT<V>;
   const int64_t groups = (taps + most - 1) / most;
@@ -467,12 +606,12 @@ void dot_taps_of(const Geom& g, const float* buf, const float* dy, int64_t dy_st
     const int64_t nt = (taps - t0) / (groups - i);
     const int64_t* off = g.off.data() + t0;
     switch (nt) {
-      case 1: dot_block<V, kK, 1>(g, buf, dy, dy_stride, off, acc + t0, acc_stride); break;
-      case 2: dot_block<V, kK, 2>(g, buf, dy, dy_stride, off, acc + t0, acc_stride); break;
-      case 3: dot_block<V, kK, 3>(g, buf, dy, dy_stride, off, acc + t0, acc_stride); break;
-      case 4: dot_block<V, kK, 4>(g, buf, dy, dy_stride, off, acc + t0, acc_stride); break;
-      case 5: dot_block<V, kK, 5>(g, buf, dy, dy_stride, off, acc + t0, acc_stride); break;
-      default: dot_block<V, kK, kGroupT<V>>(g, buf, dy, dy_stride, off, acc + t0, acc_stride);
+      case 1: dot_block<V, kK, 1>(g, im, buf, dy, dy_stride, off, acc + t0, acc_stride); break;
+      case 2: dot_block<V, kK, 2>(g, im, buf, dy, dy_stride, off, acc + t0, acc_stride); break;
+      case 3: dot_block<V, kK, 3>(g, im, buf, dy, dy_stride, off, acc + t0, acc_stride); break;
+      case 4: dot_block<V, kK, 4>(g, im, buf, dy, dy_stride, off, acc + t0, acc_stride); break;
+      case 5: dot_block<V, kK, 5>(g, im, buf, dy, dy_stride, off, acc + t0, acc_stride); break;
+      default: dot_block<V, kK, kGroupT<V>>(g, im, buf, dy, dy_stride, off, acc + t0, acc_stride);
     }
     t0 += nt;
   }
@@ -481,37 +620,48 @@ void dot_taps_of(const Geom& g, const float* buf, const float* dy, int64_t dy_st
 // dW of a grouped convolution (any stride, dilation, padding) and db. Each task is one input
 // channel of one group, dW[group's k][c][:] summed over the images in order (and, for the
 // group's first channel, db): the same bits for any thread count, and work for many threads
-// even when the groups are few.
+// even when the groups are few. The images' planes are split a chunk at a time (as many as
+// fit in kChunk floats), each register block summing over the whole chunk.
+constexpr int64_t kChunk = 1 << 16;
+
 template <class V>
 void grouped_weight(const Conv2dShape& s, const float* x, const float* dy, float* dwt, float* db,
                     int threads) {
   const Geom g = geom(s, V::L);
   const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups, RS = s.R * s.S;
   const int64_t HW = s.H * s.W, PQ = s.P * s.Q, tasks = s.groups * Cg;
-  const int64_t work = s.N * Kg * PQ * RS;
+  const int64_t work = s.N * Kg * PQ * RS, planes = g.slots * g.phase;
+  const int64_t chunk = std::max<int64_t>(1, std::min(s.N, kChunk / std::max<int64_t>(1, planes)));
   parallel_for(tasks, threads_for(tasks * work, 1 << 16, threads), [&](int64_t b, int64_t e) {
     static thread_local Scratch tl_plane;
-    float* buf = tl_plane.get(static_cast<size_t>(g.span));
-    std::memset(buf, 0, sizeof(float) * g.span);
+    const int64_t span = (chunk - 1) * planes + g.span;
+    float* buf = tl_plane.get(static_cast<size_t>(span));
+    std::memset(buf, 0, sizeof(float) * span);
     std::vector<double> acc(static_cast<size_t>(Kg * RS)), bsum(static_cast<size_t>(Kg));
     for (int64_t task = b; task < e; ++task) {
       const int64_t gi = task / Cg, c = task % Cg;
       const bool bias = db != nullptr && c == 0;
       std::fill(acc.begin(), acc.end(), 0.0);
       std::fill(bsum.begin(), bsum.end(), 0.0);
-      for (int64_t n = 0; n < s.N; ++n) {
-        const float* dyg = dy + (n * s.K + gi * Kg) * PQ;
+      for (int64_t n0 = 0; n0 < s.N; n0 += chunk) {
+        const Images im{std::min(chunk, s.N - n0), planes, s.K * PQ};
+        const float* dyg = dy + (n0 * s.K + gi * Kg) * PQ;
         if (bias)
-          for (int64_t k = 0; k < Kg; ++k) bsum[k] += plane_sum<V>(dyg + k * PQ, PQ);
+          for (int64_t n = 0; n < im.n; ++n)
+            for (int64_t k = 0; k < Kg; ++k) bsum[k] += plane_sum<V>(dyg + n * im.dy + k * PQ, PQ);
         if (dwt == nullptr) continue;
-        split_values<V>(g, x + (n * s.C + gi * Cg + c) * HW, buf, g.phase);  // read Kg / kK times
+        for (int64_t n = 0; n < im.n; ++n)  // each read Kg / kK times
+          split_values<V>(g, x + ((n0 + n) * s.C + gi * Cg + c) * HW, buf + n * planes, g.phase);
+        if (task + 1 < e && n0 + chunk >= s.N)  // the next task's planes, while this one runs
+          for (int64_t n = 0; n < std::min(chunk, s.N); ++n)
+            prefetch_plane(x + (n * s.C + (task + 1) / Cg * Cg + (task + 1) % Cg) * HW, HW);
         for (int64_t k0 = 0; k0 < Kg; k0 += kGroupK<V>) {
           const float* d = dyg + k0 * PQ;
           double* a = acc.data() + k0 * RS;
           switch (std::min<int64_t>(kGroupK<V>, Kg - k0)) {
-            case 1: dot_taps_of<V, 1>(g, buf, d, PQ, a, RS); break;
-            case 2: dot_taps_of<V, 2>(g, buf, d, PQ, a, RS); break;
-            default: dot_taps_of<V, kGroupK<V>>(g, buf, d, PQ, a, RS);
+            case 1: dot_taps_of<V, 1>(g, im, buf, d, PQ, a, RS); break;
+            case 2: dot_taps_of<V, 2>(g, im, buf, d, PQ, a, RS); break;
+            default: dot_taps_of<V, kGroupK<V>>(g, im, buf, d, PQ, a, RS);
           }
         }
       }

@@ -104,6 +104,31 @@ struct F32x8 {
   static reg fma(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
   static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
   static float sum(reg v) { return hsum(v); }
+  // r[i][j] <- r[j][i] for the 8 x 8 block in r[0..8)
+  static void transpose(reg* r) {
+    reg t[8], u[8];
+    for (int i = 0; i < 8; i += 2) {
+      t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+      t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+      u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+      u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+      u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+      u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; ++i) {
+      r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+      r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+    }
+  }
+  // lane j < n: p[j * stride] (stride * 7 within int32), the rest zero
+  static reg gather_first(const float* p, int64_t stride, int64_t n) {
+    const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                           _mm256_set1_epi32(static_cast<int>(stride)));
+    const __m256i m = first_lanes(n);
+    return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), p, idx, _mm256_castsi256_ps(m), 4);
+  }
   // d[j] = s[2j] for j < n <= L, reading s[0 .. 2n - 2] only
   static void evens(const float* s, float* d, int64_t n) {
     const int64_t lo = std::min<int64_t>(2 * n - 1, 8), hi = std::max<int64_t>(2 * n - 9, 0);

@@ -41,6 +41,38 @@ struct F32x16 {
   static reg fma(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
   static reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
   static float sum(reg v) { return _mm512_reduce_add_ps(v); }
+  // r[i][j] <- r[j][i] for the 16 x 16 block in r[0..16)
+  static void transpose(reg* r) {
+    reg t[16], u[16];
+    for (int i = 0; i < 16; i += 2) {
+      t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+      t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    // u[4i + k]: rows 4i..4i+3 at column 4l + k in each 128-bit lane l
+    for (int i = 0; i < 16; i += 4) {
+      u[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+      u[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+      u[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+      u[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int k = 0; k < 4; ++k) {
+      const reg a = _mm512_shuffle_f32x4(u[k], u[4 + k], 0x88);
+      const reg b = _mm512_shuffle_f32x4(u[k], u[4 + k], 0xDD);
+      const reg c = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], 0x88);
+      const reg d = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], 0xDD);
+      r[k] = _mm512_shuffle_f32x4(a, c, 0x88);
+      r[8 + k] = _mm512_shuffle_f32x4(a, c, 0xDD);
+      r[4 + k] = _mm512_shuffle_f32x4(b, d, 0x88);
+      r[12 + k] = _mm512_shuffle_f32x4(b, d, 0xDD);
+    }
+  }
+  // lane j < n: p[j * stride] (stride * 15 within int32), the rest zero
+  static reg gather_first(const float* p, int64_t stride, int64_t n) {
+    const __m512i idx = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(static_cast<int>(stride)));
+    return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), first(n), idx, p, 4);
+  }
   static void evens(const float* s, float* d, int64_t n) {
     const __m512i idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const int64_t lo = 2 * n - 1 < 16 ? 2 * n - 1 : 16, hi = 2 * n - 17 > 0 ? 2 * n - 17 : 0;
