@@ -302,12 +302,14 @@ void blocked_cols(int64_t n, const Conv2dShape& s, int64_t Wp, const float* xb, 
   blocked_row<V, kQ>(s, Wp, xb, wb, bias, ob, p, q0);
 }
 
-// Where the channel-blocked forward runs: one output channel per input channel, except stride
-// 1 on planes 64 or more columns wide. Measured on the 2-core Zen 5, blocked / planes: 0.33-0.45
-// on 7 x 7 and 14 x 14 planes with 5 x 5 and 7 x 7 kernels, 0.3-0.6 at stride 2 (112 x 112 to
-// 14 x 14), 0.5-0.9 on 20 x 20 to 56 x 56, 3 x 3 on 14 x 14 about 1; 1.1 for 3 x 3 on 112 x 112.
-inline bool blocked_applies(const Conv2dShape& s) {
-  return s.K == s.C && (s.Q < 64 || s.stride_w > 1);
+// Where the channel-blocked forward runs: one output channel per input channel, and a stride
+// above 1 or planes under 64 columns (zmm) / 32 (ymm). Measured on the 2-core Zen 5, blocked /
+// planes on zmm: 0.33-0.45 on 7 x 7 and 14 x 14 planes with 5 x 5 and 7 x 7 kernels, 0.3-0.6 at
+// stride 2 (112 x 112 to 14 x 14), 0.5-0.9 on 20 x 20 to 56 x 56, 1.1 for 3 x 3 on 112 x 112; on
+// ymm 0.55-0.9 up to 28 x 28 and at stride 2, 1.4-1.5 on 56 x 56.
+template <class V>
+bool blocked_applies(const Conv2dShape& s) {
+  return s.K == s.C && (s.Q < (V::L == 16 ? 64 : 32) || s.stride_w > 1);
 }
 
 template <class V>
@@ -374,7 +376,7 @@ void fwd_blocked(const Conv2dShape& s, const float* x, const float* w, const flo
 template <class V>
 void fwd(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y,
          int threads) {
-  if (blocked_applies(s))
+  if (blocked_applies<V>(s))
     fwd_blocked<V>(s, x, w, bias, y, threads);
   else
     fwd_planes<V>(s, x, w, bias, y, threads);
