@@ -502,6 +502,10 @@ bool conv2d_grouped_fwd_direct(const Conv2dShape& s, Conv2dAlgo algo) {
          (s.stride_h > 1 || s.stride_w > 1 || s.P * s.Q < kConvSmallImage);
 }
 
+bool conv2d_grouped_bwd_direct(const Conv2dShape& s, Conv2dAlgo algo) {
+  return algo == Conv2dAlgo::kIm2col && s.groups > 1 && (s.stride_h > 1 || s.stride_w > 1);
+}
+
 const float* conv2d_flipped_weight(const Conv2dShape& s, const float* w) {
   const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups, RS = s.R * s.S;
   float* wt = tl_wt.get(static_cast<size_t>(s.K * Cg * RS));
@@ -538,6 +542,8 @@ Status conv2d_bwd_avx2(const Conv2dShape& s, const float* x, const float* w, con
       conv2d_grouped_fwd_direct(conv2d_transposed(s), algo)) {
     dw::grouped_fwd<avx2::F32x8>(conv2d_transposed(s), dy, conv2d_flipped_weight(s, w), nullptr,
                                  dx, threads);
+  } else if (dx != nullptr && Cg > 0 && conv2d_grouped_bwd_direct(s, algo)) {
+    dw::grouped_bwd_data<avx2::F32x8>(s, w, dy, dx, threads);
   } else if (dx != nullptr && Cg > 0) {
     const Status r = bwd_data(s, algo, w, dy, dx, threads);
     if (r != Status::kOk) return r;

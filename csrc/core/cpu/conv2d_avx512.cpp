@@ -396,6 +396,12 @@ Status conv2d_bwd_avx512(const Conv2dShape& s, const float* x, const float* w, c
   const bool as_forward = a == Conv2dAlgo::kIm2col && s.stride_h == 1 && s.stride_w == 1 &&
                           s.C / s.groups >= kMinTransposedRows && s.N > 0 && s.K > 0 && s.P * s.Q > 0 &&
                           s.H * s.W > 0;
+  if (!as_forward && conv2d_grouped_bwd_direct(s, a) && s.N > 0 && s.K > 0 && s.P * s.Q > 0 &&
+      s.H * s.W > 0) {
+    if (w == nullptr || dy == nullptr) return Status::kInvalidArgument;
+    dw::grouped_bwd_data<avx512::F32x16>(s, w, dy, dx, threads);
+    return conv2d_bwd_avx2(s, x, w, dy, nullptr, dw, db, threads, algo);
+  }
   if (!as_forward) return conv2d_bwd_avx2(s, x, w, dy, dx, dw, db, threads, algo);
   if (w == nullptr || dy == nullptr) return Status::kInvalidArgument;
   const float* wt = conv2d_flipped_weight(s, w);

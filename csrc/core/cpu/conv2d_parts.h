@@ -68,6 +68,8 @@ bool conv2d_grouped_weight_direct(const Conv2dShape& s, Conv2dAlgo algo);
 // 0.64-0.93 on 7 x 7 and 14 x 14 images; 0.97-1.24 at stride 1 on 28 x 28 and larger images
 // (where the GEMM reads a padded copy in place), so those keep the GEMM.
 bool conv2d_grouped_fwd_direct(const Conv2dShape& s, Conv2dAlgo algo);
+// And their backward data at strides above 1 (dw::grouped_bwd_data; at stride 1 it is a forward).
+bool conv2d_grouped_bwd_direct(const Conv2dShape& s, Conv2dAlgo algo);
 
 // Backward data at stride 1 is a stride-1 convolution over dy (P x Q, padded by (R-1)*dh - ph
 // and (S-1)*dw - pw, negative pads cropping) with the flipped, transposed weight, producing

@@ -165,6 +165,29 @@ void split_phases(const Geom& g, const float* x, float* buf, int64_t phase_strid
   split_values<V>(g, x, buf, phase_stride);
 }
 
+// A row of dx at column stride 2 from its two column phases' rows (row zeroed): input column
+// iw = 2m + b - pw from phase b's column m, for m in [lo[b], hi[b]). Where both phases have
+// their columns, [i0, i1), the row is the two interleaved; the edges a column at a time.
+template <class V>
+void unsplit_row2(const Geom& g, const float* s0, const float* s1, float* row) {
+  const int64_t pw = g.pw;
+  const int64_t i0 = std::max(2 * g.lo[0] - pw, 2 * g.lo[1] + 1 - pw);
+  const int64_t i1 = std::max(i0, std::min(2 * g.hi[0] - 1 - pw, 2 * g.hi[1] - pw));
+  if (i1 > i0) {
+    const int64_t b0 = (i0 + pw) % 2, m0 = (i0 + pw - b0) / 2;
+    const float* first = b0 == 0 ? s0 + m0 : s1 + m0;       // column i0
+    const float* second = b0 == 0 ? s1 + m0 : s0 + m0 + 1;  // column i0 + 1
+    for (int64_t j = 0; j < i1 - i0; j += 2 * V::L)
+      V::interleave(first + j / 2, second + j / 2, row + i0 + j, std::min<int64_t>(2 * V::L, i1 - i0 - j));
+  }
+  for (int64_t iw = 0; iw < g.W; ++iw) {
+    if (iw == i0 && i1 > i0) iw = i1;
+    if (iw >= g.W) break;
+    const int64_t b = (iw + pw) % 2, m = (iw + pw - b) / 2;
+    if (m >= g.lo[b] && m < g.hi[b]) row[iw] = (b == 0 ? s0 : s1)[m];
+  }
+}
+
 // dx = the input plane's share of the phase-split dbuf (inputs no tap reaches get zero).
 template <class V>
 void unsplit(const Geom& g, const float* dbuf, float* dx) {
@@ -173,6 +196,11 @@ void unsplit(const Geom& g, const float* dbuf, float* dx) {
     const int64_t i = ih + g.ph, a = i % g.sh, ii = i / g.sh;
     zero<V>(row, g.W);
     if (ii >= g.Hm) continue;
+    if (g.sw == 2 && g.slot[a * 2] >= 0 && g.slot[a * 2 + 1] >= 0) {
+      unsplit_row2<V>(g, dbuf + g.slot[a * 2] * g.phase + ii * g.Wm,
+                      dbuf + g.slot[a * 2 + 1] * g.phase + ii * g.Wm, row);
+      continue;
+    }
     for (int64_t b = 0; b < g.sw; ++b) {
       if (g.slot[a * g.sw + b] < 0) continue;  // no tap reads these inputs
       const float* src = dbuf + g.slot[a * g.sw + b] * g.phase + ii * g.Wm;
@@ -501,6 +529,83 @@ void grouped_fwd(const Conv2dShape& s, const float* x, const float* w, const flo
       for (int64_t k = 0; k < Kg; ++k)
         for (int64_t p = 0; p < g.P; ++p)
           copy<V>(out + k * n_out + p * g.Wm, yg + k * PQ + p * g.Q, g.Q);
+    }
+  });
+}
+
+// Backward data of a grouped convolution at a stride above 1, as direct products too. Phase
+// (a, b) of the split input receives, from tap (r, t) of that phase (r*dh = u*sh + a,
+// t*dw = v*sw + b), dbuf[i][j] += w * dy[i - u][j - v]: a stride-1 correlation of dy, which
+// padded by U = Hm - P rows and V = Wm - Q columns on each side (Wd = Q + 2V columns) reads tap
+// (u, v) at a fixed offset (U - u)*Wd + V - v from output position n = i*Wd + j. So each phase
+// is grouped_fwd's block kernel over the group's Kg dy planes with that phase's taps (the
+// weight transposed, c for k), into Cg phase planes that unsplit() then reads back into dx.
+template <class V>
+void grouped_bwd_data(const Conv2dShape& s, const float* w, const float* dy, float* dx,
+                      int threads) {
+  const Geom g = geom(s, V::L);
+  const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups, RS = s.R * s.S;
+  const int64_t HW = s.H * s.W, PQ = s.P * s.Q, U = g.Hm - s.P, Vc = g.Wm - s.Q;
+  const int64_t Wd = s.Q + 2 * Vc, dplane = (s.P + 2 * U) * Wd;
+  const int64_t n_out = round_up(g.Hm * Wd, V::L), vectors = n_out / V::L;
+  // per phase slot: its taps' offsets into the padded dy, and the weight as [g][c][k][tap]
+  std::vector<Geom> ph(static_cast<size_t>(g.slots), g);
+  std::vector<std::vector<int64_t>> tap_of(static_cast<size_t>(g.slots));
+  for (auto& x : ph) x.off.clear();
+  for (int64_t r = 0; r < s.R; ++r)
+    for (int64_t t = 0; t < s.S; ++t) {
+      const int64_t dr = r * s.dil_h, dt = t * s.dil_w;
+      const int64_t sl = g.slot[(dr % g.sh) * g.sw + dt % g.sw];
+      ph[sl].off.push_back((U - dr / g.sh) * Wd + Vc - dt / g.sw);
+      tap_of[sl].push_back(r * s.S + t);
+    }
+  std::vector<int64_t> wbase(static_cast<size_t>(g.slots) + 1, 0);
+  for (int64_t sl = 0; sl < g.slots; ++sl)
+    wbase[sl + 1] = wbase[sl] + s.groups * Cg * Kg * static_cast<int64_t>(tap_of[sl].size());
+  std::vector<float> wt(static_cast<size_t>(wbase[g.slots]));
+  for (int64_t sl = 0; sl < g.slots; ++sl) {
+    const int64_t T = static_cast<int64_t>(tap_of[sl].size());
+    for (int64_t gi = 0; gi < s.groups; ++gi)
+      for (int64_t c = 0; c < Cg; ++c)
+        for (int64_t k = 0; k < Kg; ++k)
+          for (int64_t j = 0; j < T; ++j)
+            wt[wbase[sl] + ((gi * Cg + c) * Kg + k) * T + j] =
+                w[((gi * Kg + k) * Cg + c) * RS + tap_of[sl][j]];
+  }
+  const int64_t tasks = s.N * s.groups, per_c = g.slots * g.phase;
+  parallel_for(tasks, threads_for(tasks * Kg * Cg * RS * n_out, 1 << 14, threads),
+               [&](int64_t b, int64_t e) {
+    static thread_local Scratch tl_dy, tl_out, tl_dbuf;
+    const int64_t dsize = (Kg - 1) * dplane + dplane + n_out + Wd;  // slack past the last plane
+    float* dyp = tl_dy.get(static_cast<size_t>(dsize));
+    float* out = tl_out.get(static_cast<size_t>(Cg * n_out));
+    float* dbuf = tl_dbuf.get(static_cast<size_t>(Cg * per_c));
+    std::memset(dyp, 0, sizeof(float) * dsize);  // the padding stays zero
+    for (int64_t task = b; task < e; ++task) {
+      const int64_t n = task / s.groups, gi = task % s.groups;
+      const float* dyg = dy + (n * s.K + gi * Kg) * PQ;
+      for (int64_t k = 0; k < Kg; ++k)
+        for (int64_t p = 0; p < s.P; ++p)
+          copy<V>(dyg + k * PQ + p * s.Q, dyp + k * dplane + (p + U) * Wd + Vc, s.Q);
+      for (int64_t sl = 0; sl < g.slots; ++sl) {
+        const int64_t T = static_cast<int64_t>(tap_of[sl].size());
+        const float* ws = wt.data() + wbase[sl] + gi * Cg * Kg * T;
+        for (int64_t vi = 0; even_start(vectors, kFwdV<V>, vi) < vectors; ++vi) {
+          const int64_t v0 = even_start(vectors, kFwdV<V>, vi);
+          const int64_t nv = even_start(vectors, kFwdV<V>, vi + 1) - v0;
+          for (int64_t ci = 0; even_start(Cg, kFwdK<V>, ci) < Cg; ++ci) {
+            const int64_t c0 = even_start(Cg, kFwdK<V>, ci);
+            const int64_t nc = even_start(Cg, kFwdK<V>, ci + 1) - c0;
+            group_rows<V>(nc, nv, ph[sl], dyp, dplane, Kg, ws + c0 * Kg * T, Kg * T, nullptr,
+                          out + c0 * n_out, n_out, v0 * V::L);
+          }
+        }
+        for (int64_t c = 0; c < Cg; ++c)
+          for (int64_t i = 0; i < g.Hm; ++i)
+            copy<V>(out + c * n_out + i * Wd, dbuf + c * per_c + sl * g.phase + i * g.Wm, g.Wm);
+      }
+      for (int64_t c = 0; c < Cg; ++c)
+        unsplit<V>(g, dbuf + c * per_c, dx + (n * s.C + gi * Cg + c) * HW);
     }
   });
 }

@@ -104,6 +104,13 @@ struct F32x8 {
   static reg fma(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
   static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
   static float sum(reg v) { return hsum(v); }
+  // d[2j] = a[j], d[2j + 1] = b[j] for the n <= 16 floats of d, reading only those
+  static void interleave(const float* a, const float* b, float* d, int64_t n) {
+    const reg va = load_first(a, (n + 1) / 2), vb = load_first(b, n / 2);
+    const reg lo = _mm256_unpacklo_ps(va, vb), hi = _mm256_unpackhi_ps(va, vb);
+    store_first(d, _mm256_permute2f128_ps(lo, hi, 0x20), std::min<int64_t>(n, 8));
+    if (n > 8) store_first(d + 8, _mm256_permute2f128_ps(lo, hi, 0x31), n - 8);
+  }
   // r[i][j] <- r[j][i] for the 8 x 8 block in r[0..8)
   static void transpose(reg* r) {
     reg t[8], u[8];

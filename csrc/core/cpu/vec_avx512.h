@@ -41,6 +41,14 @@ struct F32x16 {
   static reg fma(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
   static reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
   static float sum(reg v) { return _mm512_reduce_add_ps(v); }
+  // d[2j] = a[j], d[2j + 1] = b[j] for the n <= 32 floats of d, reading only those
+  static void interleave(const float* a, const float* b, float* d, int64_t n) {
+    const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    const reg va = load_first(a, (n + 1) / 2), vb = load_first(b, n / 2);
+    store_first(d, _mm512_permutex2var_ps(va, lo, vb), n);
+    if (n > 16) store_first(d + 16, _mm512_permutex2var_ps(va, hi, vb), n - 16);
+  }
   // r[i][j] <- r[j][i] for the 16 x 16 block in r[0..16)
   static void transpose(reg* r) {
     reg t[16], u[16];
