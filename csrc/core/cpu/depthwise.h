@@ -699,9 +699,10 @@ void dot_block(const Geom& g, const Images& im, const float* buf, const float* d
     for (int j = 0; j < kT; ++j) acc_out[i * acc_stride + j] += V::sum(acc[i * kT + j]);
 }
 
-// Register blocks: 3 channels x 6 taps on 16-float vectors (18 accumulators, 6 plane loads and
-// a dy load of the 32 registers), 2 x 4 on 8-float ones (13 of 16).
-template <class V> constexpr int kGroupK = V::L == 16 ? 3 : 2;
+// Register blocks: 4 channels x 6 taps on 16-float vectors (24 accumulators, 6 plane loads and
+// a dy load of the 32 registers), 2 x 4 on 8-float ones (13 of 16); the channels split as
+// evenly as they go.
+template <class V> constexpr int kGroupK = V::L == 16 ? 4 : 2;
 template <class V> constexpr int kGroupT = V::L == 16 ? 6 : 4;
 
 template <class V, int kK>
@@ -762,12 +763,15 @@ void grouped_weight(const Conv2dShape& s, const float* x, const float* dy, float
         if (task + 1 < e && n0 + chunk >= s.N)  // the next task's planes, while this one runs
           for (int64_t n = 0; n < std::min(chunk, s.N); ++n)
             prefetch_plane(x + (n * s.C + (task + 1) / Cg * Cg + (task + 1) % Cg) * HW, HW);
-        for (int64_t k0 = 0; k0 < Kg; k0 += kGroupK<V>) {
+        for (int64_t ki = 0; even_start(Kg, kGroupK<V>, ki) < Kg; ++ki) {
+          const int64_t k0 = even_start(Kg, kGroupK<V>, ki);
           const float* d = dyg + k0 * PQ;
           double* a = acc.data() + k0 * RS;
-          switch (std::min<int64_t>(kGroupK<V>, Kg - k0)) {
+          static_assert(kGroupK<V> <= 4, "grouped_weight instantiates up to 4 channels");
+          switch (even_start(Kg, kGroupK<V>, ki + 1) - k0) {
             case 1: dot_taps_of<V, 1>(g, im, buf, d, PQ, a, RS); break;
             case 2: dot_taps_of<V, 2>(g, im, buf, d, PQ, a, RS); break;
+            case 3: dot_taps_of<V, 3>(g, im, buf, d, PQ, a, RS); break;
             default: dot_taps_of<V, kGroupK<V>>(g, im, buf, d, PQ, a, RS);
           }
         }
