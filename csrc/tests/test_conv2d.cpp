@@ -192,6 +192,7 @@ int main(int argc, char** argv) {
   check_shape(make(1, 33, 30, 66, 33, 3, 3, 2, 1, 1, 33), rng);
   check_shape(make(1, 20, 9, 9, 20, 3, 3, 1, 4, 1, 20), rng);
   check_shape(make(2, 9, 12, 12, 9, 3, 3, 1, 2, 2, 9), rng);
+  check_shape(make(1, 18, 20, 24, 18, 5, 5, 1, 2, 1, 18), rng);
   // backward data by the transposed forward's routes on the avx512 path: 4 channels per group
   // on small images, and a padding that crops there
   check_shape(make(3, 16, 7, 7, 12, 3, 3, 1, 1, 1, 4), rng);

@@ -491,6 +491,46 @@ Status bwd_pointwise(const Conv2dShape& s, const float* x, const float* w, const
   return Status::kOk;
 }
 
+// t (N x Ch x PQ) <-> ws (Ch x N*PQ, image n's positions at column n*PQ), images in parallel.
+void to_channel_major(const float* t, int64_t N, int64_t Ch, int64_t PQ, float* ws, int threads) {
+  parallel_for(N * Ch, threads_for(N * Ch * PQ, 1 << 15, threads), [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i)
+      std::memcpy(ws + (i % Ch * N + i / Ch) * PQ, t + i * PQ, sizeof(float) * PQ);
+  });
+}
+void from_channel_major(const float* ws, int64_t N, int64_t Ch, int64_t PQ, float* t, int threads) {
+  parallel_for(N * Ch, threads_for(N * Ch * PQ, 1 << 15, threads), [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i)
+      std::memcpy(t + i * PQ, ws + (i % Ch * N + i / Ch) * PQ, sizeof(float) * PQ);
+  });
+}
+
+// Backward data of a 1x1 convolution of small images (P*Q < kConvSmallImage, N > 1): dY copied
+// channel-major, dX_g = W_g^T dY_g as one GEMM over the batch's N*P*Q positions into a
+// channel-major dX, then moved to NCHW: 0.5-0.8 of the time of a GEMM per image (7 x 7 and
+// 14 x 14, the 2-core Zen 5), which packed all of W for 49 columns. (The weight gradient's
+// GEMMs per image lost nothing: their depth is the positions, their C stays in cache.)
+Status bwd_data_pointwise_batch(const Conv2dShape& s, const float* w, const float* dy,
+                                float* dx, int threads) {
+  const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups, NPQ = s.N * s.P * s.Q;
+  static thread_local Scratch tl_dyc, tl_dxc;
+  float* dyc = tl_dyc.get(static_cast<size_t>(s.K * NPQ));
+  float* dxc = tl_dxc.get(static_cast<size_t>(s.C * NPQ));
+  to_channel_major(dy, s.N, s.K, s.P * s.Q, dyc, threads);
+  for (int64_t g = 0; g < s.groups; ++g) {
+    GemmArgs ga;
+    ga.M = Cg, ga.N = NPQ, ga.K = Kg;
+    ga.A = {w + g * Kg * Cg, 1, Cg};
+    ga.B = {dyc + g * Kg * NPQ, NPQ, 1};
+    ga.C = dxc + g * Cg * NPQ;
+    ga.ldc = NPQ;
+    const Status r = conv_gemm(ga, threads);
+    if (r != Status::kOk) return r;
+  }
+  from_channel_major(dxc, s.N, s.C, s.P * s.Q, dx, threads);
+  return Status::kOk;
+}
+
 }  // namespace
 
 bool conv2d_grouped_weight_direct(const Conv2dShape& s, Conv2dAlgo algo) {
@@ -542,6 +582,10 @@ Status conv2d_bwd_avx2(const Conv2dShape& s, const float* x, const float* w, con
       conv2d_grouped_fwd_direct(conv2d_transposed(s), algo)) {
     dw::grouped_fwd<avx2::F32x8>(conv2d_transposed(s), dy, conv2d_flipped_weight(s, w), nullptr,
                                  dx, threads);
+  } else if (dx != nullptr && Cg > 0 && algo == Conv2dAlgo::kGemm1x1 &&
+             s.P * s.Q < kConvSmallImage && s.N > 1) {
+    const Status r = bwd_data_pointwise_batch(s, w, dy, dx, threads);
+    if (r != Status::kOk) return r;
   } else if (dx != nullptr && Cg > 0 && conv2d_grouped_bwd_direct(s, algo)) {
     dw::grouped_bwd_data<avx2::F32x8>(s, w, dy, dx, threads);
   } else if (dx != nullptr && Cg > 0) {

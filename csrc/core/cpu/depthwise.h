@@ -330,14 +330,17 @@ void blocked_cols(int64_t n, const Conv2dShape& s, int64_t Wp, const float* xb, 
   blocked_row<V, kQ>(s, Wp, xb, wb, bias, ob, p, q0);
 }
 
-// Where the channel-blocked forward runs: one output channel per input channel, and a stride
-// above 1 or planes under 64 columns (zmm) / 32 (ymm). Measured on the 2-core Zen 5, blocked /
-// planes on zmm: 0.33-0.45 on 7 x 7 and 14 x 14 planes with 5 x 5 and 7 x 7 kernels, 0.3-0.6 at
-// stride 2 (112 x 112 to 14 x 14), 0.5-0.9 on 20 x 20 to 56 x 56, 1.1 for 3 x 3 on 112 x 112; on
-// ymm 0.55-0.9 up to 28 x 28 and at stride 2, 1.4-1.5 on 56 x 56.
+// Where the channel-blocked forward runs (one output channel per input channel), measured on the
+// 2-core Zen 5 (blocked / planes, the best of 5 alternating runs). On zmm: 0.42-0.56 on 7 x 7
+// planes, 0.69 for 5 x 5 on 14 x 14, 0.4-0.58 at stride 2 (28 x 28 to 112 x 112), 0.76-0.89 for
+// 5 x 5 and 7 x 7 on 28 x 28 and 56 x 56, but 1.0-1.2 for 3 x 3 at stride 1 from 14 x 14 up. On
+// ymm (half the registers, half the lanes per transpose) only 7 x 7 planes won (0.5-0.97);
+// 14 x 14 and larger were 1.05-2 and stride 2 0.8-1.3.
 template <class V>
 bool blocked_applies(const Conv2dShape& s) {
-  return s.K == s.C && (s.Q < (V::L == 16 ? 64 : 32) || s.stride_w > 1);
+  if (s.K != s.C) return false;
+  if (V::L < 16) return s.Q < 8;
+  return s.stride_w > 1 || s.Q < 14 || (s.R * s.S >= 25 && s.Q < 64);
 }
 
 template <class V>
