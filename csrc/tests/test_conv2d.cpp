@@ -231,8 +231,10 @@ int main(int argc, char** argv) {
   // empty batch and no output channels
   check_shape(make(0, 3, 5, 5, 4, 3, 3, 1, 1, 1, 1), rng);
   check_shape(make(2, 3, 5, 5, 0, 3, 3, 1, 1, 1, 1), rng);
-  // output channels past the AVX-512 tile (8 x 48) and its K block (384)
+  // output channels past the AVX-512 tile (8 x 48), and GEMM depths past its K block (768)
   check_shape(make(2, 50, 9, 9, 21, 3, 3, 1, 1, 1, 1), rng);
+  check_shape(make(2, 100, 16, 16, 24, 3, 3, 1, 1, 1, 1), rng);
+  check_shape(make(1, 90, 8, 20, 20, 3, 3, 1, 1, 1, 1), rng);
   // stride-1 forwards over a padded input (images of 256 positions or more): pads, dilation,
   // groups, 'same' with an extra column, no padding, channels across K blocks
   check_shape(make(1, 5, 17, 23, 19, 3, 3, 1, 1, 1, 1), rng);

@@ -1,6 +1,6 @@
 // The GEMM core against the double-accumulating reference, on the AVX2 path and (where the CPU
 // has it) the AVX-512 one: every version (packed, dot, direct, axpy, outer), sizes below, at and
-// above the micro-tiles (6x16; 8x48) and the cache blocks (KC=320, MC=144; KC=384, MC=192), all
+// above the micro-tiles (6x16; 8x48) and the cache blocks (KC=320, MC=144; KC=768, MC=192), all
 // four transpose combinations plus sliced (strided) operands, bias, accumulate, 1 to 3 threads
 // (results bit-identical across thread counts).
 // With --bench [n]: GFLOP/s of a square GEMM on each path (not part of ctest).
