@@ -125,6 +125,27 @@ void copy_strided(const float* s, int64_t sw, int64_t n, float* d) {
 // with a stride: slower from DRAM). A buffer split into with the same geometry keeps its
 // zero padding: the callers that split plane after plane zero theirs once (a row's zeros were
 // as many calls as its values, and the rows of small planes are a vector or two).
+// One input row (xr) into its two column phases' rows (d0, d1) at column stride 2, for `planes`
+// planes alike: phase b's column m is input column 2m + b - pw for m in [lo[b], hi[b]), and
+// their runs start at adjacent input columns (when neither is clamped: the caller checks), so
+// one pass of V::deinterleave reads the row once for both.
+template <class V>
+void split_row2(const Geom& g, const float* xr, float* d0, float* d1, int64_t planes,
+                int64_t x_stride, int64_t buf_stride) {
+  const int64_t start0 = 2 * g.lo[0] - g.pw, start1 = 2 * g.lo[1] + 1 - g.pw;
+  const int64_t be = start0 < start1 ? 0 : 1, bo = 1 - be;  // the even and odd streams
+  const int64_t s0 = std::min(start0, start1);
+  const int64_t ne = g.hi[be] - g.lo[be], no = g.hi[bo] - g.lo[bo];
+  float* de = (be == 0 ? d0 : d1) + g.lo[be];
+  float* dd = (bo == 0 ? d0 : d1) + g.lo[bo];
+  for (int64_t c = 0; c < planes; ++c) {
+    const float* src = xr + c * x_stride + s0;
+    for (int64_t j = 0; j < std::max(ne, no); j += V::L)
+      V::deinterleave(src + 2 * j, de + c * buf_stride + j, std::clamp<int64_t>(ne - j, 0, V::L),
+                      dd + c * buf_stride + j, std::clamp<int64_t>(no - j, 0, V::L));
+  }
+}
+
 template <class V>
 void split_values(const Geom& g, const float* x, float* buf, int64_t phase_stride,
                   int64_t planes = 1, int64_t x_stride = 0, int64_t buf_stride = 0) {
@@ -132,6 +153,14 @@ void split_values(const Geom& g, const float* x, float* buf, int64_t phase_strid
   const int64_t ih0 = std::max<int64_t>(0, -g.ph);
   for (int64_t ih = ih0, a = (ih0 + g.ph) % g.sh, i = (ih0 + g.ph) / g.sh; ih < g.H && i < g.Hm;
        ++ih) {
+    if (g.sw == 2 && g.slot[a * 2] >= 0 && g.slot[a * 2 + 1] >= 0 &&
+        (g.lo[1] == g.lo[0] || g.lo[1] + 1 == g.lo[0])) {  // the runs adjacent
+      split_row2<V>(g, x + ih * g.W, buf + g.slot[a * 2] * phase_stride + i * g.Wm,
+                    buf + g.slot[a * 2 + 1] * phase_stride + i * g.Wm, planes, x_stride,
+                    buf_stride);
+      if (++a == g.sh) a = 0, ++i;
+      continue;
+    }
     for (int64_t b = 0; b < g.sw; ++b) {
       const int64_t slot = g.slot[a * g.sw + b], lo = g.lo[b], n = g.hi[b] - lo;
       if (slot < 0 || n <= 0) continue;

@@ -104,6 +104,17 @@ struct F32x8 {
   static reg fma(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
   static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
   static float sum(reg v) { return hsum(v); }
+  // e[j] = s[2j] for j < ne, o[j] = s[2j + 1] for j < no (ne, no <= 8), reading only those
+  static void deinterleave(const float* s, float* e, int64_t ne, float* o, int64_t no) {
+    const int64_t n = std::max(2 * ne - 1, 2 * no);
+    const reg lo = load_first(s, std::min<int64_t>(n, 8)), hi = load_first(s + 8, std::max<int64_t>(n - 8, 0));
+    store_first(e, pairs_in_order(_mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0))), ne);
+    store_first(o, pairs_in_order(_mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(3, 1, 3, 1))), no);
+  }
+  // s0 s2 s8 s10 s4 s6 s12 s14 (a shuffle of two vectors' evens) -> s0 s2 s4 ... s14
+  static reg pairs_in_order(reg v) {
+    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), _MM_SHUFFLE(3, 1, 2, 0)));
+  }
   // d[2j] = a[j], d[2j + 1] = b[j] for the n <= 16 floats of d, reading only those
   static void interleave(const float* a, const float* b, float* d, int64_t n) {
     const reg va = load_first(a, (n + 1) / 2), vb = load_first(b, n / 2);

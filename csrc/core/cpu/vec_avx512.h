@@ -41,6 +41,15 @@ struct F32x16 {
   static reg fma(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
   static reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
   static float sum(reg v) { return _mm512_reduce_add_ps(v); }
+  // e[j] = s[2j] for j < ne, o[j] = s[2j + 1] for j < no (ne, no <= 16), reading only those
+  static void deinterleave(const float* s, float* e, int64_t ne, float* o, int64_t no) {
+    const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    const int64_t n = 2 * ne - 1 > 2 * no ? 2 * ne - 1 : 2 * no;
+    const reg lo = load_first(s, n < 16 ? n : 16), hi = load_first(s + 16, n > 16 ? n - 16 : 0);
+    store_first(e, _mm512_permutex2var_ps(lo, ev, hi), ne);
+    store_first(o, _mm512_permutex2var_ps(lo, od, hi), no);
+  }
   // d[2j] = a[j], d[2j + 1] = b[j] for the n <= 32 floats of d, reading only those
   static void interleave(const float* a, const float* b, float* d, int64_t n) {
     const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
