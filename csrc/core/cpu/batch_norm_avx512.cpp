@@ -19,7 +19,7 @@ struct Lanes {
   bool masked;
   __mmask16 m;
   explicit Lanes(int64_t n)
-      : masked(n < 16), m(static_cast<__mmask16>(n >= 16 ? 0xFFFF : (1u << n) - 1)) {}
+      : masked(n < 16), m(avx512::F32x16::first(n)) {}
 };
 inline __m512 load16(const float* p, const Lanes& l) {
   return l.masked ? _mm512_maskz_loadu_ps(l.m, p) : _mm512_loadu_ps(p);
@@ -143,7 +143,7 @@ struct BwdSums {
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) add(_mm512_loadu_ps(g + i), _mm512_loadu_ps(x + i), m);
     if (i < n) {
-      const __mmask16 t = static_cast<__mmask16>((1u << (n - i)) - 1);
+      const __mmask16 t = avx512::F32x16::first(n - i);
       add(_mm512_maskz_loadu_ps(t, g + i), _mm512_maskz_loadu_ps(t, x + i), m);
     }
   }
@@ -184,7 +184,7 @@ void bwd_dx_run(const float* x, const float* dy, int64_t n, float mean, float a,
   for (; i + 16 <= n; i += 16)
     _mm512_storeu_ps(dx + i, one(_mm512_loadu_ps(dy + i), live ? _mm512_loadu_ps(x + i) : m));
   if (i < n) {
-    const __mmask16 t = static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __mmask16 t = avx512::F32x16::first(n - i);
     const __m512 xv = live ? _mm512_maskz_loadu_ps(t, x + i) : m;
     _mm512_mask_storeu_ps(dx + i, t, one(_mm512_maskz_loadu_ps(t, dy + i), xv));
   }

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "../conv2d.h"
@@ -294,6 +295,7 @@ Status conv2d_fwd_avx2(const Conv2dShape& s, const float* x, const float* w, con
     return Status::kOk;
   }
   if (conv2d_grouped_fwd_direct(s, algo)) {
+    if (x == nullptr || w == nullptr || y == nullptr) return Status::kInvalidArgument;
     dw::grouped_fwd<avx2::F32x8>(s, x, w, bias, y, threads);
     return Status::kOk;
   }
@@ -512,22 +514,27 @@ void from_channel_major(const float* ws, int64_t N, int64_t Ch, int64_t PQ, floa
 // GEMMs per image lost nothing: their depth is the positions, their C stays in cache.)
 Status bwd_data_pointwise_batch(const Conv2dShape& s, const float* w, const float* dy,
                                 float* dx, int threads) {
-  const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups, NPQ = s.N * s.P * s.Q;
+  const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups, PQ = s.P * s.Q;
+  // images a chunk at a time, the two copies within 2^22 floats
+  const int64_t nb = std::max<int64_t>(1, std::min(s.N, (int64_t{1} << 22) / ((s.K + s.C) * PQ)));
   static thread_local Scratch tl_dyc, tl_dxc;
-  float* dyc = tl_dyc.get(static_cast<size_t>(s.K * NPQ));
-  float* dxc = tl_dxc.get(static_cast<size_t>(s.C * NPQ));
-  to_channel_major(dy, s.N, s.K, s.P * s.Q, dyc, threads);
-  for (int64_t g = 0; g < s.groups; ++g) {
-    GemmArgs ga;
-    ga.M = Cg, ga.N = NPQ, ga.K = Kg;
-    ga.A = {w + g * Kg * Cg, 1, Cg};
-    ga.B = {dyc + g * Kg * NPQ, NPQ, 1};
-    ga.C = dxc + g * Cg * NPQ;
-    ga.ldc = NPQ;
-    const Status r = conv_gemm(ga, threads);
-    if (r != Status::kOk) return r;
+  float* dyc = tl_dyc.get(static_cast<size_t>(s.K * nb * PQ));
+  float* dxc = tl_dxc.get(static_cast<size_t>(s.C * nb * PQ));
+  for (int64_t n0 = 0; n0 < s.N; n0 += nb) {
+    const int64_t n = std::min(nb, s.N - n0), NPQ = n * PQ;
+    to_channel_major(dy + n0 * s.K * PQ, n, s.K, PQ, dyc, threads);
+    for (int64_t g = 0; g < s.groups; ++g) {
+      GemmArgs ga;
+      ga.M = Cg, ga.N = NPQ, ga.K = Kg;
+      ga.A = {w + g * Kg * Cg, 1, Cg};
+      ga.B = {dyc + g * Kg * NPQ, NPQ, 1};
+      ga.C = dxc + g * Cg * NPQ;
+      ga.ldc = NPQ;
+      const Status r = conv_gemm(ga, threads);
+      if (r != Status::kOk) return r;
+    }
+    from_channel_major(dxc, n, s.C, PQ, dx + n0 * s.C * PQ, threads);
   }
-  from_channel_major(dxc, s.N, s.C, s.P * s.Q, dx, threads);
   return Status::kOk;
 }
 
@@ -537,13 +544,25 @@ bool conv2d_grouped_weight_direct(const Conv2dShape& s, Conv2dAlgo algo) {
   return algo == Conv2dAlgo::kIm2col && s.groups > 1 && s.K / s.groups <= kConvDirectGroup;
 }
 
+namespace {
+// The direct grouped routes' conditions shared by both passes: a group's split planes (about
+// Cg padded planes, or Kg of dy) within kDirectFloats. (Not the thread count: a route chosen by
+// it would give different bits for different thread counts.)
+constexpr int64_t kDirectFloats = int64_t{1} << 22;
+bool grouped_direct_fits(const Conv2dShape& s, Conv2dAlgo algo) {
+  const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups;
+  const int64_t plane = (s.H + 2 * s.pad_h + s.R) * (s.W + 2 * s.pad_w + s.S);
+  return algo == Conv2dAlgo::kIm2col && s.groups > 1 && std::max(Cg, Kg) * plane <= kDirectFloats;
+}
+}  // namespace
+
 bool conv2d_grouped_fwd_direct(const Conv2dShape& s, Conv2dAlgo algo) {
-  return algo == Conv2dAlgo::kIm2col && s.groups > 1 &&
+  return grouped_direct_fits(s, algo) &&
          (s.stride_h > 1 || s.stride_w > 1 || s.P * s.Q < kConvSmallImage);
 }
 
 bool conv2d_grouped_bwd_direct(const Conv2dShape& s, Conv2dAlgo algo) {
-  return algo == Conv2dAlgo::kIm2col && s.groups > 1 && (s.stride_h > 1 || s.stride_w > 1);
+  return grouped_direct_fits(s, algo) && (s.stride_h > 1 || s.stride_w > 1);
 }
 
 const float* conv2d_flipped_weight(const Conv2dShape& s, const float* w) {
@@ -578,6 +597,12 @@ Status conv2d_bwd_avx2(const Conv2dShape& s, const float* x, const float* w, con
   if (algo == Conv2dAlgo::kGemm1x1 && s.P * s.Q == 1 && Cg > 0)
     return bwd_pointwise(s, x, w, dy, dx, dw, db, threads);
   if (dx != nullptr && Cg == 0) std::memset(dx, 0, sizeof(float) * dx_n);
+  const bool direct = dx != nullptr && Cg > 0 &&
+                      ((s.stride_h == 1 && s.stride_w == 1 &&
+                        conv2d_grouped_fwd_direct(conv2d_transposed(s), algo)) ||
+                       conv2d_grouped_bwd_direct(s, algo) ||
+                       (algo == Conv2dAlgo::kGemm1x1 && s.P * s.Q < kConvSmallImage && s.N > 1));
+  if (direct && (w == nullptr || dy == nullptr)) return Status::kInvalidArgument;
   if (dx != nullptr && Cg > 0 && s.stride_h == 1 && s.stride_w == 1 &&
       conv2d_grouped_fwd_direct(conv2d_transposed(s), algo)) {
     dw::grouped_fwd<avx2::F32x8>(conv2d_transposed(s), dy, conv2d_flipped_weight(s, w), nullptr,

@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "../conv2d.h"
@@ -52,9 +53,14 @@ Padded padded(const Conv2dShape& s) {
   return {s.P + (s.R - 1) * s.dil_h, s.Q + (s.S - 1) * s.dil_w, (s.S - 1) * s.dil_w + 16};
 }
 
+// Some input and some output: this file's GEMM routes need both (the avx2 path does the rest).
+bool nonempty(const Conv2dShape& s) {
+  return s.N > 0 && s.K > 0 && s.P * s.Q > 0 && s.C > 0 && s.H * s.W > 0;
+}
+
 bool applies(const Conv2dShape& s, Conv2dAlgo algo) {
   if (algo != Conv2dAlgo::kIm2col || s.stride_h != 1 || s.stride_w != 1) return false;
-  if (s.N == 0 || s.K == 0 || s.P * s.Q == 0 || s.C == 0 || s.H * s.W == 0) return false;
+  if (!nonempty(s)) return false;
   if (s.P * s.Q < kConvSmallImage && s.N > 1) return false;
   if (s.Q < 16) return false;  // a wrapped C needs rows of 16 columns or more
   return static_cast<double>((s.S - 1) * s.dil_w) <= kMaxWaste * static_cast<double>(s.Q);
@@ -183,8 +189,7 @@ constexpr int64_t kMaxWeightImage = 4096;
 bool weight_padded_applies(const Conv2dShape& s, Conv2dAlgo algo) {
   return algo == Conv2dAlgo::kIm2col && s.stride_h == 1 && s.stride_w == 1 && s.Q >= 16 &&
          s.P * s.Q <= kMaxWeightImage &&
-         s.N > 0 && s.K > 0 && s.P * s.Q > 0 && s.C > 0 && s.H * s.W > 0 &&
-         !conv2d_grouped_weight_direct(s, algo);
+         nonempty(s) && !conv2d_grouped_weight_direct(s, algo);
 }
 
 // dW (not db), the images in order, each image's GEMM on all the threads.
@@ -338,13 +343,13 @@ Status fwd_stretches(const Conv2dShape& s, const float* x, const float* w, const
 }
 
 bool stretches_apply(const Conv2dShape& s, Conv2dAlgo algo) {
-  return algo == Conv2dAlgo::kIm2col && s.N > 0 && s.K > 0 && s.P * s.Q > 0 && s.C > 0 &&
-         s.H * s.W > 0;
+  return algo == Conv2dAlgo::kIm2col && nonempty(s);
 }
 
 // The im2col forward's routes, best first.
 Status fwd_im2col(const Conv2dShape& s, const float* x, const float* w, const float* bias,
                   float* y, int threads) {
+  if (x == nullptr || w == nullptr || y == nullptr) return Status::kInvalidArgument;
   if (conv2d_grouped_fwd_direct(s, Conv2dAlgo::kIm2col)) {
     dw::grouped_fwd<avx512::F32x16>(s, x, w, bias, y, threads);
     return Status::kOk;
@@ -394,10 +399,8 @@ Status conv2d_bwd_avx512(const Conv2dShape& s, const float* x, const float* w, c
   // has C / groups rows, from kMinTransposedRows up
   const Conv2dShape t = conv2d_transposed(s);
   const bool as_forward = a == Conv2dAlgo::kIm2col && s.stride_h == 1 && s.stride_w == 1 &&
-                          s.C / s.groups >= kMinTransposedRows && s.N > 0 && s.K > 0 && s.P * s.Q > 0 &&
-                          s.H * s.W > 0;
-  if (!as_forward && conv2d_grouped_bwd_direct(s, a) && s.N > 0 && s.K > 0 && s.P * s.Q > 0 &&
-      s.H * s.W > 0) {
+                          s.C / s.groups >= kMinTransposedRows && nonempty(s);
+  if (!as_forward && conv2d_grouped_bwd_direct(s, a) && nonempty(s)) {
     if (w == nullptr || dy == nullptr) return Status::kInvalidArgument;
     dw::grouped_bwd_data<avx512::F32x16>(s, w, dy, dx, threads);
     return conv2d_bwd_avx2(s, x, w, dy, nullptr, dw, db, threads, algo);

@@ -66,7 +66,8 @@ bool conv2d_grouped_weight_direct(const Conv2dShape& s, Conv2dAlgo algo);
 // as much as the multiply. Measured on the 2-core AVX-512 EPYC (Zen 5), direct / GEMM: 0.43 at
 // 256 x 28 x 28, 16 channels per group, stride 2; 0.58-0.9 at the other strided rows tried;
 // 0.64-0.93 on 7 x 7 and 14 x 14 images; 0.97-1.24 at stride 1 on 28 x 28 and larger images
-// (where the GEMM reads a padded copy in place), so those keep the GEMM.
+// (where the GEMM reads a padded copy in place), so those keep the GEMM. Both direct routes
+// need a group's planes within 16 MiB.
 bool conv2d_grouped_fwd_direct(const Conv2dShape& s, Conv2dAlgo algo);
 // And their backward data at strides above 1 (dw::grouped_bwd_data; at stride 1 it is a forward).
 bool conv2d_grouped_bwd_direct(const Conv2dShape& s, Conv2dAlgo algo);

@@ -1,8 +1,9 @@
 // Depthwise conv2d (groups == C, any channel multiplier K / C), and the direct routes of grouped
 // convolutions that share its phase-split planes, written once over a vector type V: the avx2
 // path instantiates it with vec_avx2.h's F32x8 (conv2d_avx2.cpp), the avx512 path with
-// vec_avx512.h's F32x16 (conv2d_avx512.cpp). Include it after <algorithm>, <cstring>, <vector>
-// and the vector header (whose target pragma then applies to these functions).
+// vec_avx512.h's F32x16 (conv2d_avx512.cpp). Include it after <algorithm>, <cstring>,
+// <type_traits>, <vector> and the vector header (whose target pragma then applies to these
+// functions).
 //
 // Each input plane is first copied into a zero-padded, phase-split buffer: for strides sh x sw it
 // holds up to sh * sw phase planes of Hm x Wm floats, phase (a, b) holding rows i*sh + a and
@@ -35,6 +36,17 @@ namespace {
 namespace dw {
 
 constexpr int kBlock = 8;  // vectors of output positions per forward register block
+
+// f(std::integral_constant<int, n>{}) for a run-time count 1 <= n <= kMax: the register blocks'
+// sizes are template arguments. (f's arguments must not be vectors: a lambda does not take the
+// vector header's target pragma.)
+template <int kMax, class F>
+inline void with_count(int64_t n, const F& f) {
+  if constexpr (kMax > 1) {
+    if (n < kMax) return with_count<kMax - 1>(n, f);
+  }
+  f(std::integral_constant<int, kMax>{});
+}
 
 struct Geom {
   int64_t H, W, P, Q, ph, pw, sh, sw;
@@ -271,16 +283,9 @@ void fwd_plane(const Geom& g, const float* buf, const float* wk, float bias, flo
   const int64_t vectors = (g.P * g.Wm + V::L - 1) / V::L;
   for (int64_t v = 0; v < vectors; v += kBlock) {
     const int64_t n0 = v * V::L;
-    switch (std::min<int64_t>(kBlock, vectors - v)) {
-      case 1: fwd_block<V, 1>(g, buf, wk, bias, out, n0); break;
-      case 2: fwd_block<V, 2>(g, buf, wk, bias, out, n0); break;
-      case 3: fwd_block<V, 3>(g, buf, wk, bias, out, n0); break;
-      case 4: fwd_block<V, 4>(g, buf, wk, bias, out, n0); break;
-      case 5: fwd_block<V, 5>(g, buf, wk, bias, out, n0); break;
-      case 6: fwd_block<V, 6>(g, buf, wk, bias, out, n0); break;
-      case 7: fwd_block<V, 7>(g, buf, wk, bias, out, n0); break;
-      default: fwd_block<V, kBlock>(g, buf, wk, bias, out, n0);
-    }
+    with_count<kBlock>(vectors - v, [&](auto k) {
+      fwd_block<V, decltype(k)::value>(g, buf, wk, bias, out, n0);
+    });
   }
 }
 
@@ -365,9 +370,13 @@ void blocked_cols(int64_t n, const Conv2dShape& s, int64_t Wp, const float* xb, 
 // 5 x 5 and 7 x 7 on 28 x 28 and 56 x 56, but 1.0-1.2 for 3 x 3 at stride 1 from 14 x 14 up. On
 // ymm (half the registers, half the lanes per transpose) only 7 x 7 planes won (0.5-0.97);
 // 14 x 14 and larger were 1.05-2 and stride 2 0.8-1.3.
+// It also needs the L padded planes within 2^22 floats. (Not the thread count: a route chosen by
+// it would give different bits for different thread counts.)
 template <class V>
 bool blocked_applies(const Conv2dShape& s) {
-  if (s.K != s.C) return false;
+  const int64_t Hp = (s.P - 1) * s.stride_h + (s.R - 1) * s.dil_h + 1;
+  const int64_t Wp = (s.Q - 1) * s.stride_w + (s.S - 1) * s.dil_w + 1;
+  if (s.K != s.C || Hp * Wp * V::L > (int64_t{1} << 22)) return false;
   if (V::L < 16) return s.Q < 8;
   return s.stride_w > 1 || s.Q < 14 || (s.R * s.S >= 25 && s.Q < 64);
 }
@@ -492,32 +501,17 @@ void group_block(const Geom& g, const float* buf, int64_t c_stride, int64_t Cg, 
     for (int j = 0; j < kV; ++j) V::store(out + i * out_stride + n0 + j * V::L, acc[i * kV + j]);
 }
 
-template <class V, int kK>
-void group_vectors(int64_t nv, const Geom& g, const float* buf, int64_t c_stride, int64_t Cg,
-                   const float* w, int64_t w_stride, const float* bias, float* out,
-                   int64_t out_stride, int64_t n0) {
-  static_assert(kFwdV<V> <= 4, "group_vectors instantiates up to 4 vectors");
-  switch (nv) {
-    case 1: return group_block<V, kK, 1>(g, buf, c_stride, Cg, w, w_stride, bias, out, out_stride, n0);
-    case 2: return group_block<V, kK, 2>(g, buf, c_stride, Cg, w, w_stride, bias, out, out_stride, n0);
-    case 3: return group_block<V, kK, 3>(g, buf, c_stride, Cg, w, w_stride, bias, out, out_stride, n0);
-    default: return group_block<V, kK, kFwdV<V>>(g, buf, c_stride, Cg, w, w_stride, bias, out, out_stride, n0);
-  }
-}
-
+// group_block for nk <= kFwdK output channels and nv <= kFwdV vectors.
 template <class V>
 void group_rows(int64_t nk, int64_t nv, const Geom& g, const float* buf, int64_t c_stride,
                 int64_t Cg, const float* w, int64_t w_stride, const float* bias, float* out,
                 int64_t out_stride, int64_t n0) {
-  static_assert(kFwdK<V> <= 6, "group_rows instantiates up to 6 channels");
-  switch (nk) {
-    case 1: return group_vectors<V, 1>(nv, g, buf, c_stride, Cg, w, w_stride, bias, out, out_stride, n0);
-    case 2: return group_vectors<V, 2>(nv, g, buf, c_stride, Cg, w, w_stride, bias, out, out_stride, n0);
-    case 3: return group_vectors<V, 3>(nv, g, buf, c_stride, Cg, w, w_stride, bias, out, out_stride, n0);
-    case 4: return group_vectors<V, 4>(nv, g, buf, c_stride, Cg, w, w_stride, bias, out, out_stride, n0);
-    case 5: return group_vectors<V, 5>(nv, g, buf, c_stride, Cg, w, w_stride, bias, out, out_stride, n0);
-    default: return group_vectors<V, kFwdK<V>>(nv, g, buf, c_stride, Cg, w, w_stride, bias, out, out_stride, n0);
-  }
+  with_count<kFwdK<V>>(nk, [&](auto k) {
+    with_count<kFwdV<V>>(nv, [&](auto v) {
+      group_block<V, decltype(k)::value, decltype(v)::value>(g, buf, c_stride, Cg, w, w_stride,
+                                                             bias, out, out_stride, n0);
+    });
+  });
 }
 
 // The forward of a grouped convolution (any stride, dilation, padding; pads may be negative,
@@ -745,14 +739,9 @@ void dot_taps_of(const Geom& g, const Images& im, const float* buf, const float*
   for (int64_t i = 0, t0 = 0; i < groups; ++i) {
     const int64_t nt = (taps - t0) / (groups - i);
     const int64_t* off = g.off.data() + t0;
-    switch (nt) {
-      case 1: dot_block<V, kK, 1>(g, im, buf, dy, dy_stride, off, acc + t0, acc_stride); break;
-      case 2: dot_block<V, kK, 2>(g, im, buf, dy, dy_stride, off, acc + t0, acc_stride); break;
-      case 3: dot_block<V, kK, 3>(g, im, buf, dy, dy_stride, off, acc + t0, acc_stride); break;
-      case 4: dot_block<V, kK, 4>(g, im, buf, dy, dy_stride, off, acc + t0, acc_stride); break;
-      case 5: dot_block<V, kK, 5>(g, im, buf, dy, dy_stride, off, acc + t0, acc_stride); break;
-      default: dot_block<V, kK, kGroupT<V>>(g, im, buf, dy, dy_stride, off, acc + t0, acc_stride);
-    }
+    with_count<kGroupT<V>>(nt, [&](auto t) {
+      dot_block<V, kK, decltype(t)::value>(g, im, buf, dy, dy_stride, off, acc + t0, acc_stride);
+    });
     t0 += nt;
   }
 }
@@ -799,13 +788,9 @@ void grouped_weight(const Conv2dShape& s, const float* x, const float* dy, float
           const int64_t k0 = even_start(Kg, kGroupK<V>, ki);
           const float* d = dyg + k0 * PQ;
           double* a = acc.data() + k0 * RS;
-          static_assert(kGroupK<V> <= 4, "grouped_weight instantiates up to 4 channels");
-          switch (even_start(Kg, kGroupK<V>, ki + 1) - k0) {
-            case 1: dot_taps_of<V, 1>(g, im, buf, d, PQ, a, RS); break;
-            case 2: dot_taps_of<V, 2>(g, im, buf, d, PQ, a, RS); break;
-            case 3: dot_taps_of<V, 3>(g, im, buf, d, PQ, a, RS); break;
-            default: dot_taps_of<V, kGroupK<V>>(g, im, buf, d, PQ, a, RS);
-          }
+          with_count<kGroupK<V>>(even_start(Kg, kGroupK<V>, ki + 1) - k0, [&](auto k) {
+            dot_taps_of<V, decltype(k)::value>(g, im, buf, d, PQ, a, RS);
+          });
         }
       }
       if (bias)

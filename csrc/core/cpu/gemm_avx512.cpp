@@ -15,7 +15,7 @@
 //   KC = 768 at most (K cut into equal blocks, multiples of 8): fewer passes over C matter more
 //        than keeping a tile's three B panels in L1; they come from L2;
 //   MC = 192 (the packed A block, 192 x 768 x 4 B = 576 KiB, in L2);
-//   NC = 3072 (the packed B block, 4.5 MiB, in L3).
+//   NC = 3072 (the packed B block, 768 x 3072 x 4 B = 9 MiB, in L3).
 // The micro-kernel alone, on operands in L1/L2, runs at 90-93% of the FMA peak; the whole
 // product loses the rest to packing and to C's loads and stores between K blocks.
 // Each KC block is summed on its own and added to C, as in gemm_avx2.
