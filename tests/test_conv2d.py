@@ -176,3 +176,30 @@ def test_compiles_fullgraph():
     x = torch.randn(2, 3, 9, 9)
     compiled = torch.compile(mod, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(x), mod(x))
+
+
+ISAS = [i for i in ("avx2", "avx512")
+        if (i, dlkern.capabilities()["cpu_isa_best"]) != ("avx512", "avx2")
+        and dlkern.capabilities()["cpu_isa_best"] != "reference"]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("stride,groups,channels", [(1, 1, 16), (1, 1, 4), (2, 2, 8), (1, 2, 8),
+                                                    (1, 8, 8), (2, 8, 8), (2, 1, 4)])
+def test_infinite_weight_gives_no_nan_in_grad_input(isa, stride, groups, channels):
+    # backward data as a convolution over a zero-padded dY (the transposed convolution, the
+    # direct grouped and depthwise routes) would multiply the padding by the weight: 0 * inf
+    # = NaN where torch's sum of real products gives an infinity or a finite value
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, channels, 12, 12, generator=g, requires_grad=True)
+    w = torch.randn(8, channels // groups, 3, 3, generator=g)
+    w.view(-1)[0] = float("inf")
+    w.requires_grad_(True)
+    dy = torch.randn(2, 8, (12 - 1) // stride + 1, (12 - 1) // stride + 1, generator=g)
+    want = torch.autograd.grad(F.conv2d(x, w, None, stride, 1, 1, groups), x, dy)[0]
+    with dlkern.cpu_isa(isa):
+        got = torch.autograd.grad(DF.conv2d(x, w, None, stride, 1, 1, groups), x, dy)[0]
+    assert not want.isnan().any()
+    assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.isinf(), want.isinf())
+    finite = want.isfinite()
+    torch.testing.assert_close(got[finite], want[finite], rtol=1e-4, atol=1e-4)

@@ -402,7 +402,10 @@ bool bwd_data_transposed(const Conv2dShape& s, Conv2dAlgo algo) {
 Status bwd_data(const Conv2dShape& s, Conv2dAlgo algo, const float* w, const float* dy,
                 float* dx, int threads) {
   const int64_t PQ = s.P * s.Q, HW = s.H * s.W, Cg = s.C / s.groups, Kg = s.K / s.groups;
-  const float* wt = bwd_data_transposed(s, algo) ? conv2d_flipped_weight(s, w) : nullptr;
+  const float* wt = bwd_data_transposed(s, algo) &&
+                            conv2d_weight_finite(w, s.K * Cg * s.R * s.S)
+                        ? conv2d_flipped_weight(s, w)
+                        : nullptr;
   return conv2d_for_image_groups(s, threads, s.K * PQ * Cg * s.R * s.S,
                                  [&](int64_t n, int64_t g, int inner) {
     return bwd_data_group(s, algo, g, w, wt, dy + (n * s.K + g * Kg) * PQ,
@@ -597,21 +600,21 @@ Status conv2d_bwd_avx2(const Conv2dShape& s, const float* x, const float* w, con
   if (algo == Conv2dAlgo::kGemm1x1 && s.P * s.Q == 1 && Cg > 0)
     return bwd_pointwise(s, x, w, dy, dx, dw, db, threads);
   if (dx != nullptr && Cg == 0) std::memset(dx, 0, sizeof(float) * dx_n);
-  const bool direct = dx != nullptr && Cg > 0 &&
-                      ((s.stride_h == 1 && s.stride_w == 1 &&
-                        conv2d_grouped_fwd_direct(conv2d_transposed(s), algo)) ||
-                       conv2d_grouped_bwd_direct(s, algo) ||
-                       (algo == Conv2dAlgo::kGemm1x1 && s.P * s.Q < kConvSmallImage && s.N > 1));
-  if (direct && (w == nullptr || dy == nullptr)) return Status::kInvalidArgument;
-  if (dx != nullptr && Cg > 0 && s.stride_h == 1 && s.stride_w == 1 &&
-      conv2d_grouped_fwd_direct(conv2d_transposed(s), algo)) {
+  const bool finite = dx == nullptr || conv2d_weight_finite(w, s.K * Cg * s.R * s.S);
+  const bool transposed = finite && s.stride_h == 1 && s.stride_w == 1 &&
+                          conv2d_grouped_fwd_direct(conv2d_transposed(s), algo);
+  const bool strided = finite && conv2d_grouped_bwd_direct(s, algo);
+  const bool pointwise = algo == Conv2dAlgo::kGemm1x1 && s.P * s.Q < kConvSmallImage && s.N > 1;
+  if (dx != nullptr && Cg > 0 && (transposed || strided || pointwise) &&
+      (w == nullptr || dy == nullptr))
+    return Status::kInvalidArgument;
+  if (dx != nullptr && Cg > 0 && transposed) {
     dw::grouped_fwd<avx2::F32x8>(conv2d_transposed(s), dy, conv2d_flipped_weight(s, w), nullptr,
                                  dx, threads);
-  } else if (dx != nullptr && Cg > 0 && algo == Conv2dAlgo::kGemm1x1 &&
-             s.P * s.Q < kConvSmallImage && s.N > 1) {
+  } else if (dx != nullptr && Cg > 0 && pointwise) {
     const Status r = bwd_data_pointwise_batch(s, w, dy, dx, threads);
     if (r != Status::kOk) return r;
-  } else if (dx != nullptr && Cg > 0 && conv2d_grouped_bwd_direct(s, algo)) {
+  } else if (dx != nullptr && Cg > 0 && strided) {
     dw::grouped_bwd_data<avx2::F32x8>(s, w, dy, dx, threads);
   } else if (dx != nullptr && Cg > 0) {
     const Status r = bwd_data(s, algo, w, dy, dx, threads);

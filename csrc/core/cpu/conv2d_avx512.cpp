@@ -398,9 +398,10 @@ Status conv2d_bwd_avx512(const Conv2dShape& s, const float* x, const float* w, c
   // backward data at stride 1 as the transposed convolution, by the forward's routes: its GEMM
   // has C / groups rows, from kMinTransposedRows up
   const Conv2dShape t = conv2d_transposed(s);
+  const bool finite = conv2d_weight_finite(w, s.K * (s.C / s.groups) * s.R * s.S);
   const bool as_forward = a == Conv2dAlgo::kIm2col && s.stride_h == 1 && s.stride_w == 1 &&
-                          s.C / s.groups >= kMinTransposedRows && nonempty(s);
-  if (!as_forward && conv2d_grouped_bwd_direct(s, a) && nonempty(s)) {
+                          s.C / s.groups >= kMinTransposedRows && nonempty(s) && finite;
+  if (!as_forward && finite && conv2d_grouped_bwd_direct(s, a) && nonempty(s)) {
     if (w == nullptr || dy == nullptr) return Status::kInvalidArgument;
     dw::grouped_bwd_data<avx512::F32x16>(s, w, dy, dx, threads);
     return conv2d_bwd_avx2(s, x, w, dy, nullptr, dw, db, threads, algo);

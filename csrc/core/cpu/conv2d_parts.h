@@ -83,6 +83,18 @@ inline Conv2dShape conv2d_transposed(const Conv2dShape& s) {
   return t;
 }
 
+// Whether the weight's n values are all finite. Backward data as a convolution over a
+// zero-padded dY (the transposed convolution, the direct grouped and depthwise routes) multiplies
+// the padding by the weight: an infinite weight would put 0 * inf = NaN where torch, summing
+// only real products, gives a finite value or an infinity. Those routes need a finite weight;
+// the col2im tiles and the depthwise scatter take the others.
+inline bool conv2d_weight_finite(const float* w, int64_t n) {
+  if (w == nullptr) return true;  // (refused later, by the route that needs it)
+  float acc = 0.f;
+  for (int64_t i = 0; i < n; ++i) acc += w[i] * 0.f;  // NaN iff some w[i] is inf or NaN
+  return acc == 0.f;
+}
+
 // The flipped, transposed weight of the transposed convolution of backward data at stride 1
 // (a thread-local buffer):
 // wt[g][c][k][R-1-r][S-1-t] = w[g*Kg + k][c][r][t]

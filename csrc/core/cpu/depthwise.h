@@ -809,7 +809,8 @@ void bwd(const Conv2dShape& s, const float* x, const float* w, const float* dy, 
   const Geom g = geom(s, V::L);
   const int64_t mult = s.K / s.C, HW = s.H * s.W, PQ = s.P * s.Q, RS = s.R * s.S;
   const int64_t work = mult * (PQ * RS + HW);
-  if (dx != nullptr && s.stride_h == 1 && s.stride_w == 1 && mult == 1) {
+  if (dx != nullptr && s.stride_h == 1 && s.stride_w == 1 && mult == 1 &&
+      conv2d_weight_finite(w, s.K * RS)) {
     // the adjoint of a stride-1 depthwise convolution is one: over dy, flipped kernel, padding
     // dil*(k-1) - pad (negative crops), producing H x W, in the forward's register blocks
     const Conv2dShape t = conv2d_transposed(s);  // (C == K)
