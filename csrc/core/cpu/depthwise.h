@@ -315,11 +315,16 @@ void fwd_planes(const Conv2dShape& s, const float* x, const float* w, const floa
   });
 }
 
-// Where the i-th of the blocks that split n items into pieces of at most `most` (as even as
-// they go) starts: piece i is [even_start(n, most, i), even_start(n, most, i + 1)).
-inline int64_t even_start(int64_t n, int64_t most, int64_t i) {
+// f(start, count) for each of the fewest pieces of at most `most` that split n items, as even
+// as they go (the first n % pieces one longer), in order.
+template <class F>
+inline void even_blocks(int64_t n, int64_t most, const F& f) {
   const int64_t pieces = (n + most - 1) / most;
-  return i >= pieces ? n : n / pieces * i + std::min(i, n % pieces);
+  for (int64_t i = 0, start = 0; i < pieces; ++i) {
+    const int64_t count = n / pieces + (i < n % pieces ? 1 : 0);
+    f(start, count);
+    start += count;
+  }
 }
 
 // ---- small planes: channels in the vector lanes ------------------------------------------
@@ -335,12 +340,12 @@ template <class V> constexpr int kRowBlock = V::L == 16 ? 14 : 12;  // accumulat
 // ob[(p*Q + q0 + j)*L] for j < kQ: output row p's columns q0.., all R x S taps.
 template <class V, int kQ>
 void blocked_row(const Conv2dShape& s, int64_t Wp, const float* xb, const float* wb,
-                 typename V::reg bias, float* ob, int64_t p, int64_t q0) {
+                 const float* bias, float* ob, int64_t p, int64_t q0) {
   using reg = typename V::reg;
   constexpr int64_t L = V::L;
   reg acc[kQ];
 #pragma GCC unroll 16
-  for (int j = 0; j < kQ; ++j) acc[j] = bias;
+  for (int j = 0; j < kQ; ++j) acc[j] = V::load(bias);
   const int64_t step = s.stride_w * L;
   for (int64_t r = 0; r < s.R; ++r) {
     const float* row = xb + ((p * s.stride_h + r * s.dil_h) * Wp + q0 * s.stride_w) * L;
@@ -353,15 +358,6 @@ void blocked_row(const Conv2dShape& s, int64_t Wp, const float* xb, const float*
   }
 #pragma GCC unroll 16
   for (int j = 0; j < kQ; ++j) V::store(ob + (p * s.Q + q0 + j) * L, acc[j]);
-}
-
-template <class V, int kQ>
-void blocked_cols(int64_t n, const Conv2dShape& s, int64_t Wp, const float* xb, const float* wb,
-                  typename V::reg bias, float* ob, int64_t p, int64_t q0) {
-  if constexpr (kQ > 1) {
-    if (n < kQ) return blocked_cols<V, kQ - 1>(n, s, Wp, xb, wb, bias, ob, p, q0);
-  }
-  blocked_row<V, kQ>(s, Wp, xb, wb, bias, ob, p, q0);
 }
 
 // Where the channel-blocked forward runs (one output channel per input channel), measured on the
@@ -388,7 +384,7 @@ void fwd_blocked(const Conv2dShape& s, const float* x, const float* w, const flo
   const int64_t blocks = (s.C + L - 1) / L, HW = s.H * s.W, PQ = s.P * s.Q, RS = s.R * s.S;
   const int64_t Hp = (s.P - 1) * s.stride_h + (s.R - 1) * s.dil_h + 1;
   const int64_t Wp = (s.Q - 1) * s.stride_w + (s.S - 1) * s.dil_w + 1;
-  const int64_t tasks = s.N * blocks, chunks = (s.Q + kRowBlock<V> - 1) / kRowBlock<V>;
+  const int64_t tasks = s.N * blocks;
   // the weight as [block][tap][channel], shared by the images
   static thread_local Scratch tl_wb;
   float* wball = tl_wb.get(static_cast<size_t>(blocks * RS * L));
@@ -407,13 +403,14 @@ void fwd_blocked(const Conv2dShape& s, const float* x, const float* w, const flo
     static thread_local Scratch tl_xb, tl_ob;
     float* xb = tl_xb.get(static_cast<size_t>(Hp * Wp * L));
     float* ob = tl_ob.get(static_cast<size_t>(PQ * L));
+    float bl[L];  // the task's biases
     // the padding stays zero: every task writes the same positions
     std::memset(xb, 0, sizeof(float) * Hp * Wp * L);
     typename V::reg r[L];
     for (int64_t task = b; task < e; ++task) {
       const int64_t n = task / blocks, c0 = task % blocks * L, lanes = std::min(L, s.C - c0);
       const float* wb = wball + c0 * RS;
-      const auto bv = bias != nullptr ? V::load_first(bias + c0, lanes) : V::zero();
+      V::store(bl, bias != nullptr ? V::load_first(bias + c0, lanes) : V::zero());
       // the input, L pixels of L planes at a time, transposed, each pixel to its padded place
       const float* xc = x + (n * s.C + c0) * HW;
       for (int64_t m = 0; m < HW; m += L) {
@@ -424,11 +421,11 @@ void fwd_blocked(const Conv2dShape& s, const float* x, const float* w, const flo
           if (pos[m + j] >= 0) V::store(xb + pos[m + j], r[j]);
       }
       for (int64_t p = 0; p < s.P; ++p)
-        for (int64_t ci = 0; ci < chunks; ++ci) {
-          const int64_t q0 = even_start(s.Q, kRowBlock<V>, ci);
-          blocked_cols<V, kRowBlock<V>>(even_start(s.Q, kRowBlock<V>, ci + 1) - q0, s, Wp, xb,
-                                        wb, bv, ob, p, q0);
-        }
+        even_blocks(s.Q, kRowBlock<V>, [&](int64_t q0, int64_t nq) {
+          with_count<kRowBlock<V>>(nq, [&](auto q) {
+            blocked_row<V, decltype(q)::value>(s, Wp, xb, wb, bl, ob, p, q0);
+          });
+        });
       // the output, L pixels at a time, transposed back into the L planes
       float* yc = y + (n * s.C + c0) * PQ;
       for (int64_t m = 0; m < PQ; m += L) {
@@ -514,6 +511,21 @@ void group_rows(int64_t nk, int64_t nv, const Geom& g, const float* buf, int64_t
   });
 }
 
+// group_block over all of out's `rows` rows (n_out floats each) of one plane: every block of
+// kFwdK rows by kFwdV vectors, the vector blocks outside (a block's inputs stay in L1 while the
+// row blocks sweep them); row k's weights at w + k * w_stride, its bias (if any) bias[k].
+template <class V>
+void group_plane(const Geom& g, const float* buf, int64_t c_stride, int64_t planes,
+                 const float* w, int64_t w_stride, const float* bias, int64_t rows, float* out,
+                 int64_t n_out) {
+  even_blocks(n_out / V::L, kFwdV<V>, [&](int64_t v0, int64_t nv) {
+    even_blocks(rows, kFwdK<V>, [&](int64_t k0, int64_t nk) {
+      group_rows<V>(nk, nv, g, buf, c_stride, planes, w + k0 * w_stride, w_stride,
+                    bias != nullptr ? bias + k0 : nullptr, out + k0 * n_out, n_out, v0 * V::L);
+    });
+  });
+}
+
 // The forward of a grouped convolution (any stride, dilation, padding; pads may be negative,
 // cropping): one task per (image, group), its Cg planes split, then every output channel of
 // the group, a block of position vectors at a time (the block's inputs stay in L1 while the
@@ -524,7 +536,7 @@ void grouped_fwd(const Conv2dShape& s, const float* x, const float* w, const flo
   const Geom g = geom(s, V::L);
   const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups, RS = s.R * s.S;
   const int64_t HW = s.H * s.W, PQ = s.P * s.Q, c_stride = g.slots * g.phase;
-  const int64_t n_out = round_up(g.P * g.Wm, V::L), vectors = n_out / V::L;
+  const int64_t n_out = round_up(g.P * g.Wm, V::L);
   const int64_t tasks = s.N * s.groups, work = Kg * Cg * RS * n_out + Cg * HW;
   parallel_for(tasks, threads_for(tasks * work, 1 << 14, threads), [&](int64_t b, int64_t e) {
     static thread_local Scratch tl_buf, tl_out;
@@ -541,16 +553,7 @@ void grouped_fwd(const Conv2dShape& s, const float* x, const float* w, const flo
       }
       const float* wg = w + gi * Kg * Cg * RS;
       const float* bg = bias != nullptr ? bias + gi * Kg : nullptr;
-      for (int64_t vi = 0; even_start(vectors, kFwdV<V>, vi) < vectors; ++vi) {
-        const int64_t v0 = even_start(vectors, kFwdV<V>, vi);
-        const int64_t nv = even_start(vectors, kFwdV<V>, vi + 1) - v0;
-        for (int64_t ki = 0; even_start(Kg, kFwdK<V>, ki) < Kg; ++ki) {
-          const int64_t k0 = even_start(Kg, kFwdK<V>, ki);
-          const int64_t nk = even_start(Kg, kFwdK<V>, ki + 1) - k0;
-          group_rows<V>(nk, nv, g, buf, c_stride, Cg, wg + k0 * Cg * RS, Cg * RS,
-                        bg != nullptr ? bg + k0 : nullptr, out + k0 * n_out, n_out, v0 * V::L);
-        }
-      }
+      group_plane<V>(g, buf, c_stride, Cg, wg, Cg * RS, bg, Kg, out, n_out);
       float* yg = y + (n * s.K + gi * Kg) * PQ;
       for (int64_t k = 0; k < Kg; ++k)
         for (int64_t p = 0; p < g.P; ++p)
@@ -573,7 +576,7 @@ void grouped_bwd_data(const Conv2dShape& s, const float* w, const float* dy, flo
   const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups, RS = s.R * s.S;
   const int64_t HW = s.H * s.W, PQ = s.P * s.Q, U = g.Hm - s.P, Vc = g.Wm - s.Q;
   const int64_t Wd = s.Q + 2 * Vc, dplane = (s.P + 2 * U) * Wd;
-  const int64_t n_out = round_up(g.Hm * Wd, V::L), vectors = n_out / V::L;
+  const int64_t n_out = round_up(g.Hm * Wd, V::L);
   // per phase slot: its taps' offsets into the padded dy, and the weight as [g][c][k][tap]
   std::vector<Geom> ph(static_cast<size_t>(g.slots), g);
   std::vector<std::vector<int64_t>> tap_of(static_cast<size_t>(g.slots));
@@ -616,16 +619,7 @@ void grouped_bwd_data(const Conv2dShape& s, const float* w, const float* dy, flo
       for (int64_t sl = 0; sl < g.slots; ++sl) {
         const int64_t T = static_cast<int64_t>(tap_of[sl].size());
         const float* ws = wt.data() + wbase[sl] + gi * Cg * Kg * T;
-        for (int64_t vi = 0; even_start(vectors, kFwdV<V>, vi) < vectors; ++vi) {
-          const int64_t v0 = even_start(vectors, kFwdV<V>, vi);
-          const int64_t nv = even_start(vectors, kFwdV<V>, vi + 1) - v0;
-          for (int64_t ci = 0; even_start(Cg, kFwdK<V>, ci) < Cg; ++ci) {
-            const int64_t c0 = even_start(Cg, kFwdK<V>, ci);
-            const int64_t nc = even_start(Cg, kFwdK<V>, ci + 1) - c0;
-            group_rows<V>(nc, nv, ph[sl], dyp, dplane, Kg, ws + c0 * Kg * T, Kg * T, nullptr,
-                          out + c0 * n_out, n_out, v0 * V::L);
-          }
-        }
+        group_plane<V>(ph[sl], dyp, dplane, Kg, ws, Kg * T, nullptr, Cg, out, n_out);
         for (int64_t c = 0; c < Cg; ++c)
           for (int64_t i = 0; i < g.Hm; ++i)
             copy<V>(out + c * n_out + i * Wd, dbuf + c * per_c + sl * g.phase + i * g.Wm, g.Wm);
@@ -734,16 +728,12 @@ template <class V> constexpr int kGroupT = V::L == 16 ? 6 : 4;
 template <class V, int kK>
 void dot_taps_of(const Geom& g, const Images& im, const float* buf, const float* dy, int64_t dy_stride,
                  double* acc, int64_t acc_stride) {
-  const int64_t taps = static_cast<int64_t>(g.off.size()), most = kGroupT<V>;
-  const int64_t groups = (taps + most - 1) / most;
-  for (int64_t i = 0, t0 = 0; i < groups; ++i) {
-    const int64_t nt = (taps - t0) / (groups - i);
-    const int64_t* off = g.off.data() + t0;
+  even_blocks(static_cast<int64_t>(g.off.size()), kGroupT<V>, [&](int64_t t0, int64_t nt) {
     with_count<kGroupT<V>>(nt, [&](auto t) {
-      dot_block<V, kK, decltype(t)::value>(g, im, buf, dy, dy_stride, off, acc + t0, acc_stride);
+      dot_block<V, kK, decltype(t)::value>(g, im, buf, dy, dy_stride, g.off.data() + t0,
+                                           acc + t0, acc_stride);
     });
-    t0 += nt;
-  }
+  });
 }
 
 // dW of a grouped convolution (any stride, dilation, padding) and db. Each task is one input
@@ -784,14 +774,12 @@ void grouped_weight(const Conv2dShape& s, const float* x, const float* dy, float
         if (task + 1 < e && n0 + chunk >= s.N)  // the next task's planes, while this one runs
           for (int64_t n = 0; n < std::min(chunk, s.N); ++n)
             prefetch_plane(x + (n * s.C + (task + 1) / Cg * Cg + (task + 1) % Cg) * HW, HW);
-        for (int64_t ki = 0; even_start(Kg, kGroupK<V>, ki) < Kg; ++ki) {
-          const int64_t k0 = even_start(Kg, kGroupK<V>, ki);
-          const float* d = dyg + k0 * PQ;
-          double* a = acc.data() + k0 * RS;
-          with_count<kGroupK<V>>(even_start(Kg, kGroupK<V>, ki + 1) - k0, [&](auto k) {
-            dot_taps_of<V, decltype(k)::value>(g, im, buf, d, PQ, a, RS);
+        even_blocks(Kg, kGroupK<V>, [&](int64_t k0, int64_t nk) {
+          with_count<kGroupK<V>>(nk, [&](auto k) {
+            dot_taps_of<V, decltype(k)::value>(g, im, buf, dyg + k0 * PQ, PQ,
+                                               acc.data() + k0 * RS, RS);
           });
-        }
+        });
       }
       if (bias)
         for (int64_t k = 0; k < Kg; ++k) db[gi * Kg + k] = static_cast<float>(bsum[k]);
