@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import dlkern
 from dlkern import functional as DF
 from dlkern import registry, testing
-from dlkern.ops.conv2d import algorithm
+from dlkern.ops.conv2d import algorithm, preference
 from dlkern.registry import Case
 
 SPEC = registry.get("conv2d")
@@ -51,10 +51,64 @@ def test_groups_match_torch(groups, channels, out, stride):
     (((1, 8, 7, 7), (8, 1, 3, 3), 1, 1, 1, 8), "depthwise"),
     (((1, 8, 7, 7), (16, 1, 3, 3), 2, 1, 1, 8), "depthwise"),
     (((1, 8, 7, 7), (8, 4, 3, 3), 1, 1, 1, 2), "im2col"),
+    (((8, 64, 28, 28), (64, 64, 3, 3), 1, 1, 1, 1), "winograd"),
+    (((8, 64, 28, 28), (64, 64, 3, 3), 1, 0, 1, 1), "winograd"),
+    (((8, 512, 7, 7), (512, 512, 3, 3), 1, 1, 1, 1), "im2col"),   # too few tiles
+    (((8, 64, 28, 28), (64, 64, 3, 3), 2, 1, 1, 1), "im2col"),    # stride 2
+    (((8, 64, 28, 28), (64, 64, 3, 3), 1, 2, 2, 1), "im2col"),    # dilation 2
+    (((8, 64, 28, 28), (64, 32, 3, 3), 1, 1, 1, 2), "im2col"),    # groups
+    (((8, 16, 28, 28), (16, 16, 3, 3), 1, 1, 1, 1), "im2col"),    # few channels
 ])
 def test_algorithm_choice(args, expected):
     xs, ws, stride, padding, dilation, groups = args
     assert algorithm(torch.empty(xs), torch.empty(ws), stride, padding, dilation, groups) == expected
+
+
+def test_preference_moves_the_choice_and_is_restored():
+    x, w = torch.empty(1, 3, 7, 7), torch.empty(4, 3, 3, 3)
+    big_x, big_w = torch.empty(8, 64, 28, 28), torch.empty(64, 64, 3, 3)
+    assert algorithm(x, w, 1, 1) == "im2col" and algorithm(big_x, big_w, 1, 1) == "winograd"
+    with preference("winograd"):
+        assert algorithm(x, w, 1, 1) == "winograd"
+        assert algorithm(x, w, 2, 1) == "im2col"    # where it does not apply, nothing changes
+        with preference("gemm"):
+            assert algorithm(big_x, big_w, 1, 1) == "im2col"
+        assert algorithm(big_x, big_w, 1, 1) == "winograd"
+    assert algorithm(x, w, 1, 1) == "im2col"
+    with pytest.raises(ValueError, match=r"dlkern.conv2d preference: argument 'name' must be one "
+                                         r"of 'auto', 'winograd', 'gemm', got 'fft'"):
+        with preference("fft"):
+            pass
+    assert set(SPEC.variants) >= {"winograd", "gemm"}
+
+
+def _winograd_cases():
+    out = []
+    for case in SPEC.edge_cases:
+        kw = SPEC.make_inputs(case.params, "cpu", 0).kwargs
+        with preference("winograd"):
+            name = algorithm(kw["input"], kw["weight"], kw["stride"], kw["padding"],
+                             kw["dilation"], kw["groups"])
+        if name == "winograd" and kw["input"].numel():
+            out.append(pytest.param(case, id=case.name))
+    return out
+
+
+@pytest.mark.parametrize("isa", ["avx2", "avx512"])
+@pytest.mark.parametrize("case", _winograd_cases())
+def test_winograd_on_every_edge_case_it_applies_to(isa, case):
+    # forward and backward data by Winograd (dW by im2col), whatever the rule would pick: odd
+    # sizes, every padding, one channel, NaN and inf inputs (which it hands to im2col)
+    if isa not in registry.cpu_variants():
+        pytest.skip(f"this CPU cannot run the {isa} path")
+    with dlkern.cpu_isa(isa), preference("winograd"):
+        for v in testing.check(SPEC, case, "cpu", seed=0):
+            assert v.ok, f"{case.name} ({isa}): {v}"
+
+
+def test_winograd_edge_cases_cover_the_class():
+    names = [p.id for p in _winograd_cases()]
+    assert len(names) >= 15 and any("nan" in n for n in names) and any("inf" in n for n in names)
 
 
 @pytest.mark.parametrize("make, exc, message", [
@@ -183,10 +237,11 @@ ISAS = [i for i in ("avx2", "avx512")
         and dlkern.capabilities()["cpu_isa_best"] != "reference"]
 
 
+@pytest.mark.parametrize("pref", ["auto", "winograd"])
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("stride,groups,channels", [(1, 1, 16), (1, 1, 4), (2, 2, 8), (1, 2, 8),
                                                     (1, 8, 8), (2, 8, 8), (2, 1, 4)])
-def test_infinite_weight_gives_no_nan_in_grad_input(isa, stride, groups, channels):
+def test_infinite_weight_gives_no_nan_in_grad_input(isa, stride, groups, channels, pref):
     # backward data as a convolution over a zero-padded dY (the transposed convolution, the
     # direct grouped and depthwise routes) would multiply the padding by the weight: 0 * inf
     # = NaN where torch's sum of real products gives an infinity or a finite value
@@ -197,7 +252,7 @@ def test_infinite_weight_gives_no_nan_in_grad_input(isa, stride, groups, channel
     w.requires_grad_(True)
     dy = torch.randn(2, 8, (12 - 1) // stride + 1, (12 - 1) // stride + 1, generator=g)
     want = torch.autograd.grad(F.conv2d(x, w, None, stride, 1, 1, groups), x, dy)[0]
-    with dlkern.cpu_isa(isa):
+    with dlkern.cpu_isa(isa), preference(pref):
         got = torch.autograd.grad(DF.conv2d(x, w, None, stride, 1, 1, groups), x, dy)[0]
     assert not want.isnan().any()
     assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.isinf(), want.isinf())

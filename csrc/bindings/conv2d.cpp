@@ -123,6 +123,26 @@ std::string conv2d_algorithm(const at::Tensor& input, const at::Tensor& weight,
   return dlkern::conv2d_algo_name(dlkern::conv2d_pick_algo(s));
 }
 
+// How the CPU's kAuto chooses between winograd and im2col (dlkern.ops.conv2d.preference):
+// "auto" (the measured rule), "winograd" (wherever it applies) or "gemm" (never winograd).
+std::string conv2d_preference() {
+  switch (dlkern::conv2d_preference()) {
+    case dlkern::Conv2dAlgo::kWinograd: return "winograd";
+    case dlkern::Conv2dAlgo::kIm2col: return "gemm";
+    default: return "auto";
+  }
+}
+
+void set_conv2d_preference(std::string name) {
+  const dlkern::Conv2dAlgo a = name == "auto"       ? dlkern::Conv2dAlgo::kAuto
+                               : name == "winograd" ? dlkern::Conv2dAlgo::kWinograd
+                               : name == "gemm"     ? dlkern::Conv2dAlgo::kIm2col
+                                                    : dlkern::Conv2dAlgo::kGemm1x1;
+  TORCH_CHECK_VALUE(dlkern::conv2d_set_preference(a) == dlkern::Status::kOk,
+                    "dlkern.conv2d preference: argument 'name' must be 'auto', 'winograd' or ",
+                    "'gemm', got '", name, "'");
+}
+
 // ---- autograd -------------------------------------------------------------------------------
 
 // saved: input, weight
@@ -172,9 +192,11 @@ TORCH_LIBRARY_FRAGMENT(dlkern, m) {
   m.def("conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, "
         "int[4] padding, int[2] dilation, int groups, bool[3] output_mask) "
         "-> (Tensor, Tensor, Tensor)");
-  // the algorithm conv2d picks for these arguments (gemm1x1, im2col or depthwise)
+  // the algorithm conv2d picks for these arguments (gemm1x1, im2col, depthwise or winograd)
   m.def("_conv2d_algorithm(Tensor input, Tensor weight, int[2] stride, int[4] padding, "
         "int[2] dilation, int groups) -> str");
+  m.def("_conv2d_preference() -> str", &conv2d_preference);
+  m.def("_set_conv2d_preference(str name) -> ()", &set_conv2d_preference);
   bind::register_op(m, "conv2d", &conv2d, &conv2d_autograd);
   bind::register_op(m, "conv2d_backward", &conv2d_backward,
                     torch::autograd::autogradNotImplementedFallback());

@@ -60,7 +60,8 @@ struct Conv2dShape {
   int64_t P = 0, Q = 0;                // output height and width
 };
 
-enum class Conv2dAlgo : int { kAuto = 0, kGemm1x1 = 1, kIm2col = 2, kDepthwise = 3 };
+enum class Conv2dAlgo : int { kAuto = 0, kGemm1x1 = 1, kIm2col = 2, kDepthwise = 3,
+                              kWinograd = 4 };
 
 const char* conv2d_algo_name(Conv2dAlgo a);
 
@@ -68,12 +69,23 @@ const char* conv2d_algo_name(Conv2dAlgo a);
 Status conv2d_validate(const Conv2dShape& s);
 
 // The rule kAuto applies: kDepthwise when groups == C > 1 (one input channel per group);
-// kGemm1x1 when R == S == 1, stride 1, no padding and P x Q == H x W; kIm2col otherwise.
+// kGemm1x1 when R == S == 1, stride 1, no padding and P x Q == H x W; kWinograd where it
+// applies and conv2d_winograd_pays (or always / never, by conv2d_set_preference); kIm2col
+// otherwise.
 Conv2dAlgo conv2d_pick_algo(const Conv2dShape& s);
 
-// Whether `a` can run shape s (kGemm1x1 and kDepthwise need the shapes named above; kIm2col
-// and kAuto run anything valid).
+// Whether `a` can run shape s (kGemm1x1, kDepthwise and kWinograd need the shapes named above;
+// kIm2col and kAuto run anything valid).
 bool conv2d_algo_applies(const Conv2dShape& s, Conv2dAlgo a);
+
+// Where kWinograd beats im2col (measured; the rule and its numbers are in conv2d_ref.cpp).
+bool conv2d_winograd_pays(const Conv2dShape& s);
+
+// Process-wide: how kAuto chooses between kWinograd and kIm2col where both apply. kAuto (the
+// default) by conv2d_winograd_pays, kWinograd always, kIm2col never Winograd (the report's
+// custom:winograd and custom:gemm). Other values give kInvalidArgument.
+Status conv2d_set_preference(Conv2dAlgo a);
+Conv2dAlgo conv2d_preference();
 
 // bias may be null. Dispatches on cpu_isa_active(); the reference path ignores `algo`.
 Status conv2d_fwd_cpu(const Conv2dShape& s, const float* x, const float* w, const float* bias,

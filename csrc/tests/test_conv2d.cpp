@@ -1,4 +1,4 @@
-// conv2d core: every algorithm that applies to a shape (gemm1x1, im2col, depthwise), on the avx2
+// conv2d core: every algorithm that applies to a shape (gemm1x1, im2col, depthwise, winograd), on the avx2
 // path and (where the CPU has it) the avx512 one with its padded-input route, against the
 // double-accumulating reference, forward and all three gradients, with 1 and 2 threads (which
 // must agree bit for bit), over kernels 1-7, strides 1-3, paddings 0-5, dilations 1-2, groups 1,
@@ -64,7 +64,8 @@ void check_shape(const Conv2dShape& s, std::mt19937& rng) {
         "ref fwd failed");
   CHECK(dlkern::conv2d_bwd_ref(s, x.data(), w.data(), dy.data(), ref.dx.data(), ref.dw.data(),
                                ref.db.data(), 2) == Status::kOk, "ref bwd failed");
-  for (Conv2dAlgo a : {Conv2dAlgo::kGemm1x1, Conv2dAlgo::kIm2col, Conv2dAlgo::kDepthwise}) {
+  for (Conv2dAlgo a : {Conv2dAlgo::kGemm1x1, Conv2dAlgo::kIm2col, Conv2dAlgo::kDepthwise,
+                       Conv2dAlgo::kWinograd}) {
     if (!dlkern::conv2d_algo_applies(s, a)) continue;
     ++g_compared;
     Out o[2];
@@ -259,6 +260,16 @@ int main(int argc, char** argv) {
   check_shape(make(3, 16, 16, 20, 8, 3, 3, 1, 1, 1, 1), rng);
   check_shape(make(1, 4, 20, 32, 6, 3, 1, 1, 1, 1, 1), rng);
   check_shape(make(1, 3, 20, 16, 5, 3, 3, 1, 1, 1, 1), rng);
+  // Winograd (3x3, stride 1): tile rows longer than a vector (35 tiles) and shorter (1), odd and
+  // even P and Q, padding 0, 2 and 3 (backward data then by im2col), one channel in or out,
+  // a 1x1 image, many chunks of tiles (the batch's 8 x 15 x 15), an extra output column
+  check_shape(make(1, 4, 9, 70, 5, 3, 3, 1, 1, 1, 1), rng);
+  check_shape(make(2, 6, 5, 2, 3, 3, 3, 1, 0, 1, 1), rng);
+  check_shape(make(3, 1, 8, 9, 7, 3, 3, 1, 2, 1, 1), rng);
+  check_shape(make(2, 7, 6, 5, 1, 3, 3, 1, 3, 1, 1), rng);
+  check_shape(make(2, 24, 1, 1, 20, 3, 3, 1, 1, 1, 1), rng);
+  check_shape(make(8, 20, 30, 29, 18, 3, 3, 1, 1, 1, 1), rng);
+  check_shape(make(2, 5, 11, 12, 6, 3, 3, 1, 1, 1, 1, 1), rng);
   }
   dlkern::cpu_isa_select(dlkern::cpu_isa_best());
   std::printf("%d (shape, algorithm) pairs compared\n", g_compared);

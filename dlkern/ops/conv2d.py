@@ -7,6 +7,8 @@ ints, pairs) and unbatched 3-D inputs into that.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 from typing import Sequence
 
@@ -88,12 +90,32 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
 
 def algorithm(input: torch.Tensor, weight: torch.Tensor, stride=1, padding=0, dilation=1,
               groups: int = 1) -> str:
-    """The CPU algorithm conv2d runs for these arguments: 'gemm1x1', 'im2col' or 'depthwise'
-    (the rule is in csrc/core/conv2d.h)."""
+    """The CPU algorithm conv2d runs for these arguments: 'gemm1x1', 'im2col', 'depthwise' or
+    'winograd' (the rule is in csrc/core/conv2d.h; `preference` moves it)."""
     st, dil = _pair("stride", stride, 1), _pair("dilation", dilation, 1)
     pad = _padding(padding, st, dil, (weight.shape[2], weight.shape[3]))
     x = input.unsqueeze(0) if input.dim() == 3 else input
     return torch.ops.dlkern._conv2d_algorithm(x, weight, list(st), pad, list(dil), groups)
+
+
+PREFERENCES = ("auto", "winograd", "gemm")
+
+
+@contextlib.contextmanager
+def preference(name: str):
+    """Runs a block with the CPU conv2d's choice between Winograd and the GEMM routes (im2col) for
+    3x3 stride-1 ungrouped layers set to `name`: 'auto' (the measured rule of csrc/core/conv2d.h),
+    'winograd' (every such layer) or 'gemm' (none); restores the previous choice after. Process-
+    wide, as dlkern.cpu_isa. The report's custom:winograd and custom:gemm variants."""
+    if name not in PREFERENCES:
+        raise ValueError(f"dlkern.conv2d preference: argument 'name' must be one of "
+                         f"{', '.join(map(repr, PREFERENCES))}, got {name!r}")
+    previous = torch.ops.dlkern._conv2d_preference()
+    torch.ops.dlkern._set_conv2d_preference(name)
+    try:
+        yield
+    finally:
+        torch.ops.dlkern._set_conv2d_preference(previous)
 
 
 # ---- fake kernels --------------------------------------------------------------------------
@@ -251,6 +273,14 @@ def _edge_cases():
     add("hard 2x8x9x9 -> 6", (2, 8, 9, 9), 6, kernel=3, padding=1, kind="hard")
     add("nan 2x3x9x9 -> 4", (2, 3, 9, 9), 4, kernel=3, padding=1, kind="nan")
     add("inf 2x3x9x9 -> 4", (2, 3, 9, 9), 4, kernel=3, padding=1, kind="inf")
+    # 3x3 stride 1 with channels and tiles enough for Winograd's rule: odd sizes, padding 0 and
+    # 2, the hard offsets, and a NaN and an infinity (which send the call to im2col)
+    add("winograd 2x64x28x28 -> 64", (2, 64, 28, 28), 64, kernel=3, padding=1)
+    add("winograd odd 2x64x29x27 -> 65 pad 2", (2, 64, 29, 27), 65, kernel=3, padding=2)
+    add("winograd pad 0 3x66x25x23 -> 64 no bias", (3, 66, 25, 23), 64, kernel=3, bias=False)
+    add("winograd hard 2x64x28x28 -> 64", (2, 64, 28, 28), 64, kernel=3, padding=1, kind="hard")
+    add("winograd nan 2x64x28x28 -> 64", (2, 64, 28, 28), 64, kernel=3, padding=1, kind="nan")
+    add("winograd inf 2x64x28x28 -> 64", (2, 64, 28, 28), 64, kernel=3, padding=1, kind="inf")
     return tuple(cases)
 
 
@@ -266,6 +296,7 @@ def _bench_cases():
                           suites=("tensorgrad",)))
     for shape, out, k, stride in (((8, 3, 224, 224), 64, 7, 2), ((8, 64, 56, 56), 64, 3, 1),
                                   ((8, 256, 56, 56), 64, 1, 1), ((8, 128, 28, 28), 128, 3, 1),
+                                  ((8, 256, 14, 14), 256, 3, 1), ((8, 512, 7, 7), 512, 3, 1),
                                   ((8, 512, 7, 7), 2048, 1, 1)):
         cases.append(Case(f"{'x'.join(map(str, shape[1:]))} -> {out} {k}x{k}/{stride}",
                           {"shape": shape, "out": out, "kernel": k, "stride": stride,
@@ -341,7 +372,8 @@ registry.register(registry.OpSpec(
     tol_forward=Tolerance(k=4.0, floor=2e-6),
     tol_backward=Tolerance(k=4.0, floor=4e-6),
     devices=registry.kernel_devices(),
-    variants=registry.cpu_variants(),
+    variants={**registry.cpu_variants(), "winograd": functools.partial(preference, "winograd"),
+              "gemm": functools.partial(preference, "gemm")},
     params_doc={"shape": "input shape (N, C, H, W) or (C, H, W), e.g. 8x64x56x56",
                 "out": "out_channels",
                 "kernel": "kernel size, int or pair (default 3)",

@@ -23,6 +23,7 @@
 #include "scratch.h"
 #include "vec_avx2.h"
 #include "depthwise.h"
+#include "winograd.h"
 
 namespace dlkern {
 namespace {
@@ -293,6 +294,10 @@ Status conv2d_fwd_avx2(const Conv2dShape& s, const float* x, const float* w, con
   if (algo == Conv2dAlgo::kDepthwise) {
     dw::fwd<avx2::F32x8>(s, x, w, bias, y, threads);
     return Status::kOk;
+  }
+  if (algo == Conv2dAlgo::kWinograd) {
+    if (wino::fwd<avx2::F32x8>(s, x, w, bias, y, threads, &conv_gemm)) return Status::kOk;
+    algo = Conv2dAlgo::kIm2col;  // (an empty or non-finite case: im2col's results are torch's)
   }
   if (conv2d_grouped_fwd_direct(s, algo)) {
     if (x == nullptr || w == nullptr || y == nullptr) return Status::kInvalidArgument;
@@ -596,6 +601,10 @@ Status conv2d_bwd_avx2(const Conv2dShape& s, const float* x, const float* w, con
   if (algo == Conv2dAlgo::kDepthwise) {
     dw::bwd<avx2::F32x8>(s, x, w, dy, dx, dw, db, threads);
     return Status::kOk;
+  }
+  if (algo == Conv2dAlgo::kWinograd) {
+    if (wino::bwd_data<avx2::F32x8>(s, w, dy, dx, threads, &conv_gemm)) dx = nullptr;
+    algo = Conv2dAlgo::kIm2col;  // the weight gradient, and dx where Winograd did not serve
   }
   if (algo == Conv2dAlgo::kGemm1x1 && s.P * s.Q == 1 && Cg > 0)
     return bwd_pointwise(s, x, w, dy, dx, dw, db, threads);

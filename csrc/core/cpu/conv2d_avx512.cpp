@@ -29,6 +29,7 @@
 #include "scratch.h"
 #include "vec_avx512.h"
 #include "depthwise.h"
+#include "winograd.h"
 
 namespace dlkern {
 namespace {
@@ -363,24 +364,32 @@ Status fwd_im2col(const Conv2dShape& s, const float* x, const float* w, const fl
 Status conv2d_fwd_avx512(const Conv2dShape& s, const float* x, const float* w, const float* bias,
                          float* y, int threads, Conv2dAlgo algo) {
   if (conv2d_validate(s) != Status::kOk) return conv2d_fwd_avx2(s, x, w, bias, y, threads, algo);
-  const Conv2dAlgo a = algo == Conv2dAlgo::kAuto ? conv2d_pick_algo(s) : algo;
+  Conv2dAlgo a = algo == Conv2dAlgo::kAuto ? conv2d_pick_algo(s) : algo;
   if (a == Conv2dAlgo::kDepthwise && conv2d_algo_applies(s, a)) {
     if (s.N > 0 && s.K > 0 && s.P * s.Q > 0) dw::fwd<avx512::F32x16>(s, x, w, bias, y, threads);
     return Status::kOk;
   }
+  if (a == Conv2dAlgo::kWinograd && conv2d_algo_applies(s, a)) {
+    if (wino::fwd<avx512::F32x16>(s, x, w, bias, y, threads, &gemm_avx512)) return Status::kOk;
+    a = Conv2dAlgo::kIm2col;  // (an empty or non-finite case: im2col's results are torch's)
+  }
   if (stretches_apply(s, a)) return fwd_im2col(s, x, w, bias, y, threads);
-  return conv2d_fwd_avx2(s, x, w, bias, y, threads, algo);
+  return conv2d_fwd_avx2(s, x, w, bias, y, threads, a);
 }
 
 Status conv2d_bwd_avx512(const Conv2dShape& s, const float* x, const float* w, const float* dy,
                          float* dx, float* dw, float* db, int threads, Conv2dAlgo algo) {
   if (conv2d_validate(s) != Status::kOk)
     return conv2d_bwd_avx2(s, x, w, dy, dx, dw, db, threads, algo);
-  const Conv2dAlgo a = algo == Conv2dAlgo::kAuto ? conv2d_pick_algo(s) : algo;
+  Conv2dAlgo a = algo == Conv2dAlgo::kAuto ? conv2d_pick_algo(s) : algo;
   if (a == Conv2dAlgo::kDepthwise && conv2d_algo_applies(s, a) && s.N > 0 && s.K > 0 &&
       s.P * s.Q > 0) {
     dw::bwd<avx512::F32x16>(s, x, w, dy, dx, dw, db, threads);
     return Status::kOk;
+  }
+  if (a == Conv2dAlgo::kWinograd && conv2d_algo_applies(s, a)) {
+    if (wino::bwd_data<avx512::F32x16>(s, w, dy, dx, threads, &gemm_avx512)) dx = nullptr;
+    a = Conv2dAlgo::kIm2col;  // the weight gradient, and dx where Winograd did not serve
   }
   if (conv2d_grouped_weight_direct(s, a) && (dw != nullptr || db != nullptr) &&
       s.N > 0 && s.K > 0 && s.P * s.Q > 0) {
@@ -394,7 +403,7 @@ Status conv2d_bwd_avx512(const Conv2dShape& s, const float* x, const float* w, c
     if (st != Status::kOk) return st;
     dw = nullptr;  // db and dx are left
   }
-  if (dx == nullptr) return conv2d_bwd_avx2(s, x, w, dy, dx, dw, db, threads, algo);
+  if (dx == nullptr) return conv2d_bwd_avx2(s, x, w, dy, dx, dw, db, threads, a);
   // backward data at stride 1 as the transposed convolution, by the forward's routes: its GEMM
   // has C / groups rows, from kMinTransposedRows up
   const Conv2dShape t = conv2d_transposed(s);
@@ -404,14 +413,14 @@ Status conv2d_bwd_avx512(const Conv2dShape& s, const float* x, const float* w, c
   if (!as_forward && finite && conv2d_grouped_bwd_direct(s, a) && nonempty(s)) {
     if (w == nullptr || dy == nullptr) return Status::kInvalidArgument;
     dw::grouped_bwd_data<avx512::F32x16>(s, w, dy, dx, threads);
-    return conv2d_bwd_avx2(s, x, w, dy, nullptr, dw, db, threads, algo);
+    return conv2d_bwd_avx2(s, x, w, dy, nullptr, dw, db, threads, a);
   }
-  if (!as_forward) return conv2d_bwd_avx2(s, x, w, dy, dx, dw, db, threads, algo);
+  if (!as_forward) return conv2d_bwd_avx2(s, x, w, dy, dx, dw, db, threads, a);
   if (w == nullptr || dy == nullptr) return Status::kInvalidArgument;
   const float* wt = conv2d_flipped_weight(s, w);
   const Status st = fwd_im2col(t, dy, wt, nullptr, dx, threads);
   if (st != Status::kOk || (dw == nullptr && db == nullptr)) return st;
-  return conv2d_bwd_avx2(s, x, w, dy, nullptr, dw, db, threads, algo);
+  return conv2d_bwd_avx2(s, x, w, dy, nullptr, dw, db, threads, a);
 }
 
 }  // namespace dlkern

@@ -103,13 +103,28 @@ struct F32x8 {
   static void store_first(float* p, reg v, int64_t n) { _mm256_maskstore_ps(p, first_lanes(n), v); }
   static reg fma(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
   static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
+  static reg sub(reg a, reg b) { return _mm256_sub_ps(a, b); }
+  static reg mul(reg a, reg b) { return _mm256_mul_ps(a, b); }
   static float sum(reg v) { return hsum(v); }
+  // The 16 floats lo:hi split into evens e (lo0 lo2 .. hi6) and odds o
+  static void split(reg lo, reg hi, reg& e, reg& o) {
+    e = pairs_in_order(_mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0)));
+    o = pairs_in_order(_mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(3, 1, 3, 1)));
+  }
+  // split's inverse: lo = a0 b0 a1 b1 .. a3 b3, hi = a4 b4 .. a7 b7
+  static void zip(reg a, reg b, reg& lo, reg& hi) {
+    const reg l = _mm256_unpacklo_ps(a, b), h = _mm256_unpackhi_ps(a, b);
+    lo = _mm256_permute2f128_ps(l, h, 0x20);
+    hi = _mm256_permute2f128_ps(l, h, 0x31);
+  }
   // e[j] = s[2j] for j < ne, o[j] = s[2j + 1] for j < no (ne, no <= 8), reading only those
   static void deinterleave(const float* s, float* e, int64_t ne, float* o, int64_t no) {
     const int64_t n = std::max(2 * ne - 1, 2 * no);
-    const reg lo = load_first(s, std::min<int64_t>(n, 8)), hi = load_first(s + 8, std::max<int64_t>(n - 8, 0));
-    store_first(e, pairs_in_order(_mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0))), ne);
-    store_first(o, pairs_in_order(_mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(3, 1, 3, 1))), no);
+    reg ev, od;
+    split(load_first(s, std::min<int64_t>(n, 8)), load_first(s + 8, std::max<int64_t>(n - 8, 0)),
+          ev, od);
+    store_first(e, ev, ne);
+    store_first(o, od, no);
   }
   // s0 s2 s8 s10 s4 s6 s12 s14 (a shuffle of two vectors' evens) -> s0 s2 s4 ... s14
   static reg pairs_in_order(reg v) {
@@ -117,10 +132,10 @@ struct F32x8 {
   }
   // d[2j] = a[j], d[2j + 1] = b[j] for the n <= 16 floats of d, reading only those
   static void interleave(const float* a, const float* b, float* d, int64_t n) {
-    const reg va = load_first(a, (n + 1) / 2), vb = load_first(b, n / 2);
-    const reg lo = _mm256_unpacklo_ps(va, vb), hi = _mm256_unpackhi_ps(va, vb);
-    store_first(d, _mm256_permute2f128_ps(lo, hi, 0x20), std::min<int64_t>(n, 8));
-    if (n > 8) store_first(d + 8, _mm256_permute2f128_ps(lo, hi, 0x31), n - 8);
+    reg lo, hi;
+    zip(load_first(a, (n + 1) / 2), load_first(b, n / 2), lo, hi);
+    store_first(d, lo, std::min<int64_t>(n, 8));
+    if (n > 8) store_first(d + 8, hi, n - 8);
   }
   // r[i][j] <- r[j][i] for the 8 x 8 block in r[0..8)
   static void transpose(reg* r) {

@@ -40,23 +40,37 @@ struct F32x16 {
   static void store_first(float* p, reg v, int64_t n) { _mm512_mask_storeu_ps(p, first(n), v); }
   static reg fma(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
   static reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
+  static reg sub(reg a, reg b) { return _mm512_sub_ps(a, b); }
+  static reg mul(reg a, reg b) { return _mm512_mul_ps(a, b); }
   static float sum(reg v) { return _mm512_reduce_add_ps(v); }
-  // e[j] = s[2j] for j < ne, o[j] = s[2j + 1] for j < no (ne, no <= 16), reading only those
-  static void deinterleave(const float* s, float* e, int64_t ne, float* o, int64_t no) {
+  // The 32 floats lo:hi split into evens e (lo0 lo2 .. hi14) and odds o
+  static void split(reg lo, reg hi, reg& e, reg& o) {
     const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    e = _mm512_permutex2var_ps(lo, ev, hi);
+    o = _mm512_permutex2var_ps(lo, od, hi);
+  }
+  // split's inverse: lo = a0 b0 a1 b1 .. a7 b7, hi = a8 b8 .. a15 b15
+  static void zip(reg a, reg b, reg& lo, reg& hi) {
+    const __m512i l = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i h = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    lo = _mm512_permutex2var_ps(a, l, b);
+    hi = _mm512_permutex2var_ps(a, h, b);
+  }
+  // e[j] = s[2j] for j < ne, o[j] = s[2j + 1] for j < no (ne, no <= 16), reading only those
+  static void deinterleave(const float* s, float* e, int64_t ne, float* o, int64_t no) {
     const int64_t n = 2 * ne - 1 > 2 * no ? 2 * ne - 1 : 2 * no;
-    const reg lo = load_first(s, n < 16 ? n : 16), hi = load_first(s + 16, n > 16 ? n - 16 : 0);
-    store_first(e, _mm512_permutex2var_ps(lo, ev, hi), ne);
-    store_first(o, _mm512_permutex2var_ps(lo, od, hi), no);
+    reg ev, od;
+    split(load_first(s, n < 16 ? n : 16), load_first(s + 16, n > 16 ? n - 16 : 0), ev, od);
+    store_first(e, ev, ne);
+    store_first(o, od, no);
   }
   // d[2j] = a[j], d[2j + 1] = b[j] for the n <= 32 floats of d, reading only those
   static void interleave(const float* a, const float* b, float* d, int64_t n) {
-    const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-    const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-    const reg va = load_first(a, (n + 1) / 2), vb = load_first(b, n / 2);
-    store_first(d, _mm512_permutex2var_ps(va, lo, vb), n);
-    if (n > 16) store_first(d + 16, _mm512_permutex2var_ps(va, hi, vb), n - 16);
+    reg lo, hi;
+    zip(load_first(a, (n + 1) / 2), load_first(b, n / 2), lo, hi);
+    store_first(d, lo, n);
+    if (n > 16) store_first(d + 16, hi, n - 16);
   }
   // r[i][j] <- r[j][i] for the 16 x 16 block in r[0..16)
   static void transpose(reg* r) {

@@ -1,6 +1,9 @@
 // Reference conv2d: direct loops accumulating in double, every output element a gather (no
 // scattered writes, so no races and no dependence on the thread count). Plus the shape rules
 // every path shares.
+#include <algorithm>
+#include <atomic>
+
 #include "../conv2d.h"
 #include "../cpu/parallel.h"
 
@@ -12,8 +15,37 @@ const char* conv2d_algo_name(Conv2dAlgo a) {
     case Conv2dAlgo::kGemm1x1: return "gemm1x1";
     case Conv2dAlgo::kIm2col: return "im2col";
     case Conv2dAlgo::kDepthwise: return "depthwise";
+    case Conv2dAlgo::kWinograd: return "winograd";
   }
   return "unknown";
+}
+
+namespace {
+std::atomic<int> g_preference{static_cast<int>(Conv2dAlgo::kAuto)};
+}
+
+Status conv2d_set_preference(Conv2dAlgo a) {
+  if (a != Conv2dAlgo::kAuto && a != Conv2dAlgo::kWinograd && a != Conv2dAlgo::kIm2col)
+    return Status::kInvalidArgument;
+  g_preference.store(static_cast<int>(a));
+  return Status::kOk;
+}
+
+Conv2dAlgo conv2d_preference() { return static_cast<Conv2dAlgo>(g_preference.load()); }
+
+// Winograd's transforms cost about (C + K) per tile and its GEMMs save C * K, so it pays from
+// some channels up, on images large enough that edge tiles waste little and enough tiles for
+// the GEMMs' columns. Measured (cpu/winograd.h at 4 MiB chunks, 2 threads, the 2-core Zen 5
+// EPYC, 2026-12-04, Winograd / im2col, forward; backward data alike or better), batch 8:
+//   avx512: 64 -> 64 at 56x56 0.83, 128 at 28x28 0.63, 256 at 14x14 0.65, 512 at 14x14 0.73,
+//           512 at 10x10 0.86, 128 at 10x10 0.96; and where it loses: 64 at 14x14 1.02,
+//           32 at 56x56 0.99, 16 at 56x56 1.37, 256 at 7x7 1.18, 512 at 7x7 1.28 (too few
+//           tiles), 3 -> 64 at 56x56 2.3, and 256 at 14x14 for one image 1.11 (49 tiles);
+//   avx2:   0.52-0.60 at 32-256 channels on 14x14 to 56x56, 1.5 at 512 x 7x7.
+bool conv2d_winograd_pays(const Conv2dShape& s) {
+  const int64_t channels = cpu_isa_active() == CpuIsa::kAvx512 ? 64 : 32;
+  const int64_t tiles = s.N * ((s.P + 1) / 2) * ((s.Q + 1) / 2);
+  return std::min(s.C, s.K) >= channels && std::min(s.P, s.Q) >= 10 && tiles >= 192;
 }
 
 Status conv2d_validate(const Conv2dShape& s) {
@@ -29,6 +61,10 @@ Status conv2d_validate(const Conv2dShape& s) {
 Conv2dAlgo conv2d_pick_algo(const Conv2dShape& s) {
   if (conv2d_algo_applies(s, Conv2dAlgo::kDepthwise)) return Conv2dAlgo::kDepthwise;
   if (conv2d_algo_applies(s, Conv2dAlgo::kGemm1x1)) return Conv2dAlgo::kGemm1x1;
+  const Conv2dAlgo pref = conv2d_preference();
+  if (pref != Conv2dAlgo::kIm2col && conv2d_algo_applies(s, Conv2dAlgo::kWinograd) &&
+      (pref == Conv2dAlgo::kWinograd || conv2d_winograd_pays(s)))
+    return Conv2dAlgo::kWinograd;
   return Conv2dAlgo::kIm2col;
 }
 
@@ -42,6 +78,9 @@ bool conv2d_algo_applies(const Conv2dShape& s, Conv2dAlgo a) {
              s.pad_w == 0 && s.P == s.H && s.Q == s.W;
     case Conv2dAlgo::kDepthwise:
       return s.groups > 1 && s.groups == s.C;
+    case Conv2dAlgo::kWinograd:
+      return s.R == 3 && s.S == 3 && s.stride_h == 1 && s.stride_w == 1 && s.dil_h == 1 &&
+             s.dil_w == 1 && s.groups == 1;
   }
   return false;
 }

@@ -1,0 +1,289 @@
+// Winograd F(2x2, 3x3) convolution (Lavin & Gray 2016) for 3x3, stride-1, dilation-1, ungrouped
+// layers, any padding, written once over a vector type V (vec_avx2.h's F32x8, vec_avx512.h's
+// F32x16). Include it after the vector header of the translation unit's path.
+//
+// The output is cut into 2 x 2 tiles, tile (i, j) of image n reading the 4 x 4 input patch at
+// rows 2i - pad_h.., columns 2j - pad_w.. (zero outside the input). With
+//   B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1],  G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1],
+//   A^T = [1 1 1 0; 0 1 -1 -1],
+// a tile's output is A^T [ sum_c (G w[k][c] G^T) .* (B^T d[c] B) ] A: the sum over channels is,
+// for each of the 16 positions xi of the 4 x 4 transformed tile, a GEMM
+//   M_xi (K x tiles) = U_xi (K x C) * V_xi (C x tiles),
+// 2.25 times fewer multiplies than the direct convolution's (16 per 4 outputs instead of 36).
+// The GEMMs run on the GEMM core; the transforms are vectorised over 8 or 16 tiles of a tile row
+// (deinterleaving the input rows' even and odd columns, interleaving the output's).
+//
+// F(2x2, 3x3) is the largest tile that passes the registry's tolerance (4x torch's own float32
+// error plus 2e-6 of the largest output): measured on ResNet and VGG shapes, its max error
+// against float64 is 0.7-1.7x torch's, where F(3x3, 3x3) and F(4x4, 3x3) (points 0, +-1, 1/2,
+// -2, the most accurate set tried) reach 5-35x (docs/conv2d.md has the table).
+//
+// Tiles: the batch's N * ceil(P/2) * ceil(Q/2) tiles in order (image, tile row, tile column)
+// are the GEMMs' columns, taken `chunk` at a time so that the transformed input and output of a
+// chunk (16 (C + K) floats per tile) stay within the layer's input plus output bytes and 8 MiB;
+// the transformed filter is 16 K C floats (16/9 of the weight), computed on each call.
+// Threads: the input transform splits channels, the GEMMs the 16 positions, the output transform
+// output channels; every sum runs in one fixed order, so results do not depend on the thread
+// count.
+//
+// Non-finite values: the transforms mix a tile's inputs, so an infinity or NaN in x or w reaches
+// outputs the direct convolution leaves finite (and inf - inf makes NaN where it gives an
+// infinity). fwd() returns false when any output it wrote is not finite; the caller then computes
+// the layer again by another route.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "../conv2d.h"
+#include "../gemm.h"
+#include "conv2d_parts.h"
+#include "parallel.h"
+#include "scratch.h"
+
+namespace dlkern {
+namespace wino {
+
+constexpr int kXi = 16;                                // positions of a transformed 4 x 4 tile
+constexpr int64_t kChunkBytes = int64_t{4} << 20;      // transformed input + output of a chunk
+
+// conv2d_algo_applies(kWinograd), no negative padding (a transposed convolution's crop), and
+// some input and output.
+inline bool applies(const Conv2dShape& s) {
+  return conv2d_algo_applies(s, Conv2dAlgo::kWinograd) && s.pad_h >= 0 && s.pad_w >= 0 &&
+         s.N > 0 && s.C > 0 && s.K > 0 && s.P > 0 && s.Q > 0 && s.H > 0 && s.W > 0;
+}
+
+struct Plan {
+  int64_t th, tw, tiles;  // tile rows and columns per image; tiles of the batch
+  int64_t chunk, ld;      // tiles per chunk; row stride of the transformed input and output
+};
+
+inline Plan plan(const Conv2dShape& s) {
+  Plan p;
+  p.th = (s.P + 1) / 2, p.tw = (s.Q + 1) / 2, p.tiles = s.N * p.th * p.tw;
+  const int64_t io_bytes = 4 * s.N * (s.C * s.H * s.W + s.K * s.P * s.Q);
+  const int64_t per_tile = 4 * kXi * (s.C + s.K);
+  const int64_t chunk = std::min(io_bytes, kChunkBytes) / per_tile / kGemmNR * kGemmNR;
+  p.chunk = std::min(p.tiles, std::max<int64_t>(chunk, kGemmNR));
+  p.ld = (p.chunk + kGemmNR - 1) / kGemmNR * kGemmNR + kGemmNR;  // a vector past the last tile
+  return p;
+}
+
+// Tile t of the batch as (image, tile row, tile column).
+struct TileAt {
+  int64_t n, i, j;
+};
+inline TileAt tile_at(const Plan& p, int64_t t) {
+  const int64_t per_image = p.th * p.tw, r = t % per_image;
+  return {t / per_image, r / p.tw, r % p.tw};
+}
+
+// Calls f(t, at, len) for the runs of tiles [t, t + len) of [t0, t1) that lie in one tile row.
+template <typename F>
+void for_tile_rows(const Plan& p, int64_t t0, int64_t t1, const F& f) {
+  for (int64_t t = t0; t < t1;) {
+    const TileAt at = tile_at(p, t);
+    const int64_t len = std::min(p.tw - at.j, t1 - t);
+    f(t, at, len);
+    t += len;
+  }
+}
+
+// U[xi][k][c] = (G w[k][c] G^T)[xi], vectorised over c.
+template <typename V>
+void transform_filter(const Conv2dShape& s, const float* w, float* U, int threads) {
+  using R = typename V::reg;
+  const int64_t C = s.C, K = s.K, KC = K * C;
+  parallel_for(K, threads_for(KC * 9, 1 << 14, threads), [&](int64_t kb, int64_t ke) {
+    const R half = V::set1(0.5f);
+    for (int64_t k = kb; k < ke; ++k)
+      for (int64_t c = 0; c < C; c += V::L) {
+        const int64_t n = std::min<int64_t>(V::L, C - c);
+        const float* src = w + (k * C + c) * 9;
+        R g[9], a[4][3];
+        for (int e = 0; e < 9; ++e) g[e] = V::gather_first(src + e, 9, n);
+        for (int col = 0; col < 3; ++col) {  // G g: rows of the 4 x 3 product
+          const R g0 = g[col], g1 = g[3 + col], g2 = g[6 + col];
+          a[0][col] = g0;
+          a[1][col] = V::mul(half, V::add(V::add(g0, g1), g2));
+          a[2][col] = V::mul(half, V::add(V::sub(g0, g1), g2));
+          a[3][col] = g2;
+        }
+        for (int row = 0; row < 4; ++row) {  // (G g) G^T
+          const R a0 = a[row][0], a1 = a[row][1], a2 = a[row][2];
+          const R u[4] = {a0, V::mul(half, V::add(V::add(a0, a1), a2)),
+                          V::mul(half, V::add(V::sub(a0, a1), a2)), a2};
+          for (int col = 0; col < 4; ++col)
+            V::store_first(U + (row * 4 + col) * KC + k * C + c, u[col], n);
+        }
+      }
+  });
+}
+
+// Row r = 0..3 of the input patches of tiles [j, j + len) of tile row i of plane xc: 2 len + 2
+// columns from 2j - pad_w, zero outside the plane and past them (buf holds 4 rows of `width`).
+inline void patch_rows(const Conv2dShape& s, const float* xc, int64_t i, int64_t j, int64_t len,
+                       int64_t width, float* buf) {
+  std::memset(buf, 0, sizeof(float) * 4 * width);
+  const int64_t col0 = 2 * j - s.pad_w;
+  const int64_t b0 = std::max<int64_t>(0, -col0);
+  const int64_t b1 = std::min<int64_t>(2 * len + 2, s.W - col0);
+  if (b1 <= b0) return;
+  for (int r = 0; r < 4; ++r) {
+    const int64_t ih = 2 * i - s.pad_h + r;
+    if (ih < 0 || ih >= s.H) continue;
+    std::memcpy(buf + r * width + b0, xc + ih * s.W + col0 + b0, sizeof(float) * (b1 - b0));
+  }
+}
+
+// Vt[xi][c][t - t0] = (B^T d B)[xi] for the tiles t of [t0, t1), channels split among threads.
+template <typename V>
+void transform_input(const Conv2dShape& s, const Plan& p, const float* x, int64_t t0, int64_t t1,
+                     float* Vt, int threads) {
+  using R = typename V::reg;
+  const int64_t width = 2 * p.tw + 2 * V::L + 2, stride = s.C * p.ld;
+  parallel_for(s.C, threads_for(s.C * (t1 - t0) * kXi, 1 << 14, threads), [&](int64_t cb,
+                                                                            int64_t ce) {
+    static thread_local Scratch tl_rows;
+    float* buf = tl_rows.get(static_cast<size_t>(4 * width));
+    for (int64_t c = cb; c < ce; ++c)
+      for_tile_rows(p, t0, t1, [&](int64_t t, const TileAt& at, int64_t len) {
+        patch_rows(s, x + (at.n * s.C + c) * s.H * s.W, at.i, at.j, len, width, buf);
+        float* dst = Vt + c * p.ld + (t - t0);
+        for (int64_t l = 0; l < len; l += V::L) {
+          R h[4][4];
+          for (int r = 0; r < 4; ++r) {  // d B along the row: columns 2l.. of row r
+            const float* row = buf + r * width + 2 * l;
+            R e, o, e2, o2;
+            V::split(V::load(row), V::load(row + V::L), e, o);
+            V::split(V::load(row + 2), V::load(row + 2 + V::L), e2, o2);
+            h[r][0] = V::sub(e, e2);
+            h[r][1] = V::add(o, e2);
+            h[r][2] = V::sub(e2, o);
+            h[r][3] = V::sub(o, o2);
+          }
+          const int64_t n = std::min<int64_t>(V::L, len - l);
+          for (int col = 0; col < 4; ++col) {  // B^T (d B) down the columns
+            V::store_first(dst + (0 * 4 + col) * stride + l, V::sub(h[0][col], h[2][col]), n);
+            V::store_first(dst + (1 * 4 + col) * stride + l, V::add(h[1][col], h[2][col]), n);
+            V::store_first(dst + (2 * 4 + col) * stride + l, V::sub(h[2][col], h[1][col]), n);
+            V::store_first(dst + (3 * 4 + col) * stride + l, V::sub(h[1][col], h[3][col]), n);
+          }
+        }
+      });
+  });
+}
+
+// y's tiles [t0, t1) = A^T M A (+ bias) from Mt[xi][k][t - t0], output channels split among
+// threads. Returns whether every value computed was finite. Reads Mt's columns up to a vector
+// past t1 - t0, which must hold finite values.
+template <typename V>
+bool transform_output(const Conv2dShape& s, const Plan& p, const float* Mt, const float* bias,
+                      int64_t t0, int64_t t1, float* y, int threads) {
+  using R = typename V::reg;
+  const int64_t stride = s.K * p.ld;
+  int bad = 0;
+  parallel_for(s.K, threads_for(s.K * (t1 - t0) * kXi, 1 << 14, threads), [&](int64_t kb,
+                                                                            int64_t ke) {
+    R nonfinite = V::zero();  // 0 * v summed: NaN once some v is not finite
+    const R zero = V::zero();
+    for (int64_t k = kb; k < ke; ++k) {
+      const R b = V::set1(bias ? bias[k] : 0.f);
+      for_tile_rows(p, t0, t1, [&](int64_t t, const TileAt& at, int64_t len) {
+        const float* src = Mt + k * p.ld + (t - t0);
+        float* y0 = y + ((at.n * s.K + k) * s.P + 2 * at.i) * s.Q;
+        const bool second = 2 * at.i + 1 < s.P;
+        for (int64_t l = 0; l < len; l += V::L) {
+          R z[2][4];
+          for (int col = 0; col < 4; ++col) {  // A^T M down the columns
+            const R m0 = V::load(src + (0 * 4 + col) * stride + l);
+            const R m1 = V::load(src + (1 * 4 + col) * stride + l);
+            const R m2 = V::load(src + (2 * 4 + col) * stride + l);
+            const R m3 = V::load(src + (3 * 4 + col) * stride + l);
+            z[0][col] = V::add(V::add(m0, m1), m2);
+            z[1][col] = V::sub(V::sub(m1, m2), m3);
+          }
+          const int64_t q = 2 * (at.j + l);
+          const int64_t cols = std::min<int64_t>(std::min<int64_t>(2 * V::L, s.Q - q),
+                                                 2 * (len - l));
+          for (int row = 0; row < 2; ++row) {  // (A^T M) A along the row, interleaved
+            const R a = V::add(V::add(V::add(z[row][0], z[row][1]), z[row][2]), b);
+            const R c = V::add(V::sub(V::sub(z[row][1], z[row][2]), z[row][3]), b);
+            nonfinite = V::add(nonfinite, V::add(V::mul(a, zero), V::mul(c, zero)));
+            if (row == 1 && !second) break;
+            R lo, hi;
+            V::zip(a, c, lo, hi);
+            float* dst = y0 + row * s.Q + q;
+            V::store_first(dst, lo, std::min<int64_t>(cols, V::L));
+            if (cols > V::L) V::store_first(dst + V::L, hi, cols - V::L);
+          }
+        }
+      });
+    }
+    if (V::sum(nonfinite) != 0.f) {
+#pragma omp atomic write
+      bad = 1;
+    }
+  });
+  return bad == 0;
+}
+
+using GemmFn = Status (*)(const GemmArgs&, int);
+
+template <typename V>
+bool fwd(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y,
+         int threads, GemmFn gemm);
+
+// Backward data by fwd() over dy with the flipped, transposed weight (where the transposed
+// shape applies and w, dy are given). Returns whether dx holds the result.
+template <typename V>
+bool bwd_data(const Conv2dShape& s, const float* w, const float* dy, float* dx, int threads,
+              GemmFn gemm) {
+  const Conv2dShape t = conv2d_transposed(s);
+  if (!applies(t) || w == nullptr || dy == nullptr || dx == nullptr) return false;
+  return fwd<V>(t, dy, conv2d_flipped_weight(s, w), nullptr, dx, threads, gemm);
+}
+
+// y = conv(x, w) + bias. Returns false, y then holding no result, for a shape applies() refuses,
+// a null x, w or y, a failed GEMM, or an output that came out non-finite (the top of the file).
+template <typename V>
+bool fwd(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y,
+         int threads, GemmFn gemm) {
+  if (!applies(s) || x == nullptr || w == nullptr || y == nullptr) return false;
+  const Plan p = plan(s);
+  static thread_local Scratch tl_u, tl_v, tl_m;
+  float* U = tl_u.get(static_cast<size_t>(kXi * s.K * s.C));
+  float* Vt = tl_v.get(static_cast<size_t>(kXi * s.C * p.ld));
+  float* Mt = tl_m.get(static_cast<size_t>(kXi * s.K * p.ld));
+  transform_filter<V>(s, w, U, threads);
+  const int gemm_threads = std::min(threads, kXi);
+  const int inner = std::max(1, threads / kXi);
+  for (int64_t t0 = 0; t0 < p.tiles; t0 += p.chunk) {
+    const int64_t t1 = std::min(p.tiles, t0 + p.chunk), nt = t1 - t0;
+    transform_input<V>(s, p, x, t0, t1, Vt, threads);
+    int failed = 0;
+    parallel_for(kXi, gemm_threads, [&](int64_t b, int64_t e) {
+      for (int64_t xi = b; xi < e; ++xi) {
+        float* m = Mt + xi * s.K * p.ld;
+        for (int64_t k = 0; k < s.K; ++k)  // the output transform's loads past nt: finite
+          std::memset(m + k * p.ld + nt, 0, sizeof(float) * (p.ld - nt));
+        GemmArgs g;
+        g.M = s.K, g.N = nt, g.K = s.C;
+        g.A = {U + xi * s.K * s.C, s.C, 1};
+        g.B = {Vt + xi * s.C * p.ld, p.ld, 1};
+        g.C = m, g.ldc = p.ld;
+        if (gemm(g, inner) != Status::kOk) {
+#pragma omp atomic write
+          failed = 1;
+        }
+      }
+    });
+    if (failed || !transform_output<V>(s, p, Mt, bias, t0, t1, y, threads)) return false;
+  }
+  return true;
+}
+
+}  // namespace wino
+}  // namespace dlkern
