@@ -604,7 +604,8 @@ Status conv2d_bwd_avx2(const Conv2dShape& s, const float* x, const float* w, con
   }
   if (algo == Conv2dAlgo::kWinograd) {
     if (wino::bwd_data<avx2::F32x8>(s, w, dy, dx, threads, &conv_gemm)) dx = nullptr;
-    algo = Conv2dAlgo::kIm2col;  // the weight gradient, and dx where Winograd did not serve
+    if (wino::bwd_weight<avx2::F32x8>(s, x, dy, dw, threads, &conv_gemm)) dw = nullptr;
+    algo = Conv2dAlgo::kIm2col;  // the bias gradient, and dx, dw where Winograd did not serve
   }
   if (algo == Conv2dAlgo::kGemm1x1 && s.P * s.Q == 1 && Cg > 0)
     return bwd_pointwise(s, x, w, dy, dx, dw, db, threads);

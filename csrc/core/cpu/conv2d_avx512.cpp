@@ -389,7 +389,8 @@ Status conv2d_bwd_avx512(const Conv2dShape& s, const float* x, const float* w, c
   }
   if (a == Conv2dAlgo::kWinograd && conv2d_algo_applies(s, a)) {
     if (wino::bwd_data<avx512::F32x16>(s, w, dy, dx, threads, &gemm_avx512)) dx = nullptr;
-    a = Conv2dAlgo::kIm2col;  // the weight gradient, and dx where Winograd did not serve
+    if (wino::bwd_weight<avx512::F32x16>(s, x, dy, dw, threads, &gemm_avx512)) dw = nullptr;
+    a = Conv2dAlgo::kIm2col;  // the bias gradient, and dx, dw where Winograd did not serve
   }
   if (conv2d_grouped_weight_direct(s, a) && (dw != nullptr || db != nullptr) &&
       s.N > 0 && s.K > 0 && s.P * s.Q > 0) {

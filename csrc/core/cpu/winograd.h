@@ -312,5 +312,123 @@ bool bwd_data(const Conv2dShape& s, const float* w, const float* dy, float* dx, 
   return fwd<V>(t, dy, conv2d_flipped_weight(s, w), nullptr, dx, threads, gemm);
 }
 
+// Zt[xi][k][t - t0] = (A g A^T)[xi] for the tiles t of [t0, t1), g a tile's 2 x 2 values of dy
+// (zero past P and Q), A = [1 0; 1 1; 1 -1; 0 -1]; output channels split among threads.
+template <typename V>
+void transform_grad(const Conv2dShape& s, const Plan& p, const float* dy, int64_t t0, int64_t t1,
+                    float* Zt, int threads) {
+  using R = typename V::reg;
+  const int64_t stride = s.K * p.ld;
+  parallel_for(s.K, threads_for(s.K * (t1 - t0) * kXi, 1 << 14, threads), [&](int64_t kb,
+                                                                            int64_t ke) {
+    for (int64_t k = kb; k < ke; ++k)
+      for_tile_rows(p, t0, t1, [&](int64_t t, const TileAt& at, int64_t len) {
+        const float* g0 = dy + ((at.n * s.K + k) * s.P + 2 * at.i) * s.Q;
+        const bool second = 2 * at.i + 1 < s.P;
+        float* dst = Zt + k * p.ld + (t - t0);
+        for (int64_t l = 0; l < len; l += V::L) {
+          const int64_t n = std::min<int64_t>(V::L, len - l), q = 2 * (at.j + l);
+          const int64_t cols = std::min<int64_t>(2 * n, s.Q - q);
+          R e[2], o[2];  // columns 2j and 2j + 1 of the tile's two rows
+          for (int r = 0; r < 2; ++r) {
+            const float* row = g0 + r * s.Q + q;
+            const bool here = r == 0 || second;
+            V::split(here ? V::load_first(row, std::min<int64_t>(cols, V::L)) : V::zero(),
+                     here && cols > V::L ? V::load_first(row + V::L, cols - V::L) : V::zero(),
+                     e[r], o[r]);
+          }
+          // A g: rows g0, g0 + g1, g0 - g1, -g1; then (A g) A^T along each row the same
+          const R zero = V::zero();
+          const R ce[4] = {e[0], V::add(e[0], e[1]), V::sub(e[0], e[1]), V::sub(zero, e[1])};
+          const R co[4] = {o[0], V::add(o[0], o[1]), V::sub(o[0], o[1]), V::sub(zero, o[1])};
+          for (int a = 0; a < 4; ++a) {
+            const R v[4] = {ce[a], V::add(ce[a], co[a]), V::sub(ce[a], co[a]), V::sub(zero, co[a])};
+            for (int b = 0; b < 4; ++b) V::store_first(dst + (a * 4 + b) * stride + l, v[b], n);
+          }
+        }
+      });
+  });
+}
+
+// dw[k][c] = G^T dU[k][c] G (3 x 3 from 4 x 4), vectorised over c; whether all are finite.
+template <typename V>
+bool filter_gradient(const Conv2dShape& s, const float* dU, float* dw, int threads) {
+  using R = typename V::reg;
+  const int64_t C = s.C, KC = s.K * C;
+  int bad = 0;
+  parallel_for(s.K, threads_for(KC * 16, 1 << 14, threads), [&](int64_t kb, int64_t ke) {
+    const R half = V::set1(0.5f), zero = V::zero();
+    R nonfinite = V::zero();
+    alignas(64) float out[9][V::L];
+    for (int64_t k = kb; k < ke; ++k)
+      for (int64_t c = 0; c < C; c += V::L) {
+        const int64_t n = std::min<int64_t>(V::L, C - c);
+        R w[3][4];
+        for (int b = 0; b < 4; ++b) {  // G^T u down the columns
+          const float* u = dU + b * KC + k * C + c;
+          const R u0 = V::load_first(u, n), u1 = V::load_first(u + 4 * KC, n);
+          const R u2 = V::load_first(u + 8 * KC, n), u3 = V::load_first(u + 12 * KC, n);
+          const R sum = V::mul(half, V::add(u1, u2));
+          w[0][b] = V::add(u0, sum);
+          w[1][b] = V::mul(half, V::sub(u1, u2));
+          w[2][b] = V::add(sum, u3);
+        }
+        for (int r = 0; r < 3; ++r) {  // (G^T u) G along the rows
+          const R sum = V::mul(half, V::add(w[r][1], w[r][2]));
+          const R v[3] = {V::add(w[r][0], sum), V::mul(half, V::sub(w[r][1], w[r][2])),
+                          V::add(sum, w[r][3])};
+          for (int q = 0; q < 3; ++q) {
+            V::store(out[r * 3 + q], v[q]);
+            nonfinite = V::add(nonfinite, V::mul(v[q], zero));
+          }
+        }
+        for (int64_t i = 0; i < n; ++i)
+          for (int e = 0; e < 9; ++e) dw[(k * C + c + i) * 9 + e] = out[e][i];
+      }
+    if (V::sum(nonfinite) != 0.f) {
+#pragma omp atomic write
+      bad = 1;
+    }
+  });
+  return bad == 0;
+}
+
+// dw = the weight gradient (dU_xi = sum over tiles of Z_xi V_xi^T, then G^T dU G), the tiles
+// in the forward's chunks, each chunk's 16 products accumulated in order (threads split the
+// positions). Returns false, dw then holding no result, for a shape applies() refuses, a null
+// x, dy or dw, a failed GEMM, or a non-finite result.
+template <typename V>
+bool bwd_weight(const Conv2dShape& s, const float* x, const float* dy, float* dw, int threads,
+                GemmFn gemm) {
+  if (!applies(s) || x == nullptr || dy == nullptr || dw == nullptr) return false;
+  const Plan p = plan(s);
+  static thread_local Scratch tl_du, tl_v, tl_z;
+  float* dU = tl_du.get(static_cast<size_t>(kXi * s.K * s.C));
+  float* Vt = tl_v.get(static_cast<size_t>(kXi * s.C * p.ld));
+  float* Zt = tl_z.get(static_cast<size_t>(kXi * s.K * p.ld));
+  for (int64_t t0 = 0; t0 < p.tiles; t0 += p.chunk) {
+    const int64_t t1 = std::min(p.tiles, t0 + p.chunk);
+    transform_input<V>(s, p, x, t0, t1, Vt, threads);
+    transform_grad<V>(s, p, dy, t0, t1, Zt, threads);
+    int failed = 0;
+    parallel_for(kXi, std::min(threads, kXi), [&](int64_t b, int64_t e) {
+      for (int64_t xi = b; xi < e; ++xi) {
+        GemmArgs g;
+        g.M = s.K, g.N = s.C, g.K = t1 - t0;
+        g.A = {Zt + xi * s.K * p.ld, p.ld, 1};
+        g.B = {Vt + xi * s.C * p.ld, 1, p.ld};
+        g.C = dU + xi * s.K * s.C, g.ldc = s.C;
+        g.accumulate = t0 > 0;
+        if (gemm(g, std::max(1, threads / kXi)) != Status::kOk) {
+#pragma omp atomic write
+          failed = 1;
+        }
+      }
+    });
+    if (failed) return false;
+  }
+  return filter_gradient<V>(s, dU, dw, threads);
+}
+
 }  // namespace wino
 }  // namespace dlkern
