@@ -134,13 +134,12 @@ std::string conv2d_preference() {
 }
 
 void set_conv2d_preference(std::string name) {
-  const dlkern::Conv2dAlgo a = name == "auto"       ? dlkern::Conv2dAlgo::kAuto
-                               : name == "winograd" ? dlkern::Conv2dAlgo::kWinograd
-                               : name == "gemm"     ? dlkern::Conv2dAlgo::kIm2col
-                                                    : dlkern::Conv2dAlgo::kGemm1x1;
-  TORCH_CHECK_VALUE(dlkern::conv2d_set_preference(a) == dlkern::Status::kOk,
+  TORCH_CHECK_VALUE(name == "auto" || name == "winograd" || name == "gemm",
                     "dlkern.conv2d preference: argument 'name' must be 'auto', 'winograd' or ",
                     "'gemm', got '", name, "'");
+  dlkern::conv2d_set_preference(name == "auto"       ? dlkern::Conv2dAlgo::kAuto
+                                : name == "winograd" ? dlkern::Conv2dAlgo::kWinograd
+                                                     : dlkern::Conv2dAlgo::kIm2col);
 }
 
 // ---- autograd -------------------------------------------------------------------------------

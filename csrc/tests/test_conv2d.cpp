@@ -97,6 +97,18 @@ void check_shape(const Conv2dShape& s, std::mt19937& rng) {
             "threads", an, (long long)s.K, (long long)s.R, (long long)s.S, (long long)s.C,
             names[i]);
     }
+    if (a != Conv2dAlgo::kWinograd) continue;
+    // past 16 threads Winograd's GEMMs share the threads instead of taking a position each
+    Out many{std::vector<float>(ny, 7.f), std::vector<float>(nx, 7.f),
+             std::vector<float>(nw, 7.f), std::vector<float>(s.K, 7.f)};
+    CHECK(dlkern::conv2d_fwd_cpu(s, x.data(), w.data(), b.data(), many.y.data(), 20, a) ==
+              Status::kOk && dlkern::conv2d_bwd_cpu(s, x.data(), w.data(), dy.data(),
+                                                    many.dx.data(), many.dw.data(),
+                                                    many.db.data(), 20, a) == Status::kOk,
+          "winograd with 20 threads failed");
+    CHECK(many.y == o[0].y && many.dx == o[0].dx && many.dw == o[0].dw && many.db == o[0].db,
+          "winograd N%lld C%lld %lldx%lld K%lld: 20 threads differ from 1", (long long)s.N,
+          (long long)s.C, (long long)s.H, (long long)s.W, (long long)s.K);
   }
 }
 

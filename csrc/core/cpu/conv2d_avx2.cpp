@@ -8,6 +8,8 @@
 //      weight) and, into a row-major tile, backward weight (dW += dY_tile * col_tile^T) and
 //      the col2im tiles of backward data at stride > 1.
 //   3. depthwise: depthwise.h at 8 floats a vector.
+//   4. winograd: winograd.h at 8 floats a vector (forward, backward data and weight), falling
+//      back to im2col where it does not serve.
 #include <algorithm>
 #include <climits>
 #include <cstdint>
@@ -297,7 +299,7 @@ Status conv2d_fwd_avx2(const Conv2dShape& s, const float* x, const float* w, con
   }
   if (algo == Conv2dAlgo::kWinograd) {
     if (wino::fwd<avx2::F32x8>(s, x, w, bias, y, threads, &conv_gemm)) return Status::kOk;
-    algo = Conv2dAlgo::kIm2col;  // (an empty or non-finite case: im2col's results are torch's)
+    algo = Conv2dAlgo::kIm2col;  // not served (non-finite outputs, nothing to compute, a null pointer): im2col
   }
   if (conv2d_grouped_fwd_direct(s, algo)) {
     if (x == nullptr || w == nullptr || y == nullptr) return Status::kInvalidArgument;

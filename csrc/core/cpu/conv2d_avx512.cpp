@@ -10,7 +10,8 @@
 // Backward data at stride 1 (4 or more channels per group) is a forward by the same routes, over
 // dy with the flipped, transposed weight. The other im2col forwards (strides above 1, small images batched into one GEMM, layers whose
 // discarded columns would exceed kMaxWaste) read a phase-split copy of the input through a
-// masked B packer ("stretches", below); depthwise layers run depthwise.h on zmm vectors; the
+// masked B packer ("stretches", below); depthwise layers run depthwise.h and Winograd layers
+// (forward, backward data and weight) winograd.h on zmm vectors; the
 // rest (1x1, the other backward passes) runs the conv2d_avx2.cpp algorithms.
 // Workspace: per thread, the padded copy of one image's group (Cg x Hp x Wp floats, 13 MiB for
 // 64 x 224 x 224), or the phase-split copy of one image's group (or of the batch's, for small
@@ -371,7 +372,7 @@ Status conv2d_fwd_avx512(const Conv2dShape& s, const float* x, const float* w, c
   }
   if (a == Conv2dAlgo::kWinograd && conv2d_algo_applies(s, a)) {
     if (wino::fwd<avx512::F32x16>(s, x, w, bias, y, threads, &gemm_avx512)) return Status::kOk;
-    a = Conv2dAlgo::kIm2col;  // (an empty or non-finite case: im2col's results are torch's)
+    a = Conv2dAlgo::kIm2col;  // not served (non-finite outputs, nothing to compute, a null pointer): im2col
   }
   if (stretches_apply(s, a)) return fwd_im2col(s, x, w, bias, y, threads);
   return conv2d_fwd_avx2(s, x, w, bias, y, threads, a);

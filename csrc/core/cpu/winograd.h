@@ -14,14 +14,15 @@
 // (deinterleaving the input rows' even and odd columns, interleaving the output's).
 //
 // F(2x2, 3x3) is the largest tile that passes the registry's tolerance (4x torch's own float32
-// error plus 2e-6 of the largest output): measured on ResNet and VGG shapes, its max error
-// against float64 is 0.7-1.7x torch's, where F(3x3, 3x3) and F(4x4, 3x3) (points 0, +-1, 1/2,
-// -2, the most accurate set tried) reach 5-35x (docs/conv2d.md has the table).
-//
+// error plus 2e-6 of the largest output): emulated on ResNet and VGG shapes, its max error
+// against float64 is 0.12-0.16 of that bound, where F(3x3, 3x3) reaches 1.25 and F(4x4, 3x3)
+// 1.62 (points 0, +-1, 1/2, -2, the most accurate set tried; python -m bench.winograd_error
+// --tiles, docs/conv2d.md).
 // Tiles: the batch's N * ceil(P/2) * ceil(Q/2) tiles in order (image, tile row, tile column)
 // are the GEMMs' columns, taken `chunk` at a time so that the transformed input and output of a
-// chunk (16 (C + K) floats per tile) stay within the layer's input plus output bytes and 8 MiB;
-// the transformed filter is 16 K C floats (16/9 of the weight), computed on each call.
+// chunk (16 (C + K) floats per tile) stay within the layer's input plus output bytes and 4 MiB
+// (but at least 16 tiles); the transformed filter is 16 K C floats (16/9 of the weight),
+// computed on each call.
 // Threads: the input transform splits channels, the GEMMs the 16 positions, the output transform
 // output channels; every sum runs in one fixed order, so results do not depend on the thread
 // count.
@@ -30,6 +31,10 @@
 // outputs the direct convolution leaves finite (and inf - inf makes NaN where it gives an
 // infinity). fwd() returns false when any output it wrote is not finite; the caller then computes
 // the layer again by another route.
+//
+// Everything here is in an anonymous namespace, as depthwise.h: each path's translation unit
+// compiles its own copy for its own target, and no copy can be shared between them at link
+// time (an AVX-512 one would be a SIGILL on a CPU without it).
 #pragma once
 
 #include <algorithm>
@@ -43,16 +48,17 @@
 #include "scratch.h"
 
 namespace dlkern {
+namespace {
 namespace wino {
 
 constexpr int kXi = 16;                                // positions of a transformed 4 x 4 tile
 constexpr int64_t kChunkBytes = int64_t{4} << 20;      // transformed input + output of a chunk
 
-// conv2d_algo_applies(kWinograd), no negative padding (a transposed convolution's crop), and
-// some input and output.
+// conv2d_algo_applies(kWinograd) and some input and output. Any padding, negative too (the
+// transposed convolution of backward data crops where the layer's padding exceeds 2).
 inline bool applies(const Conv2dShape& s) {
-  return conv2d_algo_applies(s, Conv2dAlgo::kWinograd) && s.pad_h >= 0 && s.pad_w >= 0 &&
-         s.N > 0 && s.C > 0 && s.K > 0 && s.P > 0 && s.Q > 0 && s.H > 0 && s.W > 0;
+  return conv2d_algo_applies(s, Conv2dAlgo::kWinograd) && s.N > 0 && s.C > 0 && s.K > 0 &&
+         s.P > 0 && s.Q > 0 && s.H > 0 && s.W > 0;
 }
 
 struct Plan {
@@ -72,6 +78,7 @@ inline Plan plan(const Conv2dShape& s) {
   const int64_t chunk = std::min(io_bytes, kChunkBytes) / per_tile / kGemmNR * kGemmNR;
   p.chunk = std::min(p.tiles, std::max<int64_t>(chunk, kGemmNR));
   p.ld = (p.chunk + kGemmNR - 1) / kGemmNR * kGemmNR + kGemmNR;  // a vector past the last tile
+  if (p.ld % 1024 == 0) p.ld += kGemmNR;  // rows 4 KiB apart alias in the caches
   return p;
 }
 
@@ -158,7 +165,9 @@ void patch_columns(const Conv2dShape& s, const float* xc, int64_t i, int64_t j, 
     V::store(buf + 2 * width + b, V::sub(d[2], d[1]));
     V::store(buf + 3 * width + b, V::sub(d[1], d[3]));
   }
-  for (int r = 0; r < 4; ++r) std::memset(buf + r * width + b, 0, sizeof(float) * (width - b));
+  const int64_t end = std::min(width, 2 * len + 2 * V::L + 2);  // what transform_input reads
+  for (int r = 0; r < 4; ++r)
+    if (b < end) std::memset(buf + r * width + b, 0, sizeof(float) * (end - b));
 }
 
 // Vt[xi][c][t - t0] = (B^T d B)[xi] for the tiles t of [t0, t1), channels split among threads.
@@ -255,7 +264,9 @@ using GemmFn = Status (*)(const GemmArgs&, int);
 inline bool multiply(const Conv2dShape& s, const Plan& p, const float* U, const float* Vt,
                      int64_t nt, float* Mt, int threads, GemmFn gemm) {
   int failed = 0;
-  parallel_for(kXi, std::min(threads, kXi), [&](int64_t b, int64_t e) {
+  // up to 16 threads a position each; more share each GEMM (OpenMP does not nest here)
+  const int outer = threads > kXi ? 1 : threads, inner = threads > kXi ? threads : 1;
+  parallel_for(kXi, outer, [&](int64_t b, int64_t e) {
     for (int64_t xi = b; xi < e; ++xi) {
       float* m = Mt + xi * s.K * p.ld;
       for (int64_t k = 0; k < s.K; ++k)
@@ -265,7 +276,7 @@ inline bool multiply(const Conv2dShape& s, const Plan& p, const float* U, const 
       g.A = {U + xi * s.K * s.C, s.C, 1};
       g.B = {Vt + xi * s.C * p.ld, p.ld, 1};
       g.C = m, g.ldc = p.ld;
-      if (gemm(g, std::max(1, threads / kXi)) != Status::kOk) {
+      if (gemm(g, inner) != Status::kOk) {
 #pragma omp atomic write
         failed = 1;
       }
@@ -286,8 +297,9 @@ bool tiles(const Conv2dShape& s, const Plan& p, const float* x, const float* U, 
          transform_output<V>(s, p, Mt, bias, t0, t1, y, threads);
 }
 
-// y = conv(x, w) + bias. Returns false, y then holding no result, for a shape applies() refuses,
-// a null x, w or y, a failed GEMM, or an output that came out non-finite (the top of the file).
+// y = conv(x, w) + bias. Returns false, y then partly overwritten, for a shape applies()
+// refuses, a null x, w or y, a failed GEMM, or an output that came out non-finite (the top of
+// the file); the caller computes y again.
 template <typename V>
 bool fwd(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y,
          int threads, GemmFn gemm) {
@@ -303,12 +315,15 @@ bool fwd(const Conv2dShape& s, const float* x, const float* w, const float* bias
 }
 
 // Backward data by fwd() over dy with the flipped, transposed weight (where the transposed
-// shape applies and w, dy are given). Returns whether dx holds the result.
+// shape applies and w, dy are given; a non-finite weight is left to im2col at once). Returns
+// whether dx holds the result.
 template <typename V>
 bool bwd_data(const Conv2dShape& s, const float* w, const float* dy, float* dx, int threads,
               GemmFn gemm) {
   const Conv2dShape t = conv2d_transposed(s);
-  if (!applies(t) || w == nullptr || dy == nullptr || dx == nullptr) return false;
+  if (!applies(t) || w == nullptr || dy == nullptr || dx == nullptr ||
+      !conv2d_weight_finite(w, s.K * s.C * 9))
+    return false;
   return fwd<V>(t, dy, conv2d_flipped_weight(s, w), nullptr, dx, threads, gemm);
 }
 
@@ -395,8 +410,8 @@ bool filter_gradient(const Conv2dShape& s, const float* dU, float* dw, int threa
 
 // dw = the weight gradient (dU_xi = sum over tiles of Z_xi V_xi^T, then G^T dU G), the tiles
 // in the forward's chunks, each chunk's 16 products accumulated in order (threads split the
-// positions). Returns false, dw then holding no result, for a shape applies() refuses, a null
-// x, dy or dw, a failed GEMM, or a non-finite result.
+// positions). Returns false, dw then partly overwritten, for a shape applies() refuses, a null
+// x, dy or dw, a failed GEMM, or a non-finite result; the caller computes dw again.
 template <typename V>
 bool bwd_weight(const Conv2dShape& s, const float* x, const float* dy, float* dw, int threads,
                 GemmFn gemm) {
@@ -411,7 +426,8 @@ bool bwd_weight(const Conv2dShape& s, const float* x, const float* dy, float* dw
     transform_input<V>(s, p, x, t0, t1, Vt, threads);
     transform_grad<V>(s, p, dy, t0, t1, Zt, threads);
     int failed = 0;
-    parallel_for(kXi, std::min(threads, kXi), [&](int64_t b, int64_t e) {
+    const int outer = threads > kXi ? 1 : threads, inner = threads > kXi ? threads : 1;
+    parallel_for(kXi, outer, [&](int64_t b, int64_t e) {
       for (int64_t xi = b; xi < e; ++xi) {
         GemmArgs g;
         g.M = s.K, g.N = s.C, g.K = t1 - t0;
@@ -419,7 +435,7 @@ bool bwd_weight(const Conv2dShape& s, const float* x, const float* dy, float* dw
         g.B = {Vt + xi * s.C * p.ld, 1, p.ld};
         g.C = dU + xi * s.K * s.C, g.ldc = s.C;
         g.accumulate = t0 > 0;
-        if (gemm(g, std::max(1, threads / kXi)) != Status::kOk) {
+        if (gemm(g, inner) != Status::kOk) {
 #pragma omp atomic write
           failed = 1;
         }
@@ -431,4 +447,5 @@ bool bwd_weight(const Conv2dShape& s, const float* x, const float* dy, float* dw
 }
 
 }  // namespace wino
+}  // namespace
 }  // namespace dlkern

@@ -37,10 +37,12 @@ Conv2dAlgo conv2d_preference() { return static_cast<Conv2dAlgo>(g_preference.loa
 // some channels up, on images large enough that edge tiles waste little and enough tiles for
 // the GEMMs' columns. Measured (cpu/winograd.h at 4 MiB chunks, 2 threads, the 2-core Zen 5
 // EPYC, 2026-12-04, Winograd / im2col, forward; backward data alike or better), batch 8:
-//   avx512: 64 -> 64 at 56x56 0.83, 128 at 28x28 0.63, 256 at 14x14 0.65, 512 at 14x14 0.73,
-//           512 at 10x10 0.86, 128 at 10x10 0.96; and where it loses: 64 at 14x14 1.02,
-//           32 at 56x56 0.99, 16 at 56x56 1.37, 256 at 7x7 1.18, 512 at 7x7 1.28 (too few
-//           tiles), 3 -> 64 at 56x56 2.3, and 256 at 14x14 for one image 1.11 (49 tiles);
+//   avx512: 64 -> 64 at 56x56 0.80-0.87, 128 at 28x28 0.63, 256 at 14x14 0.65, 512 at 14x14
+//           0.73, 512 at 10x10 0.86, 128 at 10x10 0.96; backward weight 0.53-0.78 on those;
+//           64 at 14x14 is taken for its backward (forward 0.96-1.02, data 0.97-1.01, weight
+//           0.66); and where it loses: 32 at 56x56 0.99, 16 at 56x56 1.37, 256 at 7x7 1.18, 512
+//           at 7x7 1.28 (too few tiles), 3 -> 64 at 56x56 2.3, and 256 at 14x14 for one image
+//           1.11 (49 tiles);
 //   avx2:   0.52-0.60 at 32-256 channels on 14x14 to 56x56, 1.5 at 512 x 7x7.
 bool conv2d_winograd_pays(const Conv2dShape& s) {
   const int64_t channels = cpu_isa_active() == CpuIsa::kAvx512 ? 64 : 32;
