@@ -34,20 +34,25 @@ Status conv2d_set_preference(Conv2dAlgo a) {
 Conv2dAlgo conv2d_preference() { return static_cast<Conv2dAlgo>(g_preference.load()); }
 
 // Winograd's transforms cost about (C + K) per tile and its GEMMs save C * K, so it pays from
-// some channels up, on images large enough that edge tiles waste little and enough tiles for
-// the GEMMs' columns. Measured (cpu/winograd.h at 4 MiB chunks, 2 threads, the 2-core Zen 5
-// EPYC, 2026-12-04, Winograd / im2col, forward; backward data alike or better), batch 8:
-//   avx512: 64 -> 64 at 56x56 0.80-0.87, 128 at 28x28 0.63, 256 at 14x14 0.65, 512 at 14x14
-//           0.73, 512 at 10x10 0.86, 128 at 10x10 0.96; backward weight 0.53-0.78 on those;
-//           64 at 14x14 is taken for its backward (forward 0.96-1.02, data 0.97-1.01, weight
-//           0.66); and where it loses: 32 at 56x56 0.99, 16 at 56x56 1.37, 256 at 7x7 1.18, 512
-//           at 7x7 1.28 (too few tiles), 3 -> 64 at 56x56 2.3, and 256 at 14x14 for one image
-//           1.11 (49 tiles);
-//   avx2:   0.52-0.60 at 32-256 channels on 14x14 to 56x56, 1.5 at 512 x 7x7.
+// some channels up, with enough tiles for the GEMMs' columns (its transformed filter, 16 K C
+// floats, is read once per chunk of tiles), and on 7x7 maps (8x8 outputs computed for 49) only
+// from 256 channels on the avx512 path. Measured Winograd / im2col (cpu/winograd.h, 2 threads,
+// the 2-core Zen 5 EPYC, 2026-12-04; forward, backward data, backward weight), batch 8 unless
+// said:
+//   avx512: 64 -> 64 at 56x56 0.80-0.87, 0.75-0.81, 0.73-0.82; 128 at 28x28 0.64, 0.60, 0.63;
+//           256 at 14x14 0.65, 0.63, 0.58; 512 at 14x14 0.69-0.73, 0.70, 0.53; 64 at 14x14 0.92,
+//           0.90, 0.64; 128 at 14x14 0.75, 0.74, 0.62; 512 at 14x14, batch 2 (98 tiles) 0.96,
+//           0.92, 0.62; 256 at 7x7 0.92, 0.91, 0.74 (batch 4: 0.79, 0.93, 0.82); 512 at 7x7
+//           1.05, 1.03, 0.65 (batch 16: 0.94, 0.93, 0.66); and left to im2col: 128 at 7x7 1.11,
+//           1.07, 0.70; 32 -> 32 at 56x56 0.99 (forward), 16 at 56x56 1.37, 3 -> 64 at 56x56 2.3;
+//   avx2:   0.52-0.75 from 32 to 256 channels on 14x14 to 56x56 maps, 512 at 7x7 0.94, 0.62,
+//           0.68; 128 at 7x7 0.73, 0.54, 0.65.
 bool conv2d_winograd_pays(const Conv2dShape& s) {
-  const int64_t channels = cpu_isa_active() == CpuIsa::kAvx512 ? 64 : 32;
+  const bool avx512 = cpu_isa_active() == CpuIsa::kAvx512;
+  const int64_t channels = std::min(s.C, s.K), side = std::min(s.P, s.Q);
   const int64_t tiles = s.N * ((s.P + 1) / 2) * ((s.Q + 1) / 2);
-  return std::min(s.C, s.K) >= channels && std::min(s.P, s.Q) >= 10 && tiles >= 192;
+  if (channels < (avx512 ? 64 : 32) || side < 7 || tiles < 96) return false;
+  return !avx512 || side >= 10 || channels >= 256;
 }
 
 Status conv2d_validate(const Conv2dShape& s) {
