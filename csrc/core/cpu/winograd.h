@@ -20,10 +20,11 @@
 // --tiles, docs/conv2d.md).
 // Tiles: the batch's N * ceil(P/2) * ceil(Q/2) tiles in order (image, tile row, tile column)
 // are the GEMMs' columns, taken `chunk` at a time so that the transformed input and output of a
-// chunk (16 (C + K) floats per tile) stay within the larger of the layer's input plus output
-// bytes and 4 MiB (but at least 16 tiles): the transformed filter, 16 K C floats (16/9 of the
-// weight, computed on each call), is read once per chunk, and chunks of fewer tiles than 4 MiB
-// holds made 512 x 7 x 7 layers 1.28x im2col's time instead of 1.05x.
+// chunk (16 (C + K) floats per tile) take 4 MiB (at least 16 tiles): the transformed filter, 16
+// K C floats (16/9 of the weight, computed on each call), is read once per chunk. Chunks within
+// a small layer's input plus output bytes made a 512 x 7 x 7 layer's forward 1.28x im2col's time
+// instead of 1.05x (the filter read 8 times); 0.5-2 MiB chunks were 3-20% slower, 8 MiB ones
+// no faster (64 to 512 channels, 2026-12-04).
 // Threads: the input transform splits channels, the GEMMs the 16 positions, the output transform
 // output channels; every sum runs in one fixed order, so results do not depend on the thread
 // count.
@@ -74,9 +75,8 @@ struct Plan {
 inline Plan plan(const Conv2dShape& s) {
   Plan p;
   p.th = (s.P + 1) / 2, p.tw = (s.Q + 1) / 2, p.tiles = s.N * p.th * p.tw;
-  const int64_t io_bytes = 4 * s.N * (s.C * s.H * s.W + s.K * s.P * s.Q);
   const int64_t per_tile = 4 * kXi * (s.C + s.K);
-  const int64_t chunk = std::max(io_bytes, kChunkBytes) / per_tile / kGemmNR * kGemmNR;
+  const int64_t chunk = kChunkBytes / per_tile / kGemmNR * kGemmNR;
   p.chunk = std::min(p.tiles, std::max<int64_t>(chunk, kGemmNR));
   p.ld = (p.chunk + kGemmNR - 1) / kGemmNR * kGemmNR + kGemmNR;  // a vector past the last tile
   if (p.ld % 1024 == 0) p.ld += kGemmNR;  // rows 4 KiB apart alias in the caches
