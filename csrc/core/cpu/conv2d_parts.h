@@ -90,9 +90,13 @@ inline Conv2dShape conv2d_transposed(const Conv2dShape& s) {
 // the col2im tiles and the depthwise scatter take the others.
 inline bool conv2d_weight_finite(const float* w, int64_t n) {
   if (w == nullptr) return true;  // (refused later, by the route that needs it)
-  float acc = 0.f;
-  for (int64_t i = 0; i < n; ++i) acc += w[i] * 0.f;  // NaN iff some w[i] is inf or NaN
-  return acc == 0.f;
+  uint32_t bad = 0;  // an all-ones exponent: inf or NaN (integer ops, which vectorise)
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, w + i, sizeof bits);
+    bad |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
+  }
+  return bad == 0;
 }
 
 // The flipped, transposed weight of the transposed convolution of backward data at stride 1

@@ -108,14 +108,23 @@ template <typename V>
 void transform_filter(const Conv2dShape& s, const float* w, float* U, int threads) {
   using R = typename V::reg;
   const int64_t C = s.C, K = s.K, KC = K * C;
+  const float* end = w + KC * 9;
   parallel_for(K, threads_for(KC * 9, 1 << 14, threads), [&](int64_t kb, int64_t ke) {
     const R half = V::set1(0.5f);
     for (int64_t k = kb; k < ke; ++k)
       for (int64_t c = 0; c < C; c += V::L) {
         const int64_t n = std::min<int64_t>(V::L, C - c);
         const float* src = w + (k * C + c) * 9;
-        R g[9], a[4][3];
-        for (int e = 0; e < 9; ++e) g[e] = V::gather_first(src + e, 9, n);
+        // the n filters' 9 taps: L rows of L floats (9 taps and the next filter's first ones)
+        // transposed, so that tap e of filter c + i is lane i of r[e]; on ymm tap 8 gathered
+        R r[V::L], g[9], a[4][3];
+        for (int i = 0; i < V::L; ++i) {
+          const int64_t avail = i < n ? std::min<int64_t>(V::L, end - (src + i * 9)) : 0;
+          r[i] = avail == V::L ? V::load(src + i * 9) : V::load_first(src + i * 9, avail);
+        }
+        V::transpose(r);
+        for (int e = 0; e < 9 && e < V::L; ++e) g[e] = r[e];
+        if (V::L < 9) g[8] = V::gather_first(src + 8, 9, n);
         for (int col = 0; col < 3; ++col) {  // G g: rows of the 4 x 3 product
           const R g0 = g[col], g1 = g[3 + col], g2 = g[6 + col];
           a[0][col] = g0;
