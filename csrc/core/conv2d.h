@@ -88,6 +88,9 @@ bool conv2d_algo_applies(const Conv2dShape& s, Conv2dAlgo a);
 
 // Where kWinograd beats im2col (measured; the rule and its numbers are in conv2d_ref.cpp).
 bool conv2d_winograd_pays(const Conv2dShape& s);
+// Whether backward weight runs Winograd for `algo`: kWinograd; kAuto where the forward picks it
+// and, unless the preference is kIm2col, on more shapes by a rule of its own (conv2d_ref.cpp).
+bool conv2d_winograd_weight(const Conv2dShape& s, Conv2dAlgo algo);
 
 // Process-wide: how kAuto chooses between kWinograd and kIm2col where both apply. kAuto (the
 // default) by conv2d_winograd_pays, kWinograd always, kIm2col never Winograd (the report's

@@ -281,6 +281,10 @@ def _edge_cases():
     add("winograd hard 2x64x28x28 -> 64", (2, 64, 28, 28), 64, kernel=3, padding=1, kind="hard")
     add("winograd nan 2x64x28x28 -> 64", (2, 64, 28, 28), 64, kernel=3, padding=1, kind="nan")
     add("winograd inf 2x64x28x28 -> 64", (2, 64, 28, 28), 64, kernel=3, padding=1, kind="inf")
+    # fewer channels: the weight gradient alone by Winograd (its own rule), an infinity there
+    add("winograd weight 2x16x20x20 -> 24", (2, 16, 20, 20), 24, kernel=3, padding=1)
+    add("winograd weight inf 2x16x20x20 -> 24", (2, 16, 20, 20), 24, kernel=3, padding=1,
+        kind="inf")
     return tuple(cases)
 
 

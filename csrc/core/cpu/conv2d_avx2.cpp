@@ -590,6 +590,7 @@ Status conv2d_bwd_avx2(const Conv2dShape& s, const float* x, const float* w, con
                        float* dx, float* dw, float* db, int threads, Conv2dAlgo algo) {
   const Status st = conv2d_validate(s);
   if (st != Status::kOk) return st;
+  const Conv2dAlgo input_algo = algo;
   if (algo == Conv2dAlgo::kAuto) algo = conv2d_pick_algo(s);
   if (!conv2d_algo_applies(s, algo)) return Status::kInvalidArgument;
   const int64_t Cg = s.C / s.groups, dx_n = s.N * s.C * s.H * s.W;
@@ -604,9 +605,11 @@ Status conv2d_bwd_avx2(const Conv2dShape& s, const float* x, const float* w, con
     dw::bwd<avx2::F32x8>(s, x, w, dy, dx, dw, db, threads);
     return Status::kOk;
   }
+  if (conv2d_winograd_weight(s, input_algo) &&
+      wino::bwd_weight<avx2::F32x8>(s, x, dy, dw, threads, &conv_gemm))
+    dw = nullptr;
   if (algo == Conv2dAlgo::kWinograd) {
     if (wino::bwd_data<avx2::F32x8>(s, w, dy, dx, threads, &conv_gemm)) dx = nullptr;
-    if (wino::bwd_weight<avx2::F32x8>(s, x, dy, dw, threads, &conv_gemm)) dw = nullptr;
     algo = Conv2dAlgo::kIm2col;  // the bias gradient, and dx, dw where Winograd did not serve
   }
   if (algo == Conv2dAlgo::kGemm1x1 && s.P * s.Q == 1 && Cg > 0)

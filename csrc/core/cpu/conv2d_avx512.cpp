@@ -388,9 +388,11 @@ Status conv2d_bwd_avx512(const Conv2dShape& s, const float* x, const float* w, c
     dw::bwd<avx512::F32x16>(s, x, w, dy, dx, dw, db, threads);
     return Status::kOk;
   }
+  if (conv2d_winograd_weight(s, algo) &&
+      wino::bwd_weight<avx512::F32x16>(s, x, dy, dw, threads, &gemm_avx512))
+    dw = nullptr;
   if (a == Conv2dAlgo::kWinograd && conv2d_algo_applies(s, a)) {
     if (wino::bwd_data<avx512::F32x16>(s, w, dy, dx, threads, &gemm_avx512)) dx = nullptr;
-    if (wino::bwd_weight<avx512::F32x16>(s, x, dy, dw, threads, &gemm_avx512)) dw = nullptr;
     a = Conv2dAlgo::kIm2col;  // the bias gradient, and dx, dw where Winograd did not serve
   }
   if (conv2d_grouped_weight_direct(s, a) && (dw != nullptr || db != nullptr) &&
