@@ -98,13 +98,19 @@ def _winograd_cases():
 @pytest.mark.parametrize("isa", ["avx2", "avx512"])
 @pytest.mark.parametrize("case", _winograd_cases())
 def test_winograd_on_every_edge_case_it_applies_to(isa, case):
-    # forward and backward data by Winograd (dW by im2col), whatever the rule would pick: odd
-    # sizes, every padding, one channel, NaN and inf inputs (which it hands to im2col)
+    # forward, backward data and weight by Winograd, whatever the rule would pick: odd sizes,
+    # every padding, one channel, NaN and inf inputs (which it hands back to im2col)
     if isa not in registry.cpu_variants():
         pytest.skip(f"this CPU cannot run the {isa} path")
+    before = torch.ops.dlkern._conv2d_winograd_passes()
     with dlkern.cpu_isa(isa), preference("winograd"):
         for v in testing.check(SPEC, case, "cpu", seed=0):
             assert v.ok, f"{case.name} ({isa}): {v}"
+    served = torch.ops.dlkern._conv2d_winograd_passes() - before
+    if case.params.get("kind", "normal") in ("normal", "hard"):
+        # forward, backward data and weight, each run at least once by the check (a fallback
+        # to im2col would pass the comparison unseen)
+        assert served >= 3, f"{case.name} ({isa}): Winograd served {served} passes"
 
 
 def test_winograd_edge_cases_cover_the_class():

@@ -142,6 +142,8 @@ void set_conv2d_preference(std::string name) {
                                                      : dlkern::Conv2dAlgo::kIm2col);
 }
 
+int64_t winograd_passes() { return dlkern::conv2d_winograd_passes(); }
+
 // ---- autograd -------------------------------------------------------------------------------
 
 // saved: input, weight
@@ -196,6 +198,8 @@ TORCH_LIBRARY_FRAGMENT(dlkern, m) {
         "int[2] dilation, int groups) -> str");
   m.def("_conv2d_preference() -> str", &conv2d_preference);
   m.def("_set_conv2d_preference(str name) -> ()", &set_conv2d_preference);
+  // passes served by Winograd so far (tests: a fallback to im2col would pass a comparison unseen)
+  m.def("_conv2d_winograd_passes() -> int", &winograd_passes);
   bind::register_op(m, "conv2d", &conv2d, &conv2d_autograd);
   bind::register_op(m, "conv2d_backward", &conv2d_backward,
                     torch::autograd::autogradNotImplementedFallback());

@@ -92,6 +92,12 @@ bool conv2d_winograd_pays(const Conv2dShape& s);
 // and, unless the preference is kIm2col, on more shapes by a rule of its own (conv2d_ref.cpp).
 bool conv2d_winograd_weight(const Conv2dShape& s, Conv2dAlgo algo);
 
+// How many passes (forward, backward data, backward weight) Winograd has served in this process
+// (not counting those handed back to im2col): for tests, which cannot tell the routes apart by
+// their results.
+int64_t conv2d_winograd_passes();
+void conv2d_count_winograd_pass();
+
 // Process-wide: how kAuto chooses between kWinograd and kIm2col where both apply. kAuto (the
 // default) by conv2d_winograd_pays, kWinograd always, kIm2col never Winograd (the report's
 // custom:winograd and custom:gemm). Other values give kInvalidArgument.

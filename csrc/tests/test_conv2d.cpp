@@ -68,6 +68,7 @@ void check_shape(const Conv2dShape& s, std::mt19937& rng) {
                        Conv2dAlgo::kWinograd}) {
     if (!dlkern::conv2d_algo_applies(s, a)) continue;
     ++g_compared;
+    const int64_t served_before = dlkern::conv2d_winograd_passes();
     Out o[2];
     for (int t = 0; t < 2; ++t) {
       o[t] = {std::vector<float>(ny, 7.f), std::vector<float>(nx, 7.f), std::vector<float>(nw, 7.f),
@@ -98,6 +99,11 @@ void check_shape(const Conv2dShape& s, std::mt19937& rng) {
             names[i]);
     }
     if (a != Conv2dAlgo::kWinograd) continue;
+    // each of the two runs' three passes by Winograd (finite inputs: no fallback to im2col)
+    CHECK(dlkern::conv2d_winograd_passes() - served_before >= 6 || s.N * s.K * s.P * s.Q == 0 ||
+              s.C == 0, "winograd N%lld C%lld %lldx%lld K%lld: served %lld passes of 6",
+          (long long)s.N, (long long)s.C, (long long)s.H, (long long)s.W, (long long)s.K,
+          (long long)(dlkern::conv2d_winograd_passes() - served_before));
     // past 16 threads Winograd's GEMMs share the threads instead of taking a position each
     Out many{std::vector<float>(ny, 7.f), std::vector<float>(nx, 7.f),
              std::vector<float>(nw, 7.f), std::vector<float>(s.K, 7.f)};
@@ -273,8 +279,9 @@ int main(int argc, char** argv) {
   check_shape(make(1, 4, 20, 32, 6, 3, 1, 1, 1, 1, 1), rng);
   check_shape(make(1, 3, 20, 16, 5, 3, 3, 1, 1, 1, 1), rng);
   // Winograd (3x3, stride 1): tile rows longer than a vector (35 tiles) and shorter (1), odd and
-  // even P and Q, padding 0, 2 and 3 (backward data then by im2col), one channel in or out,
-  // a 1x1 image, many chunks of tiles (the batch's 8 x 15 x 15), an extra output column
+  // even P and Q, padding 0, 2 and 3 (backward data then crops), one channel in or out, a 1x1
+  // image, two chunks of tiles split mid tile row (the batch's 8 x 15 x 15), an extra output
+  // column, and three chunks of wide tiles (160 + 96 channels)
   check_shape(make(1, 4, 9, 70, 5, 3, 3, 1, 1, 1, 1), rng);
   check_shape(make(2, 6, 5, 2, 3, 3, 3, 1, 0, 1, 1), rng);
   check_shape(make(3, 1, 8, 9, 7, 3, 3, 1, 2, 1, 1), rng);
@@ -282,6 +289,7 @@ int main(int argc, char** argv) {
   check_shape(make(2, 24, 1, 1, 20, 3, 3, 1, 1, 1, 1), rng);
   check_shape(make(8, 20, 30, 29, 18, 3, 3, 1, 1, 1, 1), rng);
   check_shape(make(2, 5, 11, 12, 6, 3, 3, 1, 1, 1, 1, 1), rng);
+  check_shape(make(2, 160, 36, 36, 96, 3, 3, 1, 1, 1, 1), rng);
   }
   dlkern::cpu_isa_select(dlkern::cpu_isa_best());
   std::printf("%d (shape, algorithm) pairs compared\n", g_compared);

@@ -298,8 +298,11 @@ Status conv2d_fwd_avx2(const Conv2dShape& s, const float* x, const float* w, con
     return Status::kOk;
   }
   if (algo == Conv2dAlgo::kWinograd) {
-    if (wino::fwd<avx2::F32x8>(s, x, w, bias, y, threads, &conv_gemm)) return Status::kOk;
-    algo = Conv2dAlgo::kIm2col;  // not served (non-finite outputs, nothing to compute, a null pointer): im2col
+    if (wino::fwd<avx2::F32x8>(s, x, w, bias, y, threads, &conv_gemm)) {
+      conv2d_count_winograd_pass();
+      return Status::kOk;
+    }
+    algo = Conv2dAlgo::kIm2col;  // not served (non-finite outputs, a null pointer): im2col
   }
   if (conv2d_grouped_fwd_direct(s, algo)) {
     if (x == nullptr || w == nullptr || y == nullptr) return Status::kInvalidArgument;
@@ -606,10 +609,15 @@ Status conv2d_bwd_avx2(const Conv2dShape& s, const float* x, const float* w, con
     return Status::kOk;
   }
   if (conv2d_winograd_weight(s, input_algo) &&
-      wino::bwd_weight<avx2::F32x8>(s, x, dy, dw, threads, &conv_gemm))
+      wino::bwd_weight<avx2::F32x8>(s, x, dy, dw, threads, &conv_gemm)) {
     dw = nullptr;
+    conv2d_count_winograd_pass();
+  }
   if (algo == Conv2dAlgo::kWinograd) {
-    if (wino::bwd_data<avx2::F32x8>(s, w, dy, dx, threads, &conv_gemm)) dx = nullptr;
+    if (wino::bwd_data<avx2::F32x8>(s, w, dy, dx, threads, &conv_gemm)) {
+      dx = nullptr;
+      conv2d_count_winograd_pass();
+    }
     algo = Conv2dAlgo::kIm2col;  // the bias gradient, and dx, dw where Winograd did not serve
   }
   if (algo == Conv2dAlgo::kGemm1x1 && s.P * s.Q == 1 && Cg > 0)

@@ -371,8 +371,11 @@ Status conv2d_fwd_avx512(const Conv2dShape& s, const float* x, const float* w, c
     return Status::kOk;
   }
   if (a == Conv2dAlgo::kWinograd && conv2d_algo_applies(s, a)) {
-    if (wino::fwd<avx512::F32x16>(s, x, w, bias, y, threads, &gemm_avx512)) return Status::kOk;
-    a = Conv2dAlgo::kIm2col;  // not served (non-finite outputs, nothing to compute, a null pointer): im2col
+    if (wino::fwd<avx512::F32x16>(s, x, w, bias, y, threads, &gemm_avx512)) {
+      conv2d_count_winograd_pass();
+      return Status::kOk;
+    }
+    a = Conv2dAlgo::kIm2col;  // not served (non-finite outputs, a null pointer): im2col
   }
   if (stretches_apply(s, a)) return fwd_im2col(s, x, w, bias, y, threads);
   return conv2d_fwd_avx2(s, x, w, bias, y, threads, a);
@@ -389,10 +392,15 @@ Status conv2d_bwd_avx512(const Conv2dShape& s, const float* x, const float* w, c
     return Status::kOk;
   }
   if (conv2d_winograd_weight(s, algo) &&
-      wino::bwd_weight<avx512::F32x16>(s, x, dy, dw, threads, &gemm_avx512))
+      wino::bwd_weight<avx512::F32x16>(s, x, dy, dw, threads, &gemm_avx512)) {
     dw = nullptr;
+    conv2d_count_winograd_pass();
+  }
   if (a == Conv2dAlgo::kWinograd && conv2d_algo_applies(s, a)) {
-    if (wino::bwd_data<avx512::F32x16>(s, w, dy, dx, threads, &gemm_avx512)) dx = nullptr;
+    if (wino::bwd_data<avx512::F32x16>(s, w, dy, dx, threads, &gemm_avx512)) {
+      dx = nullptr;
+      conv2d_count_winograd_pass();
+    }
     a = Conv2dAlgo::kIm2col;  // the bias gradient, and dx, dw where Winograd did not serve
   }
   if (conv2d_grouped_weight_direct(s, a) && (dw != nullptr || db != nullptr) &&

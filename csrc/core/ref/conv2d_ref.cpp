@@ -33,6 +33,13 @@ Status conv2d_set_preference(Conv2dAlgo a) {
 
 Conv2dAlgo conv2d_preference() { return static_cast<Conv2dAlgo>(g_preference.load()); }
 
+namespace {
+std::atomic<int64_t> g_winograd_passes{0};
+}
+
+int64_t conv2d_winograd_passes() { return g_winograd_passes.load(); }
+void conv2d_count_winograd_pass() { g_winograd_passes.fetch_add(1, std::memory_order_relaxed); }
+
 // Winograd's transforms cost about (C + K) per tile and its GEMMs save C * K, so it pays from
 // some channels up, with enough tiles for the GEMMs' columns (its transformed filter, 16 K C
 // floats, is read once per chunk of tiles), and on 7x7 maps (8x8 outputs computed for 49) only
