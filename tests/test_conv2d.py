@@ -57,7 +57,7 @@ def test_groups_match_torch(groups, channels, out, stride):
     (((2, 512, 7, 7), (512, 512, 3, 3), 1, 1, 1, 1), "im2col"),   # too few tiles
     (((8, 64, 28, 28), (64, 64, 3, 3), 2, 1, 1, 1), "im2col"),    # stride 2
     (((8, 64, 28, 28), (64, 64, 3, 3), 1, 2, 2, 1), "im2col"),    # dilation 2
-    (((8, 64, 28, 28), (64, 32, 3, 3), 1, 1, 1, 2), "im2col"),    # groups
+    (((8, 64, 28, 28), (64, 32, 3, 3), 1, 1, 1, 2), "im2col"),    # groups: only when asked
     (((8, 16, 28, 28), (16, 16, 3, 3), 1, 1, 1, 1), "im2col"),    # few channels
 ])
 def test_algorithm_choice(args, expected):

@@ -33,9 +33,10 @@
 //              stride and dilation a contiguous vector load (cpu/depthwise.h, on 8 or 16 float
 //              vectors); backward data at stride 1 (multiplier 1) the same forward over dY with
 //              the kernel flipped, otherwise its adjoint scatter.
-//   kWinograd  3x3, stride 1, dilation 1, groups 1, any padding: Winograd F(2x2, 3x3)
-//              (cpu/winograd.h), 16 GEMMs of K x C x tiles between the transformed filter and
-//              input tiles, 2.25x fewer multiplies than im2col. Backward data is the same forward
+//   kWinograd  3x3, stride 1, dilation 1, any padding and groups: Winograd F(2x2, 3x3)
+//              (cpu/winograd.h), 16 GEMMs of K x C x tiles (per group) between the transformed
+//              filter and input tiles, 2.25x fewer multiplies than im2col (kAuto takes it for
+//              ungrouped layers only). Backward data is the same forward
 //              over dY with the flipped, transposed weight; backward weight 16 GEMMs over the
 //              tiles, transformed back. A pass whose results come out non-finite (an infinity or
 //              NaN in x or w, which the transforms spread over a tile) is computed again by

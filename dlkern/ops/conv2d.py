@@ -103,9 +103,10 @@ PREFERENCES = ("auto", "winograd", "gemm")
 
 @contextlib.contextmanager
 def preference(name: str):
-    """Runs a block with the CPU conv2d's choice between Winograd and the GEMM routes (im2col) for
-    3x3 stride-1 ungrouped layers set to `name`: 'auto' (the measured rule of csrc/core/conv2d.h),
-    'winograd' (every such layer) or 'gemm' (none); restores the previous choice after. Process-
+    """Runs a block with the CPU conv2d's choice between Winograd and the other routes for 3x3
+    stride-1 layers set to `name`: 'auto' (the measured rules of csrc/core/conv2d.h: ungrouped
+    layers from some channels and tiles on), 'winograd' (every such layer, grouped too) or 'gemm'
+    (none); restores the previous choice after. Process-
     wide, as dlkern.cpu_isa. The report's custom:winograd and custom:gemm variants."""
     if name not in PREFERENCES:
         raise ValueError(f"dlkern.conv2d preference: argument 'name' must be one of "

@@ -1,6 +1,7 @@
-// Winograd F(2x2, 3x3) convolution (Lavin & Gray 2016) for 3x3, stride-1, dilation-1, ungrouped
-// layers, any padding, written once over a vector type V (vec_avx2.h's F32x8, vec_avx512.h's
-// F32x16). Include it after the vector header of the translation unit's path.
+// Winograd F(2x2, 3x3) convolution (Lavin & Gray 2016) for 3x3, stride-1, dilation-1 layers, any
+// padding and groups (the GEMMs per group), written once over a vector type V (vec_avx2.h's
+// F32x8, vec_avx512.h's F32x16). Include it after the vector header of the translation unit's
+// path.
 //
 // The output is cut into 2 x 2 tiles, tile (i, j) of image n reading the 4 x 4 input patch at
 // rows 2i - pad_h.., columns 2j - pad_w.. (zero outside the input). With
@@ -8,7 +9,7 @@
 //   A^T = [1 1 1 0; 0 1 -1 -1],
 // a tile's output is A^T [ sum_c (G w[k][c] G^T) .* (B^T d[c] B) ] A: the sum over channels is,
 // for each of the 16 positions xi of the 4 x 4 transformed tile, a GEMM
-//   M_xi (K x tiles) = U_xi (K x C) * V_xi (C x tiles),
+//   M_xi (K x tiles) = U_xi (K x C) * V_xi (C x tiles)   (per group: Kg x Cg times Cg x tiles),
 // 2.25 times fewer multiplies than the direct convolution's (16 per 4 outputs instead of 36).
 // The GEMMs run on the GEMM core; the transforms are vectorised over 8 or 16 tiles of a tile row
 // (deinterleaving the input rows' even and odd columns, interleaving the output's).
@@ -107,7 +108,7 @@ void for_tile_rows(const Plan& p, int64_t t0, int64_t t1, const F& f) {
 template <typename V>
 void transform_filter(const Conv2dShape& s, const float* w, float* U, int threads) {
   using R = typename V::reg;
-  const int64_t C = s.C, K = s.K, KC = K * C;
+  const int64_t C = s.C / s.groups, K = s.K, KC = K * C;  // w is K x C / groups x 3 x 3
   const float* end = w + KC * 9;
   parallel_for(K, threads_for(KC * 9, 1 << 14, threads), [&](int64_t kb, int64_t ke) {
     const R half = V::set1(0.5f);
@@ -274,6 +275,7 @@ using GemmFn = Status (*)(const GemmArgs&, int);
 inline bool multiply(const Conv2dShape& s, const Plan& p, const float* U, const float* Vt,
                      int64_t nt, float* Mt, int threads, GemmFn gemm) {
   int failed = 0;
+  const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups;
   // up to 16 threads a position each; more share each GEMM (OpenMP does not nest here)
   const int outer = threads > kXi ? 1 : threads, inner = threads > kXi ? threads : 1;
   parallel_for(kXi, outer, [&](int64_t b, int64_t e) {
@@ -281,14 +283,16 @@ inline bool multiply(const Conv2dShape& s, const Plan& p, const float* U, const 
       float* m = Mt + xi * s.K * p.ld;
       for (int64_t k = 0; k < s.K; ++k)
         std::memset(m + k * p.ld + nt, 0, sizeof(float) * (p.ld - nt));
-      GemmArgs g;
-      g.M = s.K, g.N = nt, g.K = s.C;
-      g.A = {U + xi * s.K * s.C, s.C, 1};
-      g.B = {Vt + xi * s.C * p.ld, p.ld, 1};
-      g.C = m, g.ldc = p.ld;
-      if (gemm(g, inner) != Status::kOk) {
+      for (int64_t gr = 0; gr < s.groups; ++gr) {  // a group's output channels, its inputs
+        GemmArgs g;
+        g.M = Kg, g.N = nt, g.K = Cg;
+        g.A = {U + (xi * s.K + gr * Kg) * Cg, Cg, 1};
+        g.B = {Vt + (xi * s.C + gr * Cg) * p.ld, p.ld, 1};
+        g.C = m + gr * Kg * p.ld, g.ldc = p.ld;
+        if (gemm(g, inner) != Status::kOk) {
 #pragma omp atomic write
-        failed = 1;
+          failed = 1;
+        }
       }
     }
   });
@@ -316,7 +320,7 @@ bool fwd(const Conv2dShape& s, const float* x, const float* w, const float* bias
   if (!applies(s) || x == nullptr || w == nullptr || y == nullptr) return false;
   const Plan p = plan(s);
   static thread_local Scratch tl_u;
-  float* U = tl_u.get(static_cast<size_t>(kXi * s.K * s.C));
+  float* U = tl_u.get(static_cast<size_t>(kXi * s.K * (s.C / s.groups)));
   transform_filter<V>(s, w, U, threads);
   for (int64_t t0 = 0; t0 < p.tiles; t0 += p.chunk)
     if (!tiles<V>(s, p, x, U, bias, t0, std::min(p.tiles, t0 + p.chunk), y, threads, gemm))
@@ -332,7 +336,7 @@ bool bwd_data(const Conv2dShape& s, const float* w, const float* dy, float* dx, 
               GemmFn gemm) {
   const Conv2dShape t = conv2d_transposed(s);
   if (!applies(t) || w == nullptr || dy == nullptr || dx == nullptr ||
-      !conv2d_weight_finite(w, s.K * s.C * 9))
+      !conv2d_weight_finite(w, s.K * (s.C / s.groups) * 9))
     return false;
   return fwd<V>(t, dy, conv2d_flipped_weight(s, w), nullptr, dx, threads, gemm);
 }
@@ -379,7 +383,7 @@ void transform_grad(const Conv2dShape& s, const Plan& p, const float* dy, int64_
 template <typename V>
 bool filter_gradient(const Conv2dShape& s, const float* dU, float* dw, int threads) {
   using R = typename V::reg;
-  const int64_t C = s.C, KC = s.K * C;
+  const int64_t C = s.C / s.groups, KC = s.K * C;
   int bad = 0;
   parallel_for(s.K, threads_for(KC * 16, 1 << 14, threads), [&](int64_t kb, int64_t ke) {
     const R half = V::set1(0.5f), zero = V::zero();
@@ -428,7 +432,7 @@ bool bwd_weight(const Conv2dShape& s, const float* x, const float* dy, float* dw
   if (!applies(s) || x == nullptr || dy == nullptr || dw == nullptr) return false;
   const Plan p = plan(s);
   static thread_local Scratch tl_du, tl_v, tl_z;
-  float* dU = tl_du.get(static_cast<size_t>(kXi * s.K * s.C));
+  float* dU = tl_du.get(static_cast<size_t>(kXi * s.K * (s.C / s.groups)));
   float* Vt = tl_v.get(static_cast<size_t>(kXi * s.C * p.ld));
   float* Zt = tl_z.get(static_cast<size_t>(kXi * s.K * p.ld));
   for (int64_t t0 = 0; t0 < p.tiles; t0 += p.chunk) {
@@ -436,20 +440,22 @@ bool bwd_weight(const Conv2dShape& s, const float* x, const float* dy, float* dw
     transform_input<V>(s, p, x, t0, t1, Vt, threads);
     transform_grad<V>(s, p, dy, t0, t1, Zt, threads);
     int failed = 0;
+    const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups;
     const int outer = threads > kXi ? 1 : threads, inner = threads > kXi ? threads : 1;
     parallel_for(kXi, outer, [&](int64_t b, int64_t e) {
-      for (int64_t xi = b; xi < e; ++xi) {
-        GemmArgs g;
-        g.M = s.K, g.N = s.C, g.K = t1 - t0;
-        g.A = {Zt + xi * s.K * p.ld, p.ld, 1};
-        g.B = {Vt + xi * s.C * p.ld, 1, p.ld};
-        g.C = dU + xi * s.K * s.C, g.ldc = s.C;
-        g.accumulate = t0 > 0;
-        if (gemm(g, inner) != Status::kOk) {
+      for (int64_t xi = b; xi < e; ++xi)
+        for (int64_t gr = 0; gr < s.groups; ++gr) {
+          GemmArgs g;
+          g.M = Kg, g.N = Cg, g.K = t1 - t0;
+          g.A = {Zt + (xi * s.K + gr * Kg) * p.ld, p.ld, 1};
+          g.B = {Vt + (xi * s.C + gr * Cg) * p.ld, 1, p.ld};
+          g.C = dU + (xi * s.K + gr * Kg) * Cg, g.ldc = Cg;
+          g.accumulate = t0 > 0;
+          if (gemm(g, inner) != Status::kOk) {
 #pragma omp atomic write
-          failed = 1;
+            failed = 1;
+          }
         }
-      }
     });
     if (failed) return false;
   }
