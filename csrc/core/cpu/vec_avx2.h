@@ -98,6 +98,8 @@ struct F32x8 {
   static reg zero() { return _mm256_setzero_ps(); }
   static reg load(const float* p) { return _mm256_loadu_ps(p); }
   static void store(float* p, reg v) { _mm256_storeu_ps(p, v); }
+  // past the caches (a non-temporal store; p 32-byte aligned)
+  static void stream(float* p, reg v) { _mm256_stream_ps(p, v); }
   // lanes n.. read as zero / are left alone, 0 <= n <= L
   static reg load_first(const float* p, int64_t n) { return _mm256_maskload_ps(p, first_lanes(n)); }
   static void store_first(float* p, reg v, int64_t n) { _mm256_maskstore_ps(p, first_lanes(n), v); }

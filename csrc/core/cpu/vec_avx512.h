@@ -36,6 +36,8 @@ struct F32x16 {
   static reg zero() { return _mm512_setzero_ps(); }
   static reg load(const float* p) { return _mm512_loadu_ps(p); }
   static void store(float* p, reg v) { _mm512_storeu_ps(p, v); }
+  // past the caches (a non-temporal store; p 64-byte aligned)
+  static void stream(float* p, reg v) { _mm512_stream_ps(p, v); }
   static reg load_first(const float* p, int64_t n) { return _mm512_maskz_loadu_ps(first(n), p); }
   static void store_first(float* p, reg v, int64_t n) { _mm512_mask_storeu_ps(p, first(n), v); }
   static reg fma(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }

@@ -20,12 +20,14 @@
 // 1.62 (points 0, +-1, 1/2, -2, the most accurate set tried; python -m bench.winograd_error
 // --tiles, docs/conv2d.md).
 // Tiles: the batch's N * ceil(P/2) * ceil(Q/2) tiles in order (image, tile row, tile column)
-// are the GEMMs' columns, taken `chunk` at a time so that the transformed input and output of a
-// chunk (16 (C + K) floats per tile) take 4 MiB (at least 16 tiles): the transformed filter, 16
-// K C floats (16/9 of the weight, computed on each call), is read once per chunk. Chunks within
-// a small layer's input plus output bytes made a 512 x 7 x 7 layer's forward 1.28x im2col's time
-// instead of 1.05x (the filter read 8 times); 0.5-2 MiB chunks were 3-20% slower, 8 MiB ones
-// no faster (64 to 512 channels, 2026-12-04).
+// are the GEMMs' columns, cut into equal chunks whose transformed input and output (16 (C + K)
+// floats per tile) take at most the larger of 4 MiB and the transformed filter's bytes (16 K C
+// floats, 16/9 of the weight, computed on each call, read once per chunk). A 4 MiB cap on every
+// layer read a 512-channel filter 2 to 7 times: the larger cap took 0.80-0.91 of its time from
+// 512 x 7 x 7 to 512 x 28 x 28 and 0.73 at 1024 x 7 x 7, 256 channels unchanged (0.98-1.01; the
+// 2-core Zen 5, avx512, 2026-12-04). Chunks within a small layer's input plus output bytes made a
+// 512 x 7 x 7 layer's forward 1.28x im2col's time; 0.5-2 MiB chunks were 3-20% slower at 64 to
+// 256 channels.
 // Threads: the input transform splits channels, the GEMMs the 16 positions, the output transform
 // output channels; every sum runs in one fixed order, so results do not depend on the thread
 // count.
@@ -76,11 +78,15 @@ struct Plan {
 inline Plan plan(const Conv2dShape& s) {
   Plan p;
   p.th = (s.P + 1) / 2, p.tw = (s.Q + 1) / 2, p.tiles = s.N * p.th * p.tw;
+  // at most the larger of 4 MiB and the transformed filter per chunk, the chunks equal
   const int64_t per_tile = 4 * kXi * (s.C + s.K);
-  const int64_t chunk = kChunkBytes / per_tile / kGemmNR * kGemmNR;
-  p.chunk = std::min(p.tiles, std::max<int64_t>(chunk, kGemmNR));
+  const int64_t budget = std::max(kChunkBytes, 4 * kXi * s.K * (s.C / s.groups));
+  const int64_t cap = std::max<int64_t>(budget / per_tile / kGemmNR * kGemmNR, kGemmNR);
+  const int64_t chunks = (p.tiles + cap - 1) / cap;
+  const int64_t even = ((p.tiles + chunks - 1) / chunks + kGemmNR - 1) / kGemmNR * kGemmNR;
+  p.chunk = std::min(p.tiles, even);
   p.ld = (p.chunk + kGemmNR - 1) / kGemmNR * kGemmNR + kGemmNR;  // a vector past the last tile
-  if (p.ld % 1024 == 0) p.ld += kGemmNR;  // rows 4 KiB apart alias in the caches
+  if (p.ld % 512 == 0) p.ld += kGemmNR;  // rows 2 or 4 KiB apart alias in the caches
   return p;
 }
 
@@ -104,12 +110,16 @@ void for_tile_rows(const Plan& p, int64_t t0, int64_t t1, const F& f) {
   }
 }
 
-// U[xi][k][c] = (G w[k][c] G^T)[xi], vectorised over c.
+// U[xi][k][c] = (G w[k][c] G^T)[xi], vectorised over c; U aligned to 64 bytes. A U over
+// kChunkBytes is written past the caches (it would not stay there for the GEMMs, and the
+// stores then skip reading the lines first): 0.93-0.97 of a 512-channel forward's time at
+// 7 x 7 and 14 x 14 (the 2-core Zen 5, avx512, 2026-12-04).
 template <typename V>
 void transform_filter(const Conv2dShape& s, const float* w, float* U, int threads) {
   using R = typename V::reg;
   const int64_t C = s.C / s.groups, K = s.K, KC = K * C;  // w is K x C / groups x 3 x 3
   const float* end = w + KC * 9;
+  const bool stream = C % V::L == 0 && 4 * kXi * KC > kChunkBytes;
   parallel_for(K, threads_for(KC * 9, 1 << 14, threads), [&](int64_t kb, int64_t ke) {
     const R half = V::set1(0.5f);
     for (int64_t k = kb; k < ke; ++k)
@@ -137,10 +147,14 @@ void transform_filter(const Conv2dShape& s, const float* w, float* U, int thread
           const R a0 = a[row][0], a1 = a[row][1], a2 = a[row][2];
           const R u[4] = {a0, V::mul(half, V::add(V::add(a0, a1), a2)),
                           V::mul(half, V::add(V::sub(a0, a1), a2)), a2};
-          for (int col = 0; col < 4; ++col)
-            V::store_first(U + (row * 4 + col) * KC + k * C + c, u[col], n);
+          for (int col = 0; col < 4; ++col) {
+            float* dst = U + (row * 4 + col) * KC + k * C + c;
+            if (stream) V::stream(dst, u[col]);
+            else V::store_first(dst, u[col], n);
+          }
         }
       }
+    if (stream) _mm_sfence();  // the streamed stores seen before the GEMMs read U
   });
 }
 
