@@ -242,8 +242,8 @@ bool split_columns(int64_t nc, int64_t mc, int nth) {
 // BLIS's loops with the packed blocks shared by the team (BLIS's way, rather than
 // gemm_avx2's split of C into one block per thread, where each thread packs all of A or all of
 // B for itself): every thread packs its share of each B block's micro-panels and of each A
-// block's, waits for the others, computes its share of the block's tiles (columns when there
-// are enough micro-panels, else rows), and waits again before the buffers are refilled. Each
+// block's, waits for the others, computes its share of the block's tiles (by columns or rows,
+// whichever split_columns finds more even), and waits again before the buffers are refilled. Each
 // element of A and B is packed once, whatever the thread count.
 void packed(const GemmArgs& g, int nt) {
   float* ap = tl_a.get(static_cast<size_t>(MC * KC));

@@ -20,9 +20,10 @@
 // 1.62 (points 0, +-1, 1/2, -2, the most accurate set tried; python -m bench.winograd_error
 // --tiles, docs/conv2d.md).
 // Tiles: the batch's N * ceil(P/2) * ceil(Q/2) tiles in order (image, tile row, tile column)
-// are the GEMMs' columns, cut into equal chunks whose transformed input and output (16 (C + K)
-// floats per tile) take at most the larger of 4 MiB and the transformed filter's bytes (16 K C
-// floats, 16/9 of the weight, computed on each call, read once per chunk). A 4 MiB cap on every
+// are the GEMMs' columns, cut into near-equal chunks (multiples of 16 tiles, at least 16) whose
+// transformed input and output (16 (C + K) floats per tile) take at most the larger of 4 MiB and
+// the transformed filter's bytes up to 32 MiB (the filter: 16 K C/groups floats, 16/9 of the
+// weight, computed on each call, read once per chunk). A 4 MiB cap on every
 // layer read a 512-channel filter 2 to 7 times: the larger cap took 0.80-0.91 of its time from
 // 512 x 7 x 7 to 512 x 28 x 28 and 0.73 at 1024 x 7 x 7, 256 channels unchanged (0.98-1.01; the
 // 2-core Zen 5, avx512, 2026-12-04). Chunks within a small layer's input plus output bytes made a
@@ -78,9 +79,11 @@ struct Plan {
 inline Plan plan(const Conv2dShape& s) {
   Plan p;
   p.th = (s.P + 1) / 2, p.tw = (s.Q + 1) / 2, p.tiles = s.N * p.th * p.tw;
-  // at most the larger of 4 MiB and the transformed filter per chunk, the chunks equal
+  // chunks of at most the larger of 4 MiB and the transformed filter (itself capped at 32 MiB),
+  // cut near equal (multiples of 16 tiles, at least 16)
   const int64_t per_tile = 4 * kXi * (s.C + s.K);
-  const int64_t budget = std::max(kChunkBytes, 4 * kXi * s.K * (s.C / s.groups));
+  const int64_t filter = 4 * kXi * s.K * (s.C / s.groups);
+  const int64_t budget = std::max(kChunkBytes, std::min(filter, 8 * kChunkBytes));
   const int64_t cap = std::max<int64_t>(budget / per_tile / kGemmNR * kGemmNR, kGemmNR);
   const int64_t chunks = (p.tiles + cap - 1) / cap;
   const int64_t even = ((p.tiles + chunks - 1) / chunks + kGemmNR - 1) / kGemmNR * kGemmNR;
