@@ -76,14 +76,16 @@ struct Plan {
 // positions, the output transform output channels). Chunks each thread ran alone, kept in its
 // core's cache from the input to the output transform, measured slower: 0.89-1.3x at 64
 // channels with 64 to 1024 tiles per chunk (too few GEMM columns, or too few chunks to share).
+// Floats of the transformed filter U (and of the weight gradient's dU): 16 K C/groups.
+inline int64_t filter_floats(const Conv2dShape& s) { return kXi * s.K * (s.C / s.groups); }
+
 inline Plan plan(const Conv2dShape& s) {
   Plan p;
   p.th = (s.P + 1) / 2, p.tw = (s.Q + 1) / 2, p.tiles = s.N * p.th * p.tw;
   // chunks of at most the larger of 4 MiB and the transformed filter (itself capped at 32 MiB),
   // cut near equal (multiples of 16 tiles, at least 16)
   const int64_t per_tile = 4 * kXi * (s.C + s.K);
-  const int64_t filter = 4 * kXi * s.K * (s.C / s.groups);
-  const int64_t budget = std::max(kChunkBytes, std::min(filter, 8 * kChunkBytes));
+  const int64_t budget = std::max(kChunkBytes, std::min(4 * filter_floats(s), 8 * kChunkBytes));
   const int64_t cap = std::max<int64_t>(budget / per_tile / kGemmNR * kGemmNR, kGemmNR);
   const int64_t chunks = (p.tiles + cap - 1) / cap;
   const int64_t even = ((p.tiles + chunks - 1) / chunks + kGemmNR - 1) / kGemmNR * kGemmNR;
@@ -122,7 +124,7 @@ void transform_filter(const Conv2dShape& s, const float* w, float* U, int thread
   using R = typename V::reg;
   const int64_t C = s.C / s.groups, K = s.K, KC = K * C;  // w is K x C / groups x 3 x 3
   const float* end = w + KC * 9;
-  const bool stream = C % V::L == 0 && 4 * kXi * KC > kChunkBytes;
+  const bool stream = C % V::L == 0 && 4 * filter_floats(s) > kChunkBytes;
   parallel_for(K, threads_for(KC * 9, 1 << 14, threads), [&](int64_t kb, int64_t ke) {
     const R half = V::set1(0.5f);
     for (int64_t k = kb; k < ke; ++k)
@@ -337,7 +339,7 @@ bool fwd(const Conv2dShape& s, const float* x, const float* w, const float* bias
   if (!applies(s) || x == nullptr || w == nullptr || y == nullptr) return false;
   const Plan p = plan(s);
   static thread_local Scratch tl_u;
-  float* U = tl_u.get(static_cast<size_t>(kXi * s.K * (s.C / s.groups)));
+  float* U = tl_u.get(static_cast<size_t>(filter_floats(s)));
   transform_filter<V>(s, w, U, threads);
   for (int64_t t0 = 0; t0 < p.tiles; t0 += p.chunk)
     if (!tiles<V>(s, p, x, U, bias, t0, std::min(p.tiles, t0 + p.chunk), y, threads, gemm))
@@ -449,7 +451,7 @@ bool bwd_weight(const Conv2dShape& s, const float* x, const float* dy, float* dw
   if (!applies(s) || x == nullptr || dy == nullptr || dw == nullptr) return false;
   const Plan p = plan(s);
   static thread_local Scratch tl_du, tl_v, tl_z;
-  float* dU = tl_du.get(static_cast<size_t>(kXi * s.K * (s.C / s.groups)));
+  float* dU = tl_du.get(static_cast<size_t>(filter_floats(s)));
   float* Vt = tl_v.get(static_cast<size_t>(kXi * s.C * p.ld));
   float* Zt = tl_z.get(static_cast<size_t>(kXi * s.K * p.ld));
   for (int64_t t0 = 0; t0 < p.tiles; t0 += p.chunk) {
